@@ -1,0 +1,5 @@
+//! The numerics of one Stable Diffusion image: tokenizer, torch-compatible noise,
+//! schedulers, the guidance loop and the conversion to pixels.
+
+pub mod rng;
+pub mod scheduler;

@@ -1,0 +1,1 @@
+//! Placeholder: torch-compatible CPU RNG (being written).

@@ -1,0 +1,1 @@
+//! Placeholder: schedulers (being written).

@@ -1,0 +1,10 @@
+//! tomex: declarative Token Merging experiments on Stable Diffusion through ONNX Runtime.
+//!
+//! Module map (see ARCHITECTURE.md): `model` finds and verifies model files, `engine`
+//! owns ONNX Runtime, `diffusion` holds the numerics of a Stable Diffusion run, `cli`
+//! turns command lines into calls of the above.
+
+pub mod cli;
+pub mod diffusion;
+pub mod engine;
+pub mod model;
