@@ -1,5 +1,55 @@
-//! Command line (being written).
+//! The command line: clap definitions and the glue from arguments to library calls.
+//! Errors come back as located, human messages; nothing here panics on bad input.
 
+mod generate;
+mod models;
+mod resolve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tomex", version, about = "Token Merging experiments on Stable Diffusion, through ONNX Runtime")]
+struct Cli {
+    /// ONNX Runtime library to load (else ORT_DYLIB_PATH, .ort/lib, then Python's onnxruntime).
+    #[arg(long, global = true, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// models.lock to read model names from (else ./models.lock or the project's).
+    #[arg(long, global = true, value_name = "PATH")]
+    lock: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate one image for a prompt and a seed.
+    Generate(generate::GenerateArgs),
+    /// List, verify and add models in models.lock.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = Cli::parse();
+    let global = Global { ort_lib: cli.ort_lib, lock: cli.lock };
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(&global, args),
+        Command::Models(cmd) => models::run(&global, cmd),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Options every command shares.
+pub(crate) struct Global {
+    pub ort_lib: Option<PathBuf>,
+    pub lock: Option<PathBuf>,
 }

@@ -3,3 +3,7 @@
 
 pub mod rng;
 pub mod scheduler;
+pub mod pipeline;
+pub mod pixels;
+pub mod prompt;
+pub mod tokenizer;

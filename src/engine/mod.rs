@@ -1,1 +1,17 @@
-//! ONNX Runtime.
+//! ONNX Runtime: finding and loading its library, execution providers, sessions, and
+//! the three Stable Diffusion graphs, each adapting to its export's input types.
+
+mod device;
+mod io;
+mod library;
+mod runtime;
+mod text_encoder;
+mod unet;
+mod vae;
+
+pub use device::Device;
+pub use library::{find_library, LibrarySearch, FETCH_HINT};
+pub use runtime::{EngineError, Runtime};
+pub use text_encoder::TextEncoder;
+pub use unet::Unet;
+pub use vae::VaeDecoder;

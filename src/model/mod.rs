@@ -1,1 +1,10 @@
-//! Models.
+//! Models: the standard ONNX export layout on disk, and `models.lock`, which names
+//! models and pins every file by digest.
+
+mod digest;
+mod layout;
+mod lock;
+
+pub use digest::{sha256_file, DigestCache};
+pub use layout::{ModelDir, ModelError};
+pub use lock::{LockEntry, LockError, ModelsLock, Problem, LOCK_FILE};

@@ -1,0 +1,114 @@
+//! `tomex generate`: one image, with its time.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::resolve::model_dir;
+use super::Global;
+use crate::diffusion::pipeline::{Request, StableDiffusion};
+use crate::diffusion::prompt::{cut_prompt, THESIS_MAX_CHARS};
+use crate::diffusion::scheduler::SchedulerKind;
+use crate::engine::{Device, Runtime};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model directory, or a name in models.lock.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Seed of torch's CPU generator for the initial latents (as diffusers).
+    #[arg(long)]
+    seed: u64,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// pndm, ddim, euler or dpmpp-2m.
+    #[arg(long, default_value = "pndm")]
+    scheduler: SchedulerKind,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Cut prompts over 300 characters at the last comma, as the thesis did.
+    #[arg(long)]
+    cut_prompt: bool,
+    /// Output PNG file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
+    let prompt = if args.cut_prompt { cut_prompt(&args.prompt, THESIS_MAX_CHARS) } else { args.prompt.clone() };
+    let request = Request {
+        prompt,
+        negative_prompt: args.negative_prompt.clone(),
+        seed: args.seed,
+        steps: args.steps,
+        guidance: args.guidance,
+        width: args.width,
+        height: args.height,
+        scheduler: args.scheduler,
+    };
+    request.validate()?;
+    check_writable(&args.out)?;
+    let model = model_dir(global, &args.model)?;
+    let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
+    let mut sd = StableDiffusion::load(&runtime, &model)?;
+    let (image, timings) = sd.generate(&request)?;
+    write_png_atomically(&image, &args.out)?;
+    println!(
+        "{}: {:.3} s (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}",
+        args.out.display(),
+        timings.total.as_secs_f64(),
+        timings.text_encoding.as_secs_f64(),
+        timings.unet.as_secs_f64(),
+        timings.vae.as_secs_f64(),
+        runtime.device(),
+        runtime.version()
+    );
+    Ok(())
+}
+
+/// Fails before any work when the image could not be written afterwards.
+fn check_writable(out: &Path) -> anyhow::Result<()> {
+    if out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("png") {
+        bail!("--out {}: the output must be a .png file", out.display());
+    }
+    if out.is_dir() {
+        bail!("--out {} is a directory, not a file", out.display());
+    }
+    let dir = parent_dir(out);
+    if !dir.is_dir() {
+        bail!("--out {}: folder {} does not exist", out.display(), dir.display());
+    }
+    let probe = dir.join(format!(".tomex-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn parent_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes to a temporary name and renames, so a crash never leaves half a PNG.
+fn write_png_atomically(image: &image::RgbImage, out: &Path) -> anyhow::Result<()> {
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("image.png");
+    let tmp = parent_dir(out).join(format!(".{name}.tmp{}", std::process::id()));
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
+}

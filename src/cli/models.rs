@@ -1,0 +1,81 @@
+//! `tomex models list|verify|add`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::resolve::lock_path;
+use super::Global;
+use crate::model::{DigestCache, ModelsLock};
+
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// List the models in models.lock.
+    List,
+    /// Check every file of a model (or of all models) against its digest.
+    Verify {
+        /// Model name; all models when omitted.
+        name: Option<String>,
+    },
+    /// Record a model directory's files and digests under a name.
+    Add {
+        name: String,
+        dir: PathBuf,
+        /// Where the files came from (an export command, a URL, a paper).
+        #[arg(long)]
+        source: String,
+    },
+}
+
+pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::List => {
+            let lock = ModelsLock::load(&lock_path(global)?)?;
+            for name in lock.names() {
+                let entry = lock.entry(name)?;
+                println!("{name}\t{}\t{} files\t{}", entry.path.display(), entry.files.len(), entry.source);
+            }
+            Ok(())
+        }
+        ModelsCommand::Verify { name } => {
+            let lock = ModelsLock::load(&lock_path(global)?)?;
+            let names: Vec<String> = match name {
+                Some(n) => vec![n],
+                None => lock.names().map(str::to_string).collect(),
+            };
+            let mut cache = DigestCache::open_default();
+            let mut bad = 0;
+            for name in &names {
+                let problems = lock.verify(name, &mut cache)?;
+                if problems.is_empty() {
+                    println!("{name}: ok ({} files)", lock.entry(name)?.files.len());
+                } else {
+                    bad += 1;
+                    println!("{name}: {} problem(s)", problems.len());
+                    for p in problems {
+                        println!("  {p}");
+                    }
+                }
+            }
+            cache.save();
+            if bad > 0 {
+                bail!("{bad} of {} model(s) do not match {}", names.len(), lock.path().display());
+            }
+            Ok(())
+        }
+        ModelsCommand::Add { name, dir, source } => {
+            if !dir.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            let path = global.lock.clone().unwrap_or_else(|| PathBuf::from(crate::model::LOCK_FILE));
+            let mut lock = ModelsLock::load_or_new(&path)?;
+            let mut cache = DigestCache::open_default();
+            lock.add(&name, &dir, &source, &mut cache)?;
+            cache.save();
+            lock.save()?;
+            println!("{name}: {} files recorded in {}", lock.entry(&name)?.files.len(), path.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! One image from a prompt and a seed, step for step as diffusers'
+//! `StableDiffusionPipeline.__call__` does it.
+
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ndarray::{concatenate, s, Array3, Array4, Axis, Ix4};
+
+use super::pixels::to_rgb8;
+use super::rng::randn;
+use super::scheduler::{self, SchedulerConfig, SchedulerKind};
+use super::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::engine::{EngineError, Runtime, TextEncoder, Unet, VaeDecoder};
+use crate::model::{ModelDir, ModelError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("{0}")]
+    Scheduler(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything that determines one image.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub guidance: f32,
+    pub width: usize,
+    pub height: usize,
+    pub scheduler: SchedulerKind,
+}
+
+impl Request {
+    /// The checks diffusers makes before it starts, with messages that name the value.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % 8 != 0 {
+                return Err(PipelineError::Invalid(format!("{name} {v} is not a positive multiple of 8")));
+            }
+        }
+        if self.steps == 0 {
+            return Err(PipelineError::Invalid("steps must be at least 1".into()));
+        }
+        if !self.guidance.is_finite() {
+            return Err(PipelineError::Invalid(format!("guidance {} is not a finite number", self.guidance)));
+        }
+        Ok(())
+    }
+}
+
+/// Wall time of one image and of its stages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub text_encoding: Duration,
+    pub unet: Duration,
+    pub vae: Duration,
+    pub total: Duration,
+}
+
+/// The loaded graphs and configuration of one model.
+pub struct StableDiffusion {
+    tokenizer: ClipTokenizer,
+    text_encoder: TextEncoder,
+    unet: Unet,
+    vae: VaeDecoder,
+    scheduler_config: SchedulerConfig,
+    vae_scaling_factor: f32,
+}
+
+impl StableDiffusion {
+    pub fn load(runtime: &Runtime, model: &ModelDir) -> Result<StableDiffusion, PipelineError> {
+        let scheduler_config = SchedulerConfig::from_json(&model.scheduler_config_text()?).map_err(|e| {
+            PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
+        })?;
+        Ok(StableDiffusion {
+            tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
+            text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
+            unet: Unet::load(runtime, &model.unet)?,
+            vae: VaeDecoder::load(runtime, &model.vae_decoder)?,
+            scheduler_config,
+            vae_scaling_factor: model.vae_scaling_factor()?,
+        })
+    }
+
+    pub fn generate(&mut self, req: &Request) -> Result<(RgbImage, Timings), PipelineError> {
+        req.validate()?;
+        let start = Instant::now();
+        let mut scheduler = scheduler::build(req.scheduler, &self.scheduler_config, req.steps)
+            .map_err(|e| PipelineError::Scheduler(e.to_string()))?;
+        let guided = req.guidance > 1.0;
+
+        // Text: unconditional first, as diffusers concatenates [negative, positive].
+        let mut rows = Vec::with_capacity(2);
+        if guided {
+            rows.push(self.tokenizer.encode(&req.negative_prompt)?);
+        }
+        rows.push(self.tokenizer.encode(&req.prompt)?);
+        let hidden: Array3<f32> = self.text_encoder.encode(&rows)?;
+        let text_encoding = start.elapsed();
+
+        // Initial noise from torch's CPU generator, scaled as the scheduler wants.
+        let shape = [1, 4, req.height / 8, req.width / 8];
+        let sigma = scheduler.init_noise_sigma();
+        let mut latents = randn(req.seed, &shape).mapv(|v| v * sigma);
+
+        let unet_start = Instant::now();
+        for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
+            let scaled = four_d(scheduler.scale_model_input(&latents, i))?;
+            let input = if guided { concatenate![Axis(0), scaled, scaled] } else { scaled };
+            let noise = self.unet.predict(&input, t, &hidden)?;
+            let noise = if guided {
+                let (uncond, text) = (noise.slice(s![0..1, .., .., ..]), noise.slice(s![1..2, .., .., ..]));
+                // Same float32 operations as torch: uncond + g * (text - uncond).
+                &uncond + &((&text - &uncond) * req.guidance)
+            } else {
+                noise
+            };
+            latents = scheduler.step(&noise.into_dyn(), i, &latents);
+        }
+        let unet = unet_start.elapsed();
+
+        let vae_start = Instant::now();
+        let latents = four_d(latents)?.mapv(|v| v / self.vae_scaling_factor);
+        let decoded = self.vae.decode(&latents)?;
+        let image = to_rgb8(decoded.index_axis(Axis(0), 0));
+        let vae = vae_start.elapsed();
+
+        Ok((image, Timings { text_encoding, unet, vae, total: start.elapsed() }))
+    }
+}
+
+fn four_d(a: ndarray::ArrayD<f32>) -> Result<Array4<f32>, PipelineError> {
+    a.into_dimensionality::<Ix4>()
+        .map_err(|e| PipelineError::Invalid(format!("latents are not 4-D: {e}")))
+}

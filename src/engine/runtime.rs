@@ -1,0 +1,121 @@
+//! The process-wide ONNX Runtime environment and session construction.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+
+use super::device::Device;
+use super::library::{find_library, FETCH_HINT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no ONNX Runtime library found; looked in:\n  {}\nfetch one with: {FETCH_HINT}\nor point --ort-lib / ORT_DYLIB_PATH at a libonnxruntime.so", .tried.join("\n  "))]
+    LibraryNotFound { tried: Vec<String> },
+    #[error("could not load the ONNX Runtime library {path}: {reason}\nfetch a matching one (ONNX Runtime 1.31) with: {FETCH_HINT}")]
+    LibraryLoad { path: PathBuf, reason: String },
+    #[error("ONNX Runtime was already loaded from {loaded} in this process; cannot switch to {wanted}")]
+    LibraryConflict { loaded: PathBuf, wanted: PathBuf },
+    #[error("the ONNX Runtime library {path} has no CUDA execution provider (it is the CPU build); fetch the GPU build with: bash tools/fetch-onnxruntime.sh --gpu")]
+    NoCudaProvider { path: PathBuf },
+    #[error("the CUDA execution provider on GPU {device} failed to start for {model}: {reason}")]
+    CudaStart { device: i32, model: PathBuf, reason: String },
+    #[error("ONNX Runtime could not load {model}: {reason}")]
+    SessionLoad { model: PathBuf, reason: String },
+    #[error("{model} is not the graph tomex expects: {reason}")]
+    Unexpected { model: PathBuf, reason: String },
+    #[error("running {model} failed: {reason}")]
+    Run { model: PathBuf, reason: String },
+}
+
+/// The loaded library: one per process, as ONNX Runtime allows one environment.
+struct Loaded {
+    path: PathBuf,
+    environment: Environment,
+}
+
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+
+/// A handle to the loaded ONNX Runtime plus the device that sessions run on.
+#[derive(Clone, Copy)]
+pub struct Runtime {
+    loaded: &'static Loaded,
+    device: Device,
+}
+
+impl Runtime {
+    /// Loads the library found by [`find_library`] (once per process) for `device`.
+    pub fn new(explicit_library: Option<&Path>, device: Device) -> Result<Runtime, EngineError> {
+        let path = find_library(explicit_library)
+            .map_err(|search| EngineError::LibraryNotFound { tried: search.tried })?;
+        let loaded = match LOADED.get() {
+            Some(loaded) => loaded,
+            None => {
+                let load_err = |reason: String| EngineError::LibraryLoad { path: path.clone(), reason };
+                let environment = ort::init_from(&path)
+                    .map_err(|e| load_err(e.to_string()))?
+                    .with_name("tomex")
+                    .build()
+                    .map_err(|e| load_err(e.to_string()))?;
+                // A race between two first calls leaves one environment; both are the same library.
+                let _ = LOADED.set(Loaded { path: path.clone(), environment });
+                LOADED.get().expect("set above")
+            }
+        };
+        if same_file(&loaded.path, &path) || explicit_library.is_none() {
+            Ok(Runtime { loaded, device })
+        } else {
+            Err(EngineError::LibraryConflict { loaded: loaded.path.clone(), wanted: path })
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn library_path(&self) -> &Path {
+        &self.loaded.path
+    }
+
+    /// The library's version as its file name states it (`libonnxruntime.so.1.31.1`).
+    pub fn version(&self) -> String {
+        let name = self.loaded.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        version_like(name).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Opens `model` on this runtime's device. A CUDA provider that cannot start is an
+    /// error, never a silent fall-back to the CPU.
+    pub fn session(&self, model: &Path) -> Result<Session, EngineError> {
+        let load_err = |e: &dyn std::fmt::Display| EngineError::SessionLoad {
+            model: model.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut builder = Session::builder(&self.loaded.environment).map_err(|e| load_err(&e))?;
+        if let Device::Cuda(id) = self.device {
+            if !ep::CUDA::is_available().unwrap_or(false) {
+                return Err(EngineError::NoCudaProvider { path: self.loaded.path.clone() });
+            }
+            let cuda = ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            builder = builder
+                .with_execution_providers([cuda])
+                .map_err(|e| EngineError::CudaStart { device: id, model: model.into(), reason: e.to_string() })?;
+        }
+        builder.commit_from_file(model).map_err(|e| load_err(&e))
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// `1.31.1` out of `libonnxruntime.so.1.31.1`.
+fn version_like(file_name: &str) -> Option<String> {
+    let start = file_name.find(|c: char| c.is_ascii_digit())?;
+    let v = &file_name[start..];
+    v.split('.').all(|p| p.parse::<u32>().is_ok()).then(|| v.to_string())
+}

@@ -1,0 +1,106 @@
+//! The UNet graph: noisy latents, timestep and text states in, noise prediction out.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array0, Array1, Array3, Array4};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef};
+
+use super::io::{input_spec, output_name, run_error, unexpected, InputSpec};
+use super::runtime::{EngineError, Runtime};
+
+pub struct Unet {
+    session: Session,
+    path: PathBuf,
+    sample: String,
+    timestep: InputSpec,
+    hidden: String,
+    output: String,
+}
+
+impl Unet {
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Unet, EngineError> {
+        let session = runtime.session(path)?;
+        let sample = input_spec(&session, path, "sample", 0)?;
+        if sample.element != TensorElementType::Float32 {
+            return Err(unexpected(
+                path,
+                format!("`{}` is {:?}; only float32 exports are supported", sample.name, sample.element),
+            ));
+        }
+        let timestep = input_spec(&session, path, "timestep", 1)?;
+        let supported = [
+            TensorElementType::Float32,
+            TensorElementType::Float64,
+            TensorElementType::Int64,
+            TensorElementType::Int32,
+        ];
+        if !supported.contains(&timestep.element) || timestep.shape.len() > 1 {
+            return Err(unexpected(
+                path,
+                format!(
+                    "timestep `{}` is {:?} of rank {}; expected a float or integer scalar or vector",
+                    timestep.name,
+                    timestep.element,
+                    timestep.shape.len()
+                ),
+            ));
+        }
+        let hidden = input_spec(&session, path, "encoder_hidden_states", 2)?.name;
+        let output = output_name(&session, "out_sample");
+        Ok(Unet { session, path: path.to_path_buf(), sample: sample.name, timestep, hidden, output })
+    }
+
+    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states.
+    pub fn predict(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+    ) -> Result<Array4<f32>, EngineError> {
+        let run_err = |e| run_error(&self.path, e);
+        let t = self.timestep_value(timestep, sample.shape()[0]).map_err(run_err)?;
+        let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
+        let hidden_in = TensorRef::from_array_view(hidden.view()).map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                self.sample.as_str() => sample_in,
+                self.timestep.name.as_str() => t,
+                self.hidden.as_str() => hidden_in,
+            ])
+            .map_err(run_err)?;
+        let noise = outputs[self.output.as_str()].try_extract_array::<f32>().map_err(run_err)?;
+        noise
+            .to_owned()
+            .into_dimensionality()
+            .map_err(|e| unexpected(&self.path, format!("`{}` is not [batch, c, h, w]: {e}", self.output)))
+    }
+
+    /// The timestep in the graph's type and shape: a scalar, `[1]` when the graph fixes
+    /// one element, else one per batch element (as torch broadcasts it).
+    fn timestep_value(&self, t: f32, batch: usize) -> ort::Result<DynValue> {
+        let len = match self.timestep.shape.as_slice() {
+            [] => None,
+            [1] => Some(1),
+            _ => Some(batch),
+        };
+        fn make<T: Copy + Clone + std::fmt::Debug + 'static>(v: T, len: Option<usize>) -> ort::Result<DynValue>
+        where
+            Tensor<T>: Into<DynValue>,
+            T: ort::value::PrimitiveTensorElementType,
+        {
+            Ok(match len {
+                None => Tensor::from_array(Array0::from_elem((), v))?.into(),
+                Some(n) => Tensor::from_array(Array1::from_elem(n, v))?.into(),
+            })
+        }
+        // Integer exports truncate as torch's `.long()` would; SD timesteps are whole anyway.
+        match self.timestep.element {
+            TensorElementType::Float32 => make(t, len),
+            TensorElementType::Float64 => make(t as f64, len),
+            TensorElementType::Int32 => make(t as i32, len),
+            _ => make(t as i64, len),
+        }
+    }
+}

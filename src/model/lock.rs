@@ -1,0 +1,228 @@
+//! `models.lock`: model names, where each model's files live, where they came from,
+//! and the SHA-256 of every file.
+//!
+//! ```toml
+//! [models.tiny]
+//! path = "models/tiny"            # relative to the lock file
+//! source = "tools/make_tiny_model.py (random weights)"
+//! [models.tiny.files]
+//! "unet/model.onnx" = "sha256:…"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::DigestCache;
+
+pub const LOCK_FILE: &str = "models.lock";
+
+const HEADER: &str = "# models.lock: every file of every model, pinned by digest.\n\
+# Written by `tomex models add`; checked by `tomex models verify [NAME]`.\n\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{path} has no model named `{name}`; it names: {known}")]
+    UnknownName { path: PathBuf, name: String, known: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockEntry {
+    /// Model directory, relative to the lock file (or absolute).
+    pub path: PathBuf,
+    /// Where the files came from, for the reader.
+    pub source: String,
+    /// File path within the model directory → `sha256:<hex>`.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockFile {
+    #[serde(default)]
+    models: BTreeMap<String, LockEntry>,
+}
+
+/// One file that does not match the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    Missing { file: PathBuf },
+    WrongDigest { file: PathBuf, expected: String, actual: String },
+    Unreadable { file: PathBuf, reason: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing { file } => write!(f, "{}: missing", file.display()),
+            Problem::WrongDigest { file, expected, actual } => {
+                write!(f, "{}: wrong digest (models.lock has {expected}, the file is {actual})", file.display())
+            }
+            Problem::Unreadable { file, reason } => write!(f, "{}: unreadable ({reason})", file.display()),
+        }
+    }
+}
+
+pub struct ModelsLock {
+    path: PathBuf,
+    lock: LockFile,
+}
+
+impl ModelsLock {
+    pub fn load(path: &Path) -> Result<ModelsLock, LockError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LockError::Read { path: path.into(), reason: e.to_string() })?;
+        let lock = toml::from_str(&text).map_err(|e| LockError::Parse { path: path.into(), reason: e.to_string() })?;
+        Ok(ModelsLock { path: path.to_path_buf(), lock })
+    }
+
+    /// The lock at `path`, or an empty one that `save` will create.
+    pub fn load_or_new(path: &Path) -> Result<ModelsLock, LockError> {
+        if path.exists() {
+            Self::load(path)
+        } else {
+            Ok(ModelsLock { path: path.to_path_buf(), lock: LockFile::default() })
+        }
+    }
+
+    /// `models.lock` in the working directory or next to the executable's project.
+    pub fn find_default() -> Option<PathBuf> {
+        let mut roots: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+        if let Ok(exe) = std::env::current_exe() {
+            roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+        }
+        roots.into_iter().map(|r| r.join(LOCK_FILE)).find(|p| p.is_file())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.lock.models.keys().map(String::as_str)
+    }
+
+    pub fn entry(&self, name: &str) -> Result<&LockEntry, LockError> {
+        self.lock.models.get(name).ok_or_else(|| LockError::UnknownName {
+            path: self.path.clone(),
+            name: name.to_string(),
+            known: self.names().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The model directory of an entry, resolved against the lock file's folder.
+    pub fn model_dir(&self, entry: &LockEntry) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(&entry.path)
+    }
+
+    /// Every file of `name` that is missing or does not match its digest.
+    pub fn verify(&self, name: &str, cache: &mut DigestCache) -> Result<Vec<Problem>, LockError> {
+        let entry = self.entry(name)?;
+        let dir = self.model_dir(entry);
+        let mut problems = Vec::new();
+        for (rel, expected) in &entry.files {
+            let file = dir.join(rel);
+            if !file.is_file() {
+                problems.push(Problem::Missing { file });
+                continue;
+            }
+            match cache.digest(&file) {
+                Ok(actual) if &actual == expected => {}
+                Ok(actual) => problems.push(Problem::WrongDigest { file, expected: expected.clone(), actual }),
+                Err(e) => problems.push(Problem::Unreadable { file, reason: e.to_string() }),
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Records every file under `dir` as model `name` (replacing an older entry).
+    pub fn add(&mut self, name: &str, dir: &Path, source: &str, cache: &mut DigestCache) -> Result<(), LockError> {
+        let read_err = |e: std::io::Error| LockError::Read { path: dir.into(), reason: e.to_string() };
+        let mut files = BTreeMap::new();
+        for file in files_under(dir).map_err(read_err)? {
+            let rel = file.strip_prefix(dir).expect("listed under dir");
+            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            files.insert(rel, cache.digest(&file).map_err(read_err)?);
+        }
+        let base = self.path.parent().unwrap_or(Path::new(".")).canonicalize().ok();
+        let abs = dir.canonicalize().map_err(read_err)?;
+        let path = match base.as_deref().and_then(|b| abs.strip_prefix(b).ok()) {
+            Some(rel) => rel.to_path_buf(),
+            None => abs,
+        };
+        self.lock.models.insert(name.to_string(), LockEntry { path, source: source.to_string(), files });
+        Ok(())
+    }
+
+    pub fn save(&self) -> Result<(), LockError> {
+        let write_err = |reason: String| LockError::Write { path: self.path.clone(), reason };
+        let body = toml::to_string_pretty(&self.lock).map_err(|e| write_err(e.to_string()))?;
+        let tmp = self.path.with_extension("lock.tmp");
+        std::fs::write(&tmp, format!("{HEADER}{body}")).map_err(|e| write_err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| write_err(e.to_string()))
+    }
+}
+
+/// Regular files under `dir`, sorted, hidden files skipped.
+fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_and_detect_tampering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("m");
+        std::fs::create_dir_all(model.join("unet")).unwrap();
+        std::fs::write(model.join("unet/model.onnx"), b"weights").unwrap();
+        std::fs::write(model.join("model_index.json"), b"{}").unwrap();
+        let lock_path = tmp.path().join(LOCK_FILE);
+        let mut cache = DigestCache::in_memory();
+        let mut lock = ModelsLock::load_or_new(&lock_path).unwrap();
+        lock.add("m", &model, "test", &mut cache).unwrap();
+        lock.save().unwrap();
+
+        let lock = ModelsLock::load(&lock_path).unwrap();
+        assert_eq!(lock.entry("m").unwrap().path, PathBuf::from("m"));
+        assert!(lock.verify("m", &mut DigestCache::in_memory()).unwrap().is_empty());
+
+        std::fs::write(model.join("unet/model.onnx"), b"tampered").unwrap();
+        std::fs::remove_file(model.join("model_index.json")).unwrap();
+        let problems = lock.verify("m", &mut DigestCache::in_memory()).unwrap();
+        assert_eq!(problems.len(), 2);
+        assert!(problems.iter().any(|p| matches!(p, Problem::Missing { file } if file.ends_with("model_index.json"))));
+        assert!(problems.iter().any(|p| p.to_string().contains("unet/model.onnx: wrong digest")));
+
+        let err = lock.entry("nope").unwrap_err().to_string();
+        assert!(err.contains("no model named `nope`; it names: m"), "{err}");
+    }
+}
