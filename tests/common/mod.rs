@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests: the repository paths, the tiny model,
+//! and one ONNX Runtime per test process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tomex::engine::{Device, Runtime};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn golden(rel: &str) -> PathBuf {
+    repo().join("golden").join(rel)
+}
+
+pub fn tiny_model() -> PathBuf {
+    repo().join("models/tiny")
+}
+
+/// The CPU runtime; the library comes from `tools/fetch-onnxruntime.sh` (`.ort/lib`).
+pub fn runtime() -> Runtime {
+    Runtime::new(None, Device::Cpu).expect("ONNX Runtime library (run tools/fetch-onnxruntime.sh)")
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Copies a directory tree (test fixtures built from the tiny model).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
