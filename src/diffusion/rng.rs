@@ -100,10 +100,7 @@ impl Mt19937 {
                 .wrapping_mul(prev ^ (prev >> 30))
                 .wrapping_add(j as u32);
         }
-        Mt19937 {
-            state,
-            index: MT_N,
-        }
+        Mt19937 { state, index: MT_N }
     }
 
     /// Regenerates the whole state block (the "twist").
@@ -237,7 +234,8 @@ impl TorchGenerator {
     /// The small-tensor path computes `value * std + mean` in `f64`; for the
     /// AVX2 path this is evaluated as one fused multiply-add (as the GCC-built
     /// AVX2/AVX512 kernels do), for the scalar path as a multiply then an add.
-    /// With the defaults `mean = 0`, `std = 1` both are exact.
+    /// With the defaults `mean = 0`, `std = 1` both are exact; a few other
+    /// `(mean, std)` pairs are in the golden tests (`golden/randn`).
     pub fn normal_fill_f32(&mut self, out: &mut [f32], mean: f64, std: f64, path: NormalPath) {
         let size = out.len();
         if size < 16 {
@@ -264,7 +262,7 @@ impl TorchGenerator {
             fill16(&mut out[start..start + 16]);
             start += 16;
         }
-        if size % 16 != 0 {
+        if !size.is_multiple_of(16) {
             let tail = &mut out[size - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -333,7 +331,8 @@ fn box_muller16_avx2(d: &mut [f32], mean: f32, std: f32) {
 // Constants of avx_mathfun.h (Cephes single-precision log and sin/cos). The
 // C source initialises `float` arrays from double literals, so each value is
 // the decimal rounded to f64 and then to f32, which is what `as f32` does.
-const SQRTHF: f32 = 0.707_106_781_186_547_524_f64 as f32;
+// 0.707106781186547524 in the C source, which rounds to this f64.
+const SQRTHF: f32 = std::f64::consts::FRAC_1_SQRT_2 as f32;
 const LOG_P: [f32; 9] = [
     7.037_683_629_2e-2_f64 as f32,
     -1.151_461_031_0e-1_f64 as f32,
@@ -348,7 +347,10 @@ const LOG_P: [f32; 9] = [
 const LOG_Q1: f32 = -2.121_944_40e-4_f64 as f32;
 const LOG_Q2: f32 = 0.693_359_375_f64 as f32;
 const MINUS_DP1: f32 = -0.785_156_25_f64 as f32;
+// Spelled as in the C source (these are exact binary fractions).
+#[allow(clippy::excessive_precision)]
 const MINUS_DP2: f32 = -2.418_756_484_985_351_562_5e-4_f64 as f32;
+#[allow(clippy::excessive_precision)]
 const MINUS_DP3: f32 = -3.774_894_977_445_941_08e-8_f64 as f32;
 const SINCOF: [f32; 3] = [
     -1.951_529_589_1e-4_f64 as f32,
@@ -446,47 +448,49 @@ mod tests {
         (0..n).map(|_| mt.next_u32()).collect()
     }
 
-    #[test]
-    fn mt19937_reference_seed_5489() {
-        // C++ std::mt19937 default seed: first output and the 10000th
-        // (the value required by the C++ standard).
-        let out = first_outputs(5489, 10_000);
-        assert_eq!(
-            &out[..5],
-            &[3_499_211_612, 581_869_302, 3_890_346_734, 3_586_334_585, 545_404_204]
-        );
-        assert_eq!(out[623], 4_020_325_887);
-        assert_eq!(out[624], 4_178_893_912);
-        assert_eq!(out[9_999], 4_123_659_995);
-    }
+    /// (seed, first five outputs, outputs #623, #624 (first of the second
+    /// block) and #9999). Seed 5489 is C++'s `std::mt19937` default, whose
+    /// 10000th output 4123659995 is required by the C++ standard; the others
+    /// come from numpy's MT19937 with legacy `init_genrand` seeding.
+    const MT_REFERENCE: [(u64, [u32; 5], [u32; 3]); 4] = [
+        (
+            5489,
+            [3499211612, 581869302, 3890346734, 3586334585, 545404204],
+            [4020325887, 4178893912, 4123659995],
+        ),
+        (
+            0,
+            [2357136044, 2546248239, 3071714933, 3626093760, 2588848963],
+            [3791854820, 341544762, 1543171712],
+        ),
+        (
+            42,
+            [1608637542, 3421126067, 4083286876, 787846414, 3143890026],
+            [1077437785, 108880612, 1399405940],
+        ),
+        (
+            4294967295,
+            [419326371, 479346978, 3918654476, 2416749639, 3388880820],
+            [1027084080, 3860652269, 1117955853],
+        ),
+    ];
 
     #[test]
-    fn mt19937_other_seeds() {
-        // Values from numpy's MT19937 with legacy (init_genrand) seeding.
-        let out = first_outputs(0, 10_000);
-        assert_eq!(
-            &out[..5],
-            &[2_357_136_044, 2_546_248_239, 3_071_714_933, 3_626_093_760, 2_588_848_963]
-        );
-        assert_eq!((out[623], out[624], out[9_999]), (3_791_854_820, 341_544_762, 1_543_171_712));
-        let out = first_outputs(42, 10_000);
-        assert_eq!(
-            &out[..5],
-            &[1_608_637_542, 3_421_126_067, 4_083_286_876, 787_846_414, 3_143_890_026]
-        );
-        assert_eq!((out[623], out[624], out[9_999]), (1_077_437_785, 108_880_612, 1_399_405_940));
-        let out = first_outputs(u64::from(u32::MAX), 10_000);
-        assert_eq!(
-            &out[..5],
-            &[419_326_371, 479_346_978, 3_918_654_476, 2_416_749_639, 3_388_880_820]
-        );
-        assert_eq!((out[623], out[624], out[9_999]), (1_027_084_080, 3_860_652_269, 1_117_955_853));
+    fn mt19937_known_values() {
+        for (seed, first, later) in MT_REFERENCE {
+            let out = first_outputs(seed, 10_000);
+            assert_eq!(out[..5], first, "seed {seed}");
+            assert_eq!([out[623], out[624], out[9_999]], later, "seed {seed}");
+        }
     }
 
     #[test]
     fn seed_uses_low_32_bits_only() {
         assert_eq!(first_outputs(1 << 32, 700), first_outputs(0, 700));
-        assert_eq!(first_outputs(u64::MAX, 700), first_outputs(u64::from(u32::MAX), 700));
+        assert_eq!(
+            first_outputs(u64::MAX, 700),
+            first_outputs(u64::from(u32::MAX), 700)
+        );
         assert_eq!(TorchGenerator::new(u64::MAX).initial_seed(), u64::MAX);
     }
 
@@ -499,7 +503,10 @@ mod tests {
     #[test]
     fn uniforms_are_exact_masks() {
         let mut g = TorchGenerator::new(0);
-        assert_eq!(g.uniform_f32(), (2_357_136_044u32 & 0xff_ffff) as f32 / 16_777_216.0);
+        assert_eq!(
+            g.uniform_f32(),
+            (2_357_136_044u32 & 0xff_ffff) as f32 / 16_777_216.0
+        );
         let mut g = TorchGenerator::new(0);
         let bits = ((2_357_136_044u64 << 32) | 2_546_248_239) & ((1 << 53) - 1);
         assert_eq!(g.uniform_f64(), bits as f64 / 9_007_199_254_740_992.0);
@@ -521,9 +528,12 @@ mod tests {
         for i in 1..=1000 {
             let x = i as f32 / 1000.0;
             assert!((cephes_log(x) - x.ln()).abs() <= 2e-7 * x.ln().abs().max(1.0));
-            let t = x * 6.283;
+            let t = x * std::f32::consts::TAU * 0.9999;
             let (s, c) = cephes_sincos(t);
-            assert!((s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6, "{t}");
+            assert!(
+                (s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6,
+                "{t}"
+            );
         }
     }
 
