@@ -33,8 +33,9 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Parses the text of a `scheduler_config.json`.
     pub fn from_json(text: &str) -> Result<Self, SchedulerError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| SchedulerError::Config(format!("scheduler config is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            SchedulerError::Config(format!("scheduler config is not valid JSON: {e}"))
+        })?;
         match value {
             Value::Object(map) => Self::from_map(map),
             other => Err(SchedulerError::Config(format!(
@@ -94,7 +95,10 @@ impl SchedulerConfig {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, SchedulerError> {
         match self.present(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong_type(key, "a number or null", v)),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| wrong_type(key, "a number or null", v)),
         }
     }
 
@@ -151,7 +155,10 @@ impl SchedulerConfig {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_f64().ok_or_else(|| wrong_type(key, "a list of numbers", v)))
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| wrong_type(key, "a list of numbers", v))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
             Some(v) => Err(wrong_type(key, "a list of numbers or null", v)),
@@ -194,10 +201,9 @@ mod tests {
 
     #[test]
     fn types_and_nulls() {
-        let c = SchedulerConfig::from_json(
-            r#"{"a":1,"b":null,"c":"x","d":[0.1,2],"e":true,"f":"no"}"#,
-        )
-        .unwrap();
+        let c =
+            SchedulerConfig::from_json(r#"{"a":1,"b":null,"c":"x","d":[0.1,2],"e":true,"f":"no"}"#)
+                .unwrap();
         assert_eq!(c.f64_or("a", 0.0).unwrap(), 1.0);
         assert_eq!(c.opt_f64("b").unwrap(), None);
         assert!(!c.bool_or("b", true).unwrap());

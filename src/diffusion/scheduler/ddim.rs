@@ -20,13 +20,13 @@ use super::{
 
 /// What the model predicts (`prediction_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Prediction {
+pub(crate) enum PredictionType {
     Epsilon,
     Sample,
     VPrediction,
 }
 
-impl Prediction {
+impl PredictionType {
     pub(crate) fn parse(
         kind: SchedulerKind,
         s: &str,
@@ -60,7 +60,10 @@ pub(crate) fn ddim_timesteps(
             .collect(),
         Spacing::Leading => {
             let ratio = (t / n) as i64;
-            (0..n as i64).rev().map(|i| i * ratio + steps_offset).collect()
+            (0..n as i64)
+                .rev()
+                .map(|i| i * ratio + steps_offset)
+                .collect()
         }
         Spacing::Trailing => np_arange_f64(t as f64, 0.0, -(t as f64 / n as f64))
             .into_iter()
@@ -76,7 +79,7 @@ pub struct Ddim {
     final_alpha_cumprod: f32,
     num_train_timesteps: usize,
     num_inference_steps: usize,
-    prediction: Prediction,
+    prediction: PredictionType,
     clip_sample: Option<f32>,
     timesteps_i: Vec<i64>,
     timesteps: Vec<f32>,
@@ -84,13 +87,17 @@ pub struct Ddim {
 
 impl Ddim {
     /// `DDIMScheduler.from_config(config)` then `set_timesteps(num_inference_steps)`.
-    pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
+    pub fn new(
+        config: &SchedulerConfig,
+        num_inference_steps: usize,
+    ) -> Result<Self, SchedulerError> {
         let kind = SchedulerKind::Ddim;
         let beta_config = BetaConfig::from_config(config)?;
         let clip_sample = config.bool_or("clip_sample", true)?;
         let set_alpha_to_one = config.bool_or("set_alpha_to_one", true)?;
         let steps_offset = config.i64_or("steps_offset", 0)?;
-        let prediction = Prediction::parse(kind, config.str_or("prediction_type", "epsilon")?, true)?;
+        let prediction =
+            PredictionType::parse(kind, config.str_or("prediction_type", "epsilon")?, true)?;
         let clip_sample_range = config.f64_or("clip_sample_range", 1.0)?;
         let spacing = Spacing::parse(config.str_or("timestep_spacing", "leading")?)?;
         let rescale = config.bool_or("rescale_betas_zero_snr", false)?;
@@ -101,7 +108,11 @@ impl Ddim {
             betas = rescale_zero_terminal_snr(&betas);
         }
         let alphas_cumprod = alphas_cumprod(&betas);
-        let final_alpha_cumprod = if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
 
         let t = beta_config.num_train_timesteps;
         check_steps(kind, num_inference_steps, t)?;
@@ -145,10 +156,14 @@ impl Scheduler for Ddim {
         sample.clone()
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step: usize,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         let timestep = self.timesteps_i[step];
-        let prev_timestep =
-            timestep - (self.num_train_timesteps / self.num_inference_steps) as i64;
+        let prev_timestep = timestep - (self.num_train_timesteps / self.num_inference_steps) as i64;
         let alpha_prod_t = self.alphas_cumprod[timestep as usize];
         let alpha_prod_t_prev = if prev_timestep >= 0 {
             self.alphas_cumprod[prev_timestep as usize]
@@ -160,17 +175,25 @@ impl Scheduler for Ddim {
         let sqrt_beta_t = beta_prod_t.sqrt();
 
         let (mut pred_original_sample, pred_epsilon) = match self.prediction {
-            Prediction::Epsilon => (
-                zip2(sample, model_output, |s, m| (s - sqrt_beta_t * m) / sqrt_alpha_t),
+            PredictionType::Epsilon => (
+                zip2(sample, model_output, |s, m| {
+                    (s - sqrt_beta_t * m) / sqrt_alpha_t
+                }),
                 model_output.clone(),
             ),
-            Prediction::Sample => (
+            PredictionType::Sample => (
                 model_output.clone(),
-                zip2(sample, model_output, |s, m| (s - sqrt_alpha_t * m) / sqrt_beta_t),
+                zip2(sample, model_output, |s, m| {
+                    (s - sqrt_alpha_t * m) / sqrt_beta_t
+                }),
             ),
-            Prediction::VPrediction => (
-                zip2(sample, model_output, |s, m| sqrt_alpha_t * s - sqrt_beta_t * m),
-                zip2(sample, model_output, |s, m| sqrt_alpha_t * m + sqrt_beta_t * s),
+            PredictionType::VPrediction => (
+                zip2(sample, model_output, |s, m| {
+                    sqrt_alpha_t * s - sqrt_beta_t * m
+                }),
+                zip2(sample, model_output, |s, m| {
+                    sqrt_alpha_t * m + sqrt_beta_t * s
+                }),
             ),
         };
         if let Some(range) = self.clip_sample {

@@ -42,7 +42,7 @@ enum SolverType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Prediction {
+enum PredictionType {
     Epsilon,
     VPrediction,
     Sample,
@@ -54,7 +54,7 @@ pub struct DpmSolverMultistep {
     algorithm: Algorithm,
     solver_type: SolverType,
     solver_order: usize,
-    prediction: Prediction,
+    prediction: PredictionType,
     lower_order_final: bool,
     euler_at_final: bool,
     final_sigmas_zero: bool,
@@ -68,7 +68,10 @@ pub struct DpmSolverMultistep {
 
 impl DpmSolverMultistep {
     /// `DPMSolverMultistepScheduler.from_config(config)` then `set_timesteps(num_inference_steps)`.
-    pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
+    pub fn new(
+        config: &SchedulerConfig,
+        num_inference_steps: usize,
+    ) -> Result<Self, SchedulerError> {
         let kind = SchedulerKind::DpmPp2m;
         let beta_config = BetaConfig::from_config(config)?;
         let solver_order = config.usize_or("solver_order", 2)?;
@@ -78,9 +81,9 @@ impl DpmSolverMultistep {
             )));
         }
         let prediction = match config.str_or("prediction_type", "epsilon")? {
-            "epsilon" => Prediction::Epsilon,
-            "v_prediction" => Prediction::VPrediction,
-            "sample" => Prediction::Sample,
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            "sample" => PredictionType::Sample,
             other => {
                 return Err(SchedulerError::Config(format!(
                     "{kind}: prediction_type `{other}` is not supported (valid: epsilon, v_prediction, sample)"
@@ -186,7 +189,10 @@ impl DpmSolverMultistep {
             }
             Spacing::Leading => {
                 let ratio = (last_timestep / (n + 1)) as i64;
-                (1..=n as i64).rev().map(|i| i * ratio + steps_offset).collect()
+                (1..=n as i64)
+                    .rev()
+                    .map(|i| i * ratio + steps_offset)
+                    .collect()
             }
             Spacing::Trailing => np_arange_f64(last_timestep as f64, 0.0, -(t as f64 / n as f64))
                 .into_iter()
@@ -194,7 +200,9 @@ impl DpmSolverMultistep {
                 .collect(),
         };
         if timesteps_i.is_empty() {
-            return Err(SchedulerError::Steps(format!("{kind}: no timesteps for {n} steps")));
+            return Err(SchedulerError::Steps(format!(
+                "{kind}: no timesteps for {n} steps"
+            )));
         }
         if timesteps_i[1..].contains(&timesteps_i[0]) {
             // diffusers' index_for_timestep would start at the *second* occurrence.
@@ -245,21 +253,25 @@ impl DpmSolverMultistep {
     }
 
     /// `convert_model_output`.
-    fn convert_model_output(&self, model_output: &ArrayD<f32>, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn convert_model_output(
+        &self,
+        model_output: &ArrayD<f32>,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         let (alpha_t, sigma_t) = self.alpha_sigma(self.step_index);
         match (self.algorithm, self.prediction) {
-            (Algorithm::DpmSolverPp, Prediction::Epsilon) => {
+            (Algorithm::DpmSolverPp, PredictionType::Epsilon) => {
                 zip2(sample, model_output, |s, m| (s - sigma_t * m) / alpha_t)
             }
-            (Algorithm::DpmSolverPp, Prediction::Sample) => model_output.clone(),
-            (Algorithm::DpmSolverPp, Prediction::VPrediction) => {
+            (Algorithm::DpmSolverPp, PredictionType::Sample) => model_output.clone(),
+            (Algorithm::DpmSolverPp, PredictionType::VPrediction) => {
                 zip2(sample, model_output, |s, m| alpha_t * s - sigma_t * m)
             }
-            (Algorithm::DpmSolver, Prediction::Epsilon) => model_output.clone(),
-            (Algorithm::DpmSolver, Prediction::Sample) => {
+            (Algorithm::DpmSolver, PredictionType::Epsilon) => model_output.clone(),
+            (Algorithm::DpmSolver, PredictionType::Sample) => {
                 zip2(sample, model_output, |s, m| (s - alpha_t * m) / sigma_t)
             }
-            (Algorithm::DpmSolver, Prediction::VPrediction) => {
+            (Algorithm::DpmSolver, PredictionType::VPrediction) => {
                 zip2(sample, model_output, |s, m| alpha_t * m + sigma_t * s)
             }
         }
@@ -295,8 +307,12 @@ impl DpmSolverMultistep {
     fn second_order(&self, sample: &ArrayD<f32>) -> ArrayD<f32> {
         let i = self.step_index;
         let k = self.model_outputs.len();
-        let m0 = self.model_outputs[k - 1].as_ref().expect("DPM-Solver: current output");
-        let m1 = self.model_outputs[k - 2].as_ref().expect("DPM-Solver: previous output");
+        let m0 = self.model_outputs[k - 1]
+            .as_ref()
+            .expect("DPM-Solver: current output");
+        let m1 = self.model_outputs[k - 2]
+            .as_ref()
+            .expect("DPM-Solver: previous output");
         let (lambda_t, alpha_t, sigma_t) = self.lambda(i + 1);
         let (lambda_s0, alpha_s0, sigma_s0) = self.lambda(i);
         let (lambda_s1, _, _) = self.lambda(i - 1);
@@ -310,25 +326,33 @@ impl DpmSolverMultistep {
                 let a = sigma_t / sigma_s0;
                 let b = alpha_t * (exp_f32(-h) - 1.0);
                 let c = 0.5 * (alpha_t * (exp_f32(-h) - 1.0));
-                zip3(sample, m0, m1, |s, d0, m1| a * s - b * d0 - c * (inv_r0 * (d0 - m1)))
+                zip3(sample, m0, m1, |s, d0, m1| {
+                    a * s - b * d0 - c * (inv_r0 * (d0 - m1))
+                })
             }
             (Algorithm::DpmSolverPp, SolverType::Heun) => {
                 let a = sigma_t / sigma_s0;
                 let b = alpha_t * (exp_f32(-h) - 1.0);
                 let c = alpha_t * ((exp_f32(-h) - 1.0) / h + 1.0);
-                zip3(sample, m0, m1, |s, d0, m1| a * s - b * d0 + c * (inv_r0 * (d0 - m1)))
+                zip3(sample, m0, m1, |s, d0, m1| {
+                    a * s - b * d0 + c * (inv_r0 * (d0 - m1))
+                })
             }
             (Algorithm::DpmSolver, SolverType::Midpoint) => {
                 let a = alpha_t / alpha_s0;
                 let b = sigma_t * (exp_f32(h) - 1.0);
                 let c = 0.5 * (sigma_t * (exp_f32(h) - 1.0));
-                zip3(sample, m0, m1, |s, d0, m1| a * s - b * d0 - c * (inv_r0 * (d0 - m1)))
+                zip3(sample, m0, m1, |s, d0, m1| {
+                    a * s - b * d0 - c * (inv_r0 * (d0 - m1))
+                })
             }
             (Algorithm::DpmSolver, SolverType::Heun) => {
                 let a = alpha_t / alpha_s0;
                 let b = sigma_t * (exp_f32(h) - 1.0);
                 let c = sigma_t * ((exp_f32(h) - 1.0) / h - 1.0);
-                zip3(sample, m0, m1, |s, d0, m1| a * s - b * d0 - c * (inv_r0 * (d0 - m1)))
+                zip3(sample, m0, m1, |s, d0, m1| {
+                    a * s - b * d0 - c * (inv_r0 * (d0 - m1))
+                })
             }
         }
     }
@@ -337,9 +361,15 @@ impl DpmSolverMultistep {
     fn third_order(&self, sample: &ArrayD<f32>) -> ArrayD<f32> {
         let i = self.step_index;
         let k = self.model_outputs.len();
-        let m0 = self.model_outputs[k - 1].as_ref().expect("DPM-Solver: current output");
-        let m1 = self.model_outputs[k - 2].as_ref().expect("DPM-Solver: previous output");
-        let m2 = self.model_outputs[k - 3].as_ref().expect("DPM-Solver: older output");
+        let m0 = self.model_outputs[k - 1]
+            .as_ref()
+            .expect("DPM-Solver: current output");
+        let m1 = self.model_outputs[k - 2]
+            .as_ref()
+            .expect("DPM-Solver: previous output");
+        let m2 = self.model_outputs[k - 3]
+            .as_ref()
+            .expect("DPM-Solver: older output");
         let (lambda_t, alpha_t, sigma_t) = self.lambda(i + 1);
         let (lambda_s0, alpha_s0, sigma_s0) = self.lambda(i);
         let (lambda_s1, _, _) = self.lambda(i - 1);
@@ -414,7 +444,12 @@ impl Scheduler for DpmSolverMultistep {
         sample.clone()
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step: usize,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         assert_eq!(
             step, self.step_index,
             "DPM-Solver: steps must be taken in order 0, 1, 2, … (got {step}, expected {})",
@@ -423,7 +458,9 @@ impl Scheduler for DpmSolverMultistep {
         let n = self.timesteps.len();
         assert!(step < n, "DPM-Solver: step {step} out of range (0..{n})");
         let lower_order_final = step == n - 1
-            && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_sigmas_zero);
+            && (self.euler_at_final
+                || (self.lower_order_final && n < 15)
+                || self.final_sigmas_zero);
         let lower_order_second = step + 2 == n && self.lower_order_final && n < 15;
 
         let converted = self.convert_model_output(model_output, sample);

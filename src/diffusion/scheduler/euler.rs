@@ -39,12 +39,18 @@ pub struct Euler {
 
 /// `sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, in `f32`.
 pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
-    alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
+    alphas_cumprod
+        .iter()
+        .map(|&a| ((1.0 - a) / a).sqrt())
+        .collect()
 }
 
 impl Euler {
     /// `EulerDiscreteScheduler.from_config(config)` then `set_timesteps(num_inference_steps)`.
-    pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
+    pub fn new(
+        config: &SchedulerConfig,
+        num_inference_steps: usize,
+    ) -> Result<Self, SchedulerError> {
         let kind = SchedulerKind::Euler;
         let beta_config = BetaConfig::from_config(config)?;
         let prediction = match config.str_or("prediction_type", "epsilon")? {
@@ -67,7 +73,11 @@ impl Euler {
         reject_flags(
             kind,
             config,
-            &["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"],
+            &[
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+            ],
         )?;
 
         let mut betas = beta_config.betas()?;
@@ -121,8 +131,8 @@ impl Euler {
             }
             other => {
                 return Err(SchedulerError::Config(format!(
-                    "{kind}: interpolation_type `{other}` is not supported (valid: linear, log_linear)"
-                )))
+                "{kind}: interpolation_type `{other}` is not supported (valid: linear, log_linear)"
+            )))
             }
         };
         let sigma_last = match final_sigmas_type {
@@ -188,7 +198,12 @@ impl Scheduler for Euler {
         sample.mapv(|x| x / d)
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step: usize,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         assert!(
             step < self.timesteps.len(),
             "Euler: step {step} out of range (0..{})",

@@ -160,7 +160,12 @@ pub trait Scheduler {
     /// The UNet input for step `step` (identity except for Euler).
     fn scale_model_input(&self, sample: &ArrayD<f32>, step: usize) -> ArrayD<f32>;
     /// One denoising step; returns diffusers' `prev_sample`.
-    fn step(&mut self, model_output: &ArrayD<f32>, step: usize, sample: &ArrayD<f32>) -> ArrayD<f32>;
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step: usize,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32>;
 }
 
 /// Builds `kind` from a model's scheduler config, as
@@ -178,9 +183,10 @@ pub fn build(
         SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config, num_inference_steps)?),
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, num_inference_steps)?),
         SchedulerKind::Euler => Box::new(euler::Euler::new(config, num_inference_steps)?),
-        SchedulerKind::DpmPp2m => {
-            Box::new(dpm_solver::DpmSolverMultistep::new(config, num_inference_steps)?)
-        }
+        SchedulerKind::DpmPp2m => Box::new(dpm_solver::DpmSolverMultistep::new(
+            config,
+            num_inference_steps,
+        )?),
     })
 }
 
@@ -253,7 +259,10 @@ fn zip3(
 ) -> ArrayD<f32> {
     assert_same_shape(a, b);
     assert_same_shape(a, c);
-    Zip::from(a).and(b).and(c).map_collect(|&x, &y, &z| f(x, y, z))
+    Zip::from(a)
+        .and(b)
+        .and(c)
+        .map_collect(|&x, &y, &z| f(x, y, z))
 }
 
 /// `f(a, b, c, d)` element by element.
@@ -284,7 +293,10 @@ mod tests {
             assert_eq!(k.to_string().parse::<SchedulerKind>().unwrap(), k);
         }
         let err = "heun".parse::<SchedulerKind>().unwrap_err().to_string();
-        assert!(err.contains("heun") && err.contains("pndm, ddim, euler, dpmpp-2m"), "{err}");
+        assert!(
+            err.contains("heun") && err.contains("pndm, ddim, euler, dpmpp-2m"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,9 +16,11 @@
 use ndarray::ArrayD;
 
 use super::betas::{alphas_cumprod, BetaConfig};
-use super::ddim::Prediction;
+use super::ddim::PredictionType;
 use super::timesteps::{np_arange_f64, np_linspace, np_round, Spacing};
-use super::{check_steps, zip2, zip3, zip4, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
+use super::{
+    check_steps, zip2, zip3, zip4, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind,
+};
 
 /// diffusers' `PNDMScheduler`.
 #[derive(Debug, Clone)]
@@ -27,7 +29,7 @@ pub struct Pndm {
     final_alpha_cumprod: f32,
     num_train_timesteps: usize,
     num_inference_steps: usize,
-    prediction: Prediction,
+    prediction: PredictionType,
     skip_prk_steps: bool,
     prk_len: usize,
     prk_timesteps: Vec<i64>,
@@ -61,19 +63,26 @@ fn base_timesteps(spacing: Spacing, t: usize, n: usize, steps_offset: i64) -> Ve
 
 impl Pndm {
     /// `PNDMScheduler.from_config(config)` then `set_timesteps(num_inference_steps)`.
-    pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
+    pub fn new(
+        config: &SchedulerConfig,
+        num_inference_steps: usize,
+    ) -> Result<Self, SchedulerError> {
         let kind = SchedulerKind::Pndm;
         let beta_config = BetaConfig::from_config(config)?;
         let skip_prk_steps = config.bool_or("skip_prk_steps", false)?;
         let set_alpha_to_one = config.bool_or("set_alpha_to_one", false)?;
         let prediction =
-            Prediction::parse(kind, config.str_or("prediction_type", "epsilon")?, false)?;
+            PredictionType::parse(kind, config.str_or("prediction_type", "epsilon")?, false)?;
         let spacing = Spacing::parse(config.str_or("timestep_spacing", "leading")?)?;
         let steps_offset = config.i64_or("steps_offset", 0)?;
 
         let betas = beta_config.betas()?;
         let alphas_cumprod = alphas_cumprod(&betas);
-        let final_alpha_cumprod = if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
 
         let t = beta_config.num_train_timesteps;
         let n = num_inference_steps;
@@ -114,10 +123,18 @@ impl Pndm {
                 Vec::new()
             };
             prk.reverse();
-            let plms: Vec<i64> = base[..base.len().saturating_sub(3)].iter().rev().copied().collect();
+            let plms: Vec<i64> = base[..base.len().saturating_sub(3)]
+                .iter()
+                .rev()
+                .copied()
+                .collect();
             (prk, plms)
         };
-        let timesteps_i: Vec<i64> = prk_timesteps.iter().chain(&plms_timesteps).copied().collect();
+        let timesteps_i: Vec<i64> = prk_timesteps
+            .iter()
+            .chain(&plms_timesteps)
+            .copied()
+            .collect();
 
         let pndm = Self {
             timesteps: timesteps_i.iter().map(|&v| v as f32).collect(),
@@ -154,7 +171,11 @@ impl Pndm {
         let mut ets = 0usize;
         for (counter, &ts) in self.timesteps_i.iter().enumerate() {
             let (timestep, prev) = if counter < self.prk_len && !self.skip_prk_steps {
-                let diff = if counter % 2 == 1 { 0 } else { t / n as i64 / 2 };
+                let diff = if counter % 2 == 1 {
+                    0
+                } else {
+                    t / n as i64 / 2
+                };
                 if counter % 4 == 0 {
                     ets += 1;
                 }
@@ -206,7 +227,7 @@ impl Pndm {
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
         let converted;
-        let model_output = if self.prediction == Prediction::VPrediction {
+        let model_output = if self.prediction == PredictionType::VPrediction {
             let (a, b) = (alpha_prod_t.sqrt(), beta_prod_t.sqrt());
             converted = zip2(model_output, sample, |m, s| a * m + b * s);
             &converted
@@ -217,11 +238,18 @@ impl Pndm {
         let denom = alpha_prod_t * beta_prod_t_prev.sqrt()
             + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev).sqrt();
         let diff = alpha_prod_t_prev - alpha_prod_t;
-        zip2(sample, model_output, |s, m| sample_coeff * s - diff * m / denom)
+        zip2(sample, model_output, |s, m| {
+            sample_coeff * s - diff * m / denom
+        })
     }
 
     /// `PNDMScheduler.step_prk`.
-    fn step_prk(&mut self, model_output: &ArrayD<f32>, timestep: i64, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step_prk(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        timestep: i64,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         let t = self.num_train_timesteps as i64;
         let n = self.num_inference_steps as i64;
         let diff_to_prev = if self.counter % 2 == 1 { 0 } else { t / n / 2 };
@@ -234,15 +262,27 @@ impl Pndm {
         match self.counter % 4 {
             0 => {
                 // cur_model_output (0 or a tensor) += 1/6 * model_output
-                self.cur_model_output = Some(add_scaled(self.cur_model_output.take(), sixth, model_output));
+                self.cur_model_output = Some(add_scaled(
+                    self.cur_model_output.take(),
+                    sixth,
+                    model_output,
+                ));
                 self.ets.push(model_output.clone());
                 self.cur_sample = Some(sample.clone());
             }
             1 | 2 => {
-                self.cur_model_output = Some(add_scaled(self.cur_model_output.take(), third, model_output));
+                self.cur_model_output = Some(add_scaled(
+                    self.cur_model_output.take(),
+                    third,
+                    model_output,
+                ));
             }
             _ => {
-                combined = Some(add_scaled(self.cur_model_output.take(), sixth, model_output));
+                combined = Some(add_scaled(
+                    self.cur_model_output.take(),
+                    sixth,
+                    model_output,
+                ));
             }
         }
         let model_output = combined.as_ref().unwrap_or(model_output);
@@ -253,7 +293,12 @@ impl Pndm {
     }
 
     /// `PNDMScheduler.step_plms`.
-    fn step_plms(&mut self, model_output: &ArrayD<f32>, timestep: i64, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step_plms(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        timestep: i64,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         let ratio = (self.num_train_timesteps / self.num_inference_steps) as i64;
         let mut timestep = timestep;
         let mut prev_timestep = timestep - ratio;
@@ -276,18 +321,27 @@ impl Pndm {
             model_output.clone()
         } else if k == 1 && self.counter == 1 {
             let c = zip2(model_output, &e[k - 1], |m, e1| (m + e1) / 2.0);
-            taken_sample = self.cur_sample.take().expect("PNDM: cur_sample set at counter 0");
+            taken_sample = self
+                .cur_sample
+                .take()
+                .expect("PNDM: cur_sample set at counter 0");
             sample = &taken_sample;
             c
         } else if k == 2 {
             zip2(&e[1], &e[0], |e1, e2| (3.0 * e1 - e2) / 2.0)
         } else if k == 3 {
-            zip3(&e[2], &e[1], &e[0], |e1, e2, e3| (23.0 * e1 - 16.0 * e2 + 5.0 * e3) / 12.0)
+            zip3(&e[2], &e[1], &e[0], |e1, e2, e3| {
+                (23.0 * e1 - 16.0 * e2 + 5.0 * e3) / 12.0
+            })
         } else {
             let c = (1.0f64 / 24.0) as f32;
-            zip4(&e[k - 1], &e[k - 2], &e[k - 3], &e[k - 4], |e1, e2, e3, e4| {
-                c * (55.0 * e1 - 59.0 * e2 + 37.0 * e3 - 9.0 * e4)
-            })
+            zip4(
+                &e[k - 1],
+                &e[k - 2],
+                &e[k - 3],
+                &e[k - 4],
+                |e1, e2, e3, e4| c * (55.0 * e1 - 59.0 * e2 + 37.0 * e3 - 9.0 * e4),
+            )
         };
         let prev = self.prev_sample(sample, timestep, prev_timestep, &combined);
         self.counter += 1;
@@ -320,7 +374,12 @@ impl Scheduler for Pndm {
         sample.clone()
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step: usize,
+        sample: &ArrayD<f32>,
+    ) -> ArrayD<f32> {
         assert_eq!(
             step, self.counter,
             "PNDM: steps must be taken in order 0, 1, 2, … (got {step}, expected {})",

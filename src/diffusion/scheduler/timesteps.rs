@@ -56,7 +56,13 @@ pub fn np_arange_f64(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = len as usize;
     let delta = (start + step) - start;
     (0..len)
-        .map(|i| if i == 0 { start } else { start + i as f64 * delta })
+        .map(|i| {
+            if i == 0 {
+                start
+            } else {
+                start + i as f64 * delta
+            }
+        })
         .collect()
 }
 
