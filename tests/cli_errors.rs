@@ -46,14 +46,26 @@ fn generate_fails(overrides: &[(&str, &str)], message: &str) {
 
 fn expect_failure(output: &Output, message: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(stderr.contains(message), "expected {message:?} in:\n{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "panic:\n{stderr}");
+    assert!(
+        !output.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(message),
+        "expected {message:?} in:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "panic:\n{stderr}"
+    );
 }
 
 #[test]
 fn missing_model_directory() {
-    generate_fails(&[("--model", "/nonexistent/model")], "model directory /nonexistent/model does not exist");
+    generate_fails(
+        &[("--model", "/nonexistent/model")],
+        "model directory /nonexistent/model does not exist",
+    );
 }
 
 #[test]
@@ -61,12 +73,18 @@ fn model_directory_missing_a_file() {
     let dir = tempfile::tempdir().unwrap();
     common::copy_dir(&common::tiny_model(), dir.path());
     std::fs::remove_file(dir.path().join("unet/model.onnx")).unwrap();
-    generate_fails(&[("--model", dir.path().to_str().unwrap())], "lacks unet/model.onnx");
+    generate_fails(
+        &[("--model", dir.path().to_str().unwrap())],
+        "lacks unet/model.onnx",
+    );
 }
 
 #[test]
 fn unknown_lock_name() {
-    generate_fails(&[("--model", "no-such-model")], "has no model named `no-such-model`; it names: tiny");
+    generate_fails(
+        &[("--model", "no-such-model")],
+        "has no model named `no-such-model`; it names: tiny",
+    );
 }
 
 #[test]
@@ -75,20 +93,40 @@ fn wrong_digest_names_the_file() {
     common::copy_dir(&common::tiny_model(), &dir.path().join("tiny"));
     let lock = dir.path().join("models.lock");
     let text = std::fs::read_to_string(common::repo().join("models.lock")).unwrap();
-    std::fs::write(&lock, text.replace("path = \"models/tiny\"", "path = \"tiny\"")).unwrap();
+    std::fs::write(
+        &lock,
+        text.replace("path = \"models/tiny\"", "path = \"tiny\""),
+    )
+    .unwrap();
     let config = dir.path().join("tiny/scheduler/scheduler_config.json");
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("0.012", "0.013")).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("0.012", "0.013"),
+    )
+    .unwrap();
 
     let out = tomex(&["models", "verify", "tiny", "--lock", lock.to_str().unwrap()]);
     expect_failure(&out, "do not match");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("scheduler/scheduler_config.json: wrong digest"));
-    generate_fails(&[("--model", "tiny"), ("--lock", lock.to_str().unwrap())], "scheduler_config.json: wrong digest");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("scheduler/scheduler_config.json: wrong digest"));
+    generate_fails(
+        &[("--model", "tiny"), ("--lock", lock.to_str().unwrap())],
+        "scheduler_config.json: wrong digest",
+    );
 }
 
 #[test]
 fn width_or_height_not_a_multiple_of_eight() {
-    generate_fails(&[("--width", "100")], "width 100 is not a positive multiple of 8");
-    generate_fails(&[("--height", "60")], "height 60 is not a positive multiple of 8");
+    generate_fails(
+        &[("--width", "100")],
+        "width 100 is not a positive multiple of 8",
+    );
+    generate_fails(
+        &[("--height", "60")],
+        "height 60 is not a positive multiple of 8",
+    );
 }
 
 #[test]
@@ -103,13 +141,19 @@ fn zero_steps() {
 
 #[test]
 fn unwritable_output() {
-    generate_fails(&[("--out", "/nonexistent/dir/x.png")], "folder /nonexistent/dir does not exist");
+    generate_fails(
+        &[("--out", "/nonexistent/dir/x.png")],
+        "folder /nonexistent/dir does not exist",
+    );
     generate_fails(&[("--out", "image.jpg")], "the output must be a .png file");
 }
 
 #[test]
 fn no_onnx_runtime_library() {
-    generate_fails(&[("--ort-lib", "/nonexistent/libonnxruntime.so")], "bash tools/fetch-onnxruntime.sh");
+    generate_fails(
+        &[("--ort-lib", "/nonexistent/libonnxruntime.so")],
+        "bash tools/fetch-onnxruntime.sh",
+    );
 }
 
 #[test]
@@ -120,7 +164,11 @@ fn cuda_without_a_cuda_build_is_an_error_not_a_fallback() {
 #[test]
 fn verify_the_committed_tiny_model() {
     let out = tomex(&["models", "verify", "tiny"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("tiny: ok"));
     assert!(Path::new(&common::repo().join("models.lock")).is_file());
 }
@@ -130,10 +178,29 @@ fn generate_writes_a_png_and_reports_its_time() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cat.png");
     let output = tomex(&[
-        "generate", "--model", "tiny", "--prompt", "a cat", "--seed", "7", "--steps", "3", "--width", "64",
-        "--height", "48", "--scheduler", "ddim", "--out", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--seed",
+        "7",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--scheduler",
+        "ddim",
+        "--out",
+        out.to_str().unwrap(),
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(" s (text "), "{stdout}");
     let image = image::open(&out).unwrap();

@@ -15,14 +15,26 @@ fn token_ids_match_transformers() {
     let mut failures = Vec::new();
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
-        let expected: Vec<u32> =
-            case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let expected: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let actual = tokenizer.encode(prompt).unwrap();
         if actual != expected {
-            failures.push(format!("{prompt:?}\n  expected {expected:?}\n  actual   {actual:?}"));
+            failures.push(format!(
+                "{prompt:?}\n  expected {expected:?}\n  actual   {actual:?}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} prompts differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} prompts differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -32,6 +44,10 @@ fn prompt_cut_matches_the_thesis_script() {
     assert!(!cases.is_empty());
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
-        assert_eq!(cut_prompt(prompt, THESIS_MAX_CHARS), case["cut"].as_str().unwrap(), "prompt {prompt:?}");
+        assert_eq!(
+            cut_prompt(prompt, THESIS_MAX_CHARS),
+            case["cut"].as_str().unwrap(),
+            "prompt {prompt:?}"
+        );
     }
 }

@@ -29,8 +29,17 @@ fn request(case: &serde_json::Value) -> Request {
 /// Largest per-channel difference and how many channels differ at all.
 fn compare(ours: &image::RgbImage, reference: &Path) -> (u8, usize) {
     let theirs = image::open(reference).unwrap().to_rgb8();
-    assert_eq!(ours.dimensions(), theirs.dimensions(), "{}", reference.display());
-    let diffs = ours.as_raw().iter().zip(theirs.as_raw()).map(|(a, b)| a.abs_diff(*b));
+    assert_eq!(
+        ours.dimensions(),
+        theirs.dimensions(),
+        "{}",
+        reference.display()
+    );
+    let diffs = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b));
     diffs.fold((0, 0), |(max, n), d| (max.max(d), n + usize::from(d > 0)))
 }
 
@@ -53,7 +62,11 @@ fn check_model(model: &Path, schedulers: Option<&[&str]>) {
     }
     assert!(!report.is_empty());
     eprintln!("{}", report.join("\n"));
-    assert!(worst <= 1, "images differ from diffusers by more than 1/255:\n{}", report.join("\n"));
+    assert!(
+        worst <= 1,
+        "images differ from diffusers by more than 1/255:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]

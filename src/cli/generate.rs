@@ -47,7 +47,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
-    let prompt = if args.cut_prompt { cut_prompt(&args.prompt, THESIS_MAX_CHARS) } else { args.prompt.clone() };
+    let prompt = if args.cut_prompt {
+        cut_prompt(&args.prompt, THESIS_MAX_CHARS)
+    } else {
+        args.prompt.clone()
+    };
     let request = Request {
         prompt,
         negative_prompt: args.negative_prompt.clone(),
@@ -80,7 +84,13 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
 
 /// Fails before any work when the image could not be written afterwards.
 fn check_writable(out: &Path) -> anyhow::Result<()> {
-    if out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("png") {
+    if out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+        != Some("png")
+    {
         bail!("--out {}: the output must be a .png file", out.display());
     }
     if out.is_dir() {
@@ -88,10 +98,15 @@ fn check_writable(out: &Path) -> anyhow::Result<()> {
     }
     let dir = parent_dir(out);
     if !dir.is_dir() {
-        bail!("--out {}: folder {} does not exist", out.display(), dir.display());
+        bail!(
+            "--out {}: folder {} does not exist",
+            out.display(),
+            dir.display()
+        );
     }
     let probe = dir.join(format!(".tomex-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -105,7 +120,10 @@ fn parent_dir(out: &Path) -> PathBuf {
 
 /// Writes to a temporary name and renames, so a crash never leaves half a PNG.
 fn write_png_atomically(image: &image::RgbImage, out: &Path) -> anyhow::Result<()> {
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("image.png");
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("image.png");
     let tmp = parent_dir(out).join(format!(".{name}.tmp{}", std::process::id()));
     image
         .save_with_format(&tmp, image::ImageFormat::Png)

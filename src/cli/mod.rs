@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tomex", version, about = "Token Merging experiments on Stable Diffusion, through ONNX Runtime")]
+#[command(
+    name = "tomex",
+    version,
+    about = "Token Merging experiments on Stable Diffusion, through ONNX Runtime"
+)]
 struct Cli {
     /// ONNX Runtime library to load (else ORT_DYLIB_PATH, .ort/lib, then Python's onnxruntime).
     #[arg(long, global = true, value_name = "PATH")]
@@ -34,7 +38,10 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let global = Global { ort_lib: cli.ort_lib, lock: cli.lock };
+    let global = Global {
+        ort_lib: cli.ort_lib,
+        lock: cli.lock,
+    };
     let result = match cli.command {
         Command::Generate(args) => generate::run(&global, args),
         Command::Models(cmd) => models::run(&global, cmd),

@@ -34,7 +34,12 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             let lock = ModelsLock::load(&lock_path(global)?)?;
             for name in lock.names() {
                 let entry = lock.entry(name)?;
-                println!("{name}\t{}\t{} files\t{}", entry.path.display(), entry.files.len(), entry.source);
+                println!(
+                    "{name}\t{}\t{} files\t{}",
+                    entry.path.display(),
+                    entry.files.len(),
+                    entry.source
+                );
             }
             Ok(())
         }
@@ -60,7 +65,11 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             }
             cache.save();
             if bad > 0 {
-                bail!("{bad} of {} model(s) do not match {}", names.len(), lock.path().display());
+                bail!(
+                    "{bad} of {} model(s) do not match {}",
+                    names.len(),
+                    lock.path().display()
+                );
             }
             Ok(())
         }
@@ -68,13 +77,20 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             if !dir.is_dir() {
                 bail!("{} is not a directory", dir.display());
             }
-            let path = global.lock.clone().unwrap_or_else(|| PathBuf::from(crate::model::LOCK_FILE));
+            let path = global
+                .lock
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::model::LOCK_FILE));
             let mut lock = ModelsLock::load_or_new(&path)?;
             let mut cache = DigestCache::open_default();
             lock.add(&name, &dir, &source, &mut cache)?;
             cache.save();
             lock.save()?;
-            println!("{name}: {} files recorded in {}", lock.entry(&name)?.files.len(), path.display());
+            println!(
+                "{name}: {} files recorded in {}",
+                lock.entry(&name)?.files.len(),
+                path.display()
+            );
             Ok(())
         }
     }

@@ -12,8 +12,9 @@ use crate::model::{DigestCache, ModelDir, ModelsLock};
 pub fn lock_path(global: &Global) -> anyhow::Result<PathBuf> {
     match &global.lock {
         Some(p) => Ok(p.clone()),
-        None => ModelsLock::find_default()
-            .context("no models.lock in this folder or the project's; pass --lock PATH or a model directory"),
+        None => ModelsLock::find_default().context(
+            "no models.lock in this folder or the project's; pass --lock PATH or a model directory",
+        ),
     }
 }
 
@@ -29,7 +30,11 @@ pub fn model_dir(global: &Global, model: &str) -> anyhow::Result<ModelDir> {
     cache.save();
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-        bail!("model `{model}` does not match {}:\n{}", lock.path().display(), list.join("\n"));
+        bail!(
+            "model `{model}` does not match {}:\n{}",
+            lock.path().display(),
+            list.join("\n")
+        );
     }
     Ok(ModelDir::open(&lock.model_dir(entry))?)
 }

@@ -45,14 +45,19 @@ impl Request {
     pub fn validate(&self) -> Result<(), PipelineError> {
         for (name, v) in [("width", self.width), ("height", self.height)] {
             if v == 0 || v % 8 != 0 {
-                return Err(PipelineError::Invalid(format!("{name} {v} is not a positive multiple of 8")));
+                return Err(PipelineError::Invalid(format!(
+                    "{name} {v} is not a positive multiple of 8"
+                )));
             }
         }
         if self.steps == 0 {
             return Err(PipelineError::Invalid("steps must be at least 1".into()));
         }
         if !self.guidance.is_finite() {
-            return Err(PipelineError::Invalid(format!("guidance {} is not a finite number", self.guidance)));
+            return Err(PipelineError::Invalid(format!(
+                "guidance {} is not a finite number",
+                self.guidance
+            )));
         }
         Ok(())
     }
@@ -79,9 +84,10 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     pub fn load(runtime: &Runtime, model: &ModelDir) -> Result<StableDiffusion, PipelineError> {
-        let scheduler_config = SchedulerConfig::from_json(&model.scheduler_config_text()?).map_err(|e| {
-            PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
-        })?;
+        let scheduler_config = SchedulerConfig::from_json(&model.scheduler_config_text()?)
+            .map_err(|e| {
+                PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
+            })?;
         Ok(StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
             text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
@@ -116,10 +122,17 @@ impl StableDiffusion {
         let unet_start = Instant::now();
         for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
             let scaled = four_d(scheduler.scale_model_input(&latents, i))?;
-            let input = if guided { concatenate![Axis(0), scaled, scaled] } else { scaled };
+            let input = if guided {
+                concatenate![Axis(0), scaled, scaled]
+            } else {
+                scaled
+            };
             let noise = self.unet.predict(&input, t, &hidden)?;
             let noise = if guided {
-                let (uncond, text) = (noise.slice(s![0..1, .., .., ..]), noise.slice(s![1..2, .., .., ..]));
+                let (uncond, text) = (
+                    noise.slice(s![0..1, .., .., ..]),
+                    noise.slice(s![1..2, .., .., ..]),
+                );
                 // Same float32 operations as torch: uncond + g * (text - uncond).
                 &uncond + &((&text - &uncond) * req.guidance)
             } else {
@@ -135,7 +148,15 @@ impl StableDiffusion {
         let image = to_rgb8(decoded.index_axis(Axis(0), 0));
         let vae = vae_start.elapsed();
 
-        Ok((image, Timings { text_encoding, unet, vae, total: start.elapsed() }))
+        Ok((
+            image,
+            Timings {
+                text_encoding,
+                unet,
+                vae,
+                total: start.elapsed(),
+            },
+        ))
     }
 }
 

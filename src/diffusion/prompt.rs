@@ -20,7 +20,11 @@ pub fn cut_prompt(prompt: &str, max_chars: usize) -> String {
     if idx <= 0 {
         idx = rfind(' ');
     }
-    let end = if idx < 0 { chars.len() as i64 + idx } else { idx };
+    let end = if idx < 0 {
+        chars.len() as i64 + idx
+    } else {
+        idx
+    };
     chars[..end as usize].iter().collect()
 }
 

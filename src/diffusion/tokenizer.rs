@@ -46,7 +46,10 @@ impl ClipTokenizer {
     /// the pad token and length come from `special_tokens_map.json` /
     /// `tokenizer_config.json` (defaults: `<|endoftext|>`, 77).
     pub fn from_dir(dir: &Path) -> Result<ClipTokenizer, TokenizerError> {
-        let build_err = |reason: String| TokenizerError::Build { dir: dir.to_path_buf(), reason };
+        let build_err = |reason: String| TokenizerError::Build {
+            dir: dir.to_path_buf(),
+            reason,
+        };
         let json = dir.join("tokenizer.json");
         let inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| build_err(e.to_string()))?
@@ -63,9 +66,18 @@ impl ClipTokenizer {
         let id = |token: &str| {
             inner
                 .token_to_id(token)
-                .ok_or_else(|| TokenizerError::MissingToken { dir: dir.to_path_buf(), token: token.to_string() })
+                .ok_or_else(|| TokenizerError::MissingToken {
+                    dir: dir.to_path_buf(),
+                    token: token.to_string(),
+                })
         };
-        Ok(ClipTokenizer { bos: id(BOS)?, eos: id(EOS)?, pad: id(&pad_name)?, max_length, inner })
+        Ok(ClipTokenizer {
+            bos: id(BOS)?,
+            eos: id(EOS)?,
+            pad: id(&pad_name)?,
+            max_length,
+            inner,
+        })
     }
 
     pub fn max_length(&self) -> usize {
@@ -77,7 +89,10 @@ impl ClipTokenizer {
         let encoding = self
             .inner
             .encode(prompt, false)
-            .map_err(|e| TokenizerError::Encode { prompt: prompt.to_string(), reason: e.to_string() })?;
+            .map_err(|e| TokenizerError::Encode {
+                prompt: prompt.to_string(),
+                reason: e.to_string(),
+            })?;
         let body = encoding.get_ids();
         let body = &body[..body.len().min(self.max_length - 2)];
         let mut ids = Vec::with_capacity(self.max_length);
@@ -90,7 +105,11 @@ impl ClipTokenizer {
 }
 
 fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
-    let path_str = |p: &Path| p.to_str().map(str::to_string).ok_or_else(|| format!("{} is not UTF-8", p.display()));
+    let path_str = |p: &Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+    };
     for p in [vocab, merges] {
         if !p.is_file() {
             return Err(format!("{} is missing", p.display()));
@@ -104,14 +123,22 @@ fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
         .map_err(|e| e.to_string())?;
     let normalizer = Normalizers::new(vec![
         NFC.into(),
-        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-            .map_err(|e| e.to_string())?
-            .into(),
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(|e| e.to_string())?
+        .into(),
         Lowercase.into(),
     ]);
-    let split = Split::new(SplitPattern::Regex(CLIP_PATTERN.into()), SplitDelimiterBehavior::Removed, true)
-        .map_err(|e| e.to_string())?;
-    let pre_tokenizer = PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()]);
+    let split = Split::new(
+        SplitPattern::Regex(CLIP_PATTERN.into()),
+        SplitDelimiterBehavior::Removed,
+        true,
+    )
+    .map_err(|e| e.to_string())?;
+    let pre_tokenizer =
+        PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()]);
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_normalizer(Some(normalizer));
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));

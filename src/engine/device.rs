@@ -16,12 +16,16 @@ impl FromStr for Device {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N` (N = GPU index)");
+        let bad =
+            || format!("unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N` (N = GPU index)");
         match s.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
             other => match other.strip_prefix("cuda:") {
-                Some(n) => n.parse::<u16>().map(|n| Device::Cuda(n.into())).map_err(|_| bad()),
+                Some(n) => n
+                    .parse::<u16>()
+                    .map(|n| Device::Cuda(n.into()))
+                    .map_err(|_| bad()),
                 None => Err(bad()),
             },
         }

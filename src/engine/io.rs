@@ -19,20 +19,33 @@ pub struct InputSpec {
 
 /// The input called `name`, else the one at `position` (exports name them alike but
 /// not always identically).
-pub fn input_spec(session: &Session, model: &Path, name: &str, position: usize) -> Result<InputSpec, EngineError> {
+pub fn input_spec(
+    session: &Session,
+    model: &Path,
+    name: &str,
+    position: usize,
+) -> Result<InputSpec, EngineError> {
     let inputs = session.inputs();
     let outlet = inputs
         .iter()
         .find(|o| o.name() == name)
         .or_else(|| inputs.get(position))
-        .ok_or_else(|| unexpected(model, format!("it has no input `{name}` (inputs: {})", names(inputs))))?;
+        .ok_or_else(|| {
+            unexpected(
+                model,
+                format!("it has no input `{name}` (inputs: {})", names(inputs)),
+            )
+        })?;
     match outlet.dtype() {
         ValueType::Tensor { ty, shape, .. } => Ok(InputSpec {
             name: outlet.name().to_string(),
             element: *ty,
             shape: shape.to_vec(),
         }),
-        other => Err(unexpected(model, format!("input `{}` is {other:?}, not a tensor", outlet.name()))),
+        other => Err(unexpected(
+            model,
+            format!("input `{}` is {other:?}, not a tensor", outlet.name()),
+        )),
     }
 }
 
@@ -48,13 +61,23 @@ pub fn output_name(session: &Session, name: &str) -> String {
 }
 
 fn names(outlets: &[Outlet]) -> String {
-    outlets.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
+    outlets
+        .iter()
+        .map(|o| o.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn unexpected(model: &Path, reason: String) -> EngineError {
-    EngineError::Unexpected { model: model.to_path_buf(), reason }
+    EngineError::Unexpected {
+        model: model.to_path_buf(),
+        reason,
+    }
 }
 
 pub fn run_error(model: &Path, e: ort::Error) -> EngineError {
-    EngineError::Run { model: model.to_path_buf(), reason: e.to_string() }
+    EngineError::Run {
+        model: model.to_path_buf(),
+        reason: e.to_string(),
+    }
 }

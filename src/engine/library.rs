@@ -26,7 +26,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibrarySearch> {
         if path.is_file() {
             return Ok(path.to_path_buf());
         }
-        search.tried.push(format!("--ort-lib {} (no such file)", path.display()));
+        search
+            .tried
+            .push(format!("--ort-lib {} (no such file)", path.display()));
         return Err(search);
     }
     if let Some(value) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
@@ -34,7 +36,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibrarySearch> {
         if path.is_file() {
             return Ok(path);
         }
-        search.tried.push(format!("ORT_DYLIB_PATH={} (no such file)", path.display()));
+        search
+            .tried
+            .push(format!("ORT_DYLIB_PATH={} (no such file)", path.display()));
         return Err(search);
     }
     for root in project_roots() {
@@ -51,7 +55,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibrarySearch> {
             }
             search.tried.push(dir.display().to_string());
         }
-        None => search.tried.push("python3 -c 'import onnxruntime' (not installed)".into()),
+        None => search
+            .tried
+            .push("python3 -c 'import onnxruntime' (not installed)".into()),
     }
     Err(search)
 }
@@ -90,7 +96,10 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 /// `site-packages/onnxruntime/capi` of the first `python3` on the PATH, if any.
 fn python_onnxruntime_dir() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
         .output()
         .ok()?;
     if !out.status.success() {

@@ -16,12 +16,18 @@ pub enum EngineError {
     LibraryNotFound { tried: Vec<String> },
     #[error("could not load the ONNX Runtime library {path}: {reason}\nfetch a matching one (ONNX Runtime 1.31) with: {FETCH_HINT}")]
     LibraryLoad { path: PathBuf, reason: String },
-    #[error("ONNX Runtime was already loaded from {loaded} in this process; cannot switch to {wanted}")]
+    #[error(
+        "ONNX Runtime was already loaded from {loaded} in this process; cannot switch to {wanted}"
+    )]
     LibraryConflict { loaded: PathBuf, wanted: PathBuf },
     #[error("the ONNX Runtime library {path} has no CUDA execution provider (it is the CPU build); fetch the GPU build with: bash tools/fetch-onnxruntime.sh --gpu")]
     NoCudaProvider { path: PathBuf },
     #[error("the CUDA execution provider on GPU {device} failed to start for {model}: {reason}")]
-    CudaStart { device: i32, model: PathBuf, reason: String },
+    CudaStart {
+        device: i32,
+        model: PathBuf,
+        reason: String,
+    },
     #[error("ONNX Runtime could not load {model}: {reason}")]
     SessionLoad { model: PathBuf, reason: String },
     #[error("{model} is not the graph tomex expects: {reason}")]
@@ -48,26 +54,37 @@ pub struct Runtime {
 impl Runtime {
     /// Loads the library found by [`find_library`] (once per process) for `device`.
     pub fn new(explicit_library: Option<&Path>, device: Device) -> Result<Runtime, EngineError> {
-        let path = find_library(explicit_library)
-            .map_err(|search| EngineError::LibraryNotFound { tried: search.tried })?;
+        let path =
+            find_library(explicit_library).map_err(|search| EngineError::LibraryNotFound {
+                tried: search.tried,
+            })?;
         let loaded = match LOADED.get() {
             Some(loaded) => loaded,
             None => {
-                let load_err = |reason: String| EngineError::LibraryLoad { path: path.clone(), reason };
+                let load_err = |reason: String| EngineError::LibraryLoad {
+                    path: path.clone(),
+                    reason,
+                };
                 let environment = ort::init_from(&path)
                     .map_err(|e| load_err(e.to_string()))?
                     .with_name("tomex")
                     .build()
                     .map_err(|e| load_err(e.to_string()))?;
                 // A race between two first calls leaves one environment; both are the same library.
-                let _ = LOADED.set(Loaded { path: path.clone(), environment });
+                let _ = LOADED.set(Loaded {
+                    path: path.clone(),
+                    environment,
+                });
                 LOADED.get().expect("set above")
             }
         };
         if same_file(&loaded.path, &path) || explicit_library.is_none() {
             Ok(Runtime { loaded, device })
         } else {
-            Err(EngineError::LibraryConflict { loaded: loaded.path.clone(), wanted: path })
+            Err(EngineError::LibraryConflict {
+                loaded: loaded.path.clone(),
+                wanted: path,
+            })
         }
     }
 
@@ -81,7 +98,12 @@ impl Runtime {
 
     /// The library's version as its file name states it (`libonnxruntime.so.1.31.1`).
     pub fn version(&self) -> String {
-        let name = self.loaded.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let name = self
+            .loaded
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
         version_like(name).unwrap_or_else(|| "unknown".into())
     }
 
@@ -95,12 +117,22 @@ impl Runtime {
         let mut builder = Session::builder(&self.loaded.environment).map_err(|e| load_err(&e))?;
         if let Device::Cuda(id) = self.device {
             if !ep::CUDA::is_available().unwrap_or(false) {
-                return Err(EngineError::NoCudaProvider { path: self.loaded.path.clone() });
+                return Err(EngineError::NoCudaProvider {
+                    path: self.loaded.path.clone(),
+                });
             }
-            let cuda = ep::CUDA::default().with_device_id(id).build().error_on_failure();
-            builder = builder
-                .with_execution_providers([cuda])
-                .map_err(|e| EngineError::CudaStart { device: id, model: model.into(), reason: e.to_string() })?;
+            let cuda = ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure();
+            builder =
+                builder
+                    .with_execution_providers([cuda])
+                    .map_err(|e| EngineError::CudaStart {
+                        device: id,
+                        model: model.into(),
+                        reason: e.to_string(),
+                    })?;
         }
         builder.commit_from_file(model).map_err(|e| load_err(&e))
     }
@@ -117,5 +149,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn version_like(file_name: &str) -> Option<String> {
     let start = file_name.find(|c: char| c.is_ascii_digit())?;
     let v = &file_name[start..];
-    v.split('.').all(|p| p.parse::<u32>().is_ok()).then(|| v.to_string())
+    v.split('.')
+        .all(|p| p.parse::<u32>().is_ok())
+        .then(|| v.to_string())
 }

@@ -20,11 +20,22 @@ impl TextEncoder {
     pub fn load(runtime: &Runtime, path: &Path) -> Result<TextEncoder, EngineError> {
         let session = runtime.session(path)?;
         let ids = input_spec(&session, path, "input_ids", 0)?;
-        if !matches!(ids.element, TensorElementType::Int32 | TensorElementType::Int64) {
-            return Err(unexpected(path, format!("input_ids are {:?}, expected int32 or int64", ids.element)));
+        if !matches!(
+            ids.element,
+            TensorElementType::Int32 | TensorElementType::Int64
+        ) {
+            return Err(unexpected(
+                path,
+                format!("input_ids are {:?}, expected int32 or int64", ids.element),
+            ));
         }
         let output = output_name(&session, "last_hidden_state");
-        Ok(TextEncoder { session, path: path.to_path_buf(), ids, output })
+        Ok(TextEncoder {
+            session,
+            path: path.to_path_buf(),
+            ids,
+            output,
+        })
     }
 
     /// Hidden states `[batch, tokens, dim]` for a batch of id rows.
@@ -33,11 +44,13 @@ impl TextEncoder {
         let flat = ids.iter().flatten();
         let input = match self.ids.element {
             TensorElementType::Int32 => {
-                let a = Array2::from_shape_vec((batch, len), flat.map(|&i| i as i32).collect()).expect("rectangular");
+                let a = Array2::from_shape_vec((batch, len), flat.map(|&i| i as i32).collect())
+                    .expect("rectangular");
                 Tensor::from_array(a).map(|t| t.upcast())
             }
             _ => {
-                let a = Array2::from_shape_vec((batch, len), flat.map(|&i| i as i64).collect()).expect("rectangular");
+                let a = Array2::from_shape_vec((batch, len), flat.map(|&i| i as i64).collect())
+                    .expect("rectangular");
                 Tensor::from_array(a).map(|t| t.upcast())
             }
         }
@@ -49,9 +62,11 @@ impl TextEncoder {
         let hidden = outputs[self.output.as_str()]
             .try_extract_array::<f32>()
             .map_err(|e| run_error(&self.path, e))?;
-        hidden
-            .to_owned()
-            .into_dimensionality()
-            .map_err(|e| unexpected(&self.path, format!("`{}` is not [batch, tokens, dim]: {e}", self.output)))
+        hidden.to_owned().into_dimensionality().map_err(|e| {
+            unexpected(
+                &self.path,
+                format!("`{}` is not [batch, tokens, dim]: {e}", self.output),
+            )
+        })
     }
 }

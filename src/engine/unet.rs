@@ -25,7 +25,10 @@ impl Unet {
         if sample.element != TensorElementType::Float32 {
             return Err(unexpected(
                 path,
-                format!("`{}` is {:?}; only float32 exports are supported", sample.name, sample.element),
+                format!(
+                    "`{}` is {:?}; only float32 exports are supported",
+                    sample.name, sample.element
+                ),
             ));
         }
         let timestep = input_spec(&session, path, "timestep", 1)?;
@@ -48,7 +51,14 @@ impl Unet {
         }
         let hidden = input_spec(&session, path, "encoder_hidden_states", 2)?.name;
         let output = output_name(&session, "out_sample");
-        Ok(Unet { session, path: path.to_path_buf(), sample: sample.name, timestep, hidden, output })
+        Ok(Unet {
+            session,
+            path: path.to_path_buf(),
+            sample: sample.name,
+            timestep,
+            hidden,
+            output,
+        })
     }
 
     /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states.
@@ -59,7 +69,9 @@ impl Unet {
         hidden: &Array3<f32>,
     ) -> Result<Array4<f32>, EngineError> {
         let run_err = |e| run_error(&self.path, e);
-        let t = self.timestep_value(timestep, sample.shape()[0]).map_err(run_err)?;
+        let t = self
+            .timestep_value(timestep, sample.shape()[0])
+            .map_err(run_err)?;
         let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
         let hidden_in = TensorRef::from_array_view(hidden.view()).map_err(run_err)?;
         let outputs = self
@@ -70,11 +82,15 @@ impl Unet {
                 self.hidden.as_str() => hidden_in,
             ])
             .map_err(run_err)?;
-        let noise = outputs[self.output.as_str()].try_extract_array::<f32>().map_err(run_err)?;
-        noise
-            .to_owned()
-            .into_dimensionality()
-            .map_err(|e| unexpected(&self.path, format!("`{}` is not [batch, c, h, w]: {e}", self.output)))
+        let noise = outputs[self.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(run_err)?;
+        noise.to_owned().into_dimensionality().map_err(|e| {
+            unexpected(
+                &self.path,
+                format!("`{}` is not [batch, c, h, w]: {e}", self.output),
+            )
+        })
     }
 
     /// The timestep in the graph's type and shape: a scalar, `[1]` when the graph fixes
@@ -85,10 +101,10 @@ impl Unet {
             [1] => Some(1),
             _ => Some(batch),
         };
-        fn make<T: Copy + Clone + std::fmt::Debug + 'static>(v: T, len: Option<usize>) -> ort::Result<DynValue>
+        fn make<T>(v: T, len: Option<usize>) -> ort::Result<DynValue>
         where
+            T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static,
             Tensor<T>: Into<DynValue>,
-            T: ort::value::PrimitiveTensorElementType,
         {
             Ok(match len {
                 None => Tensor::from_array(Array0::from_elem((), v))?.into(),

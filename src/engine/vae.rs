@@ -21,12 +21,18 @@ impl VaeDecoder {
         let session = runtime.session(path)?;
         let input = input_spec(&session, path, "latent_sample", 0)?.name;
         let output = output_name(&session, "sample");
-        Ok(VaeDecoder { session, path: path.to_path_buf(), input, output })
+        Ok(VaeDecoder {
+            session,
+            path: path.to_path_buf(),
+            input,
+            output,
+        })
     }
 
     /// Decodes already-unscaled latents `[batch, 4, h/8, w/8]` to `[batch, 3, h, w]`.
     pub fn decode(&mut self, latents: &Array4<f32>) -> Result<Array4<f32>, EngineError> {
-        let input = TensorRef::from_array_view(latents.view()).map_err(|e| run_error(&self.path, e))?;
+        let input =
+            TensorRef::from_array_view(latents.view()).map_err(|e| run_error(&self.path, e))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input.as_str() => input])
@@ -34,9 +40,11 @@ impl VaeDecoder {
         let image = outputs[self.output.as_str()]
             .try_extract_array::<f32>()
             .map_err(|e| run_error(&self.path, e))?;
-        image
-            .to_owned()
-            .into_dimensionality()
-            .map_err(|e| unexpected(&self.path, format!("`{}` is not [batch, 3, h, w]: {e}", self.output)))
+        image.to_owned().into_dimensionality().map_err(|e| {
+            unexpected(
+                &self.path,
+                format!("`{}` is not [batch, 3, h, w]: {e}", self.output),
+            )
+        })
     }
 }

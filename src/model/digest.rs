@@ -20,7 +20,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(format!("sha256:{hex}"))
 }
 
@@ -44,17 +48,29 @@ impl DigestCache {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        DigestCache { path, entries, dirty: false }
+        DigestCache {
+            path,
+            entries,
+            dirty: false,
+        }
     }
 
     /// A cache that is never written (tests).
     pub fn in_memory() -> DigestCache {
-        DigestCache { path: None, entries: BTreeMap::new(), dirty: false }
+        DigestCache {
+            path: None,
+            entries: BTreeMap::new(),
+            dirty: false,
+        }
     }
 
     pub fn digest(&mut self, path: &Path) -> std::io::Result<String> {
         let meta = std::fs::metadata(path)?;
-        let mtime = meta.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let mtime = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let abs = path.canonicalize()?;
         let key = format!("{}|{}|{}", abs.display(), meta.len(), mtime);
         if let Some(d) = self.entries.get(&key) {
@@ -68,7 +84,9 @@ impl DigestCache {
 
     /// Writes the cache back (atomically); failures only cost a re-hash next time.
     pub fn save(&mut self) {
-        let (Some(path), true) = (&self.path, self.dirty) else { return };
+        let (Some(path), true) = (&self.path, self.dirty) else {
+            return;
+        };
         let Some(dir) = path.parent() else { return };
         if std::fs::create_dir_all(dir).is_err() {
             return;

@@ -35,7 +35,10 @@ impl ModelDir {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(ModelError::MissingFile { dir: root.to_path_buf(), file: rel.to_string() })
+                Err(ModelError::MissingFile {
+                    dir: root.to_path_buf(),
+                    file: rel.to_string(),
+                })
             }
         };
         need("model_index.json")?;
@@ -50,7 +53,9 @@ impl ModelDir {
         let tok = &dir.tokenizer_dir;
         let has_bpe = tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file();
         if !has_bpe && !tok.join("tokenizer.json").is_file() {
-            return Err(ModelError::MissingTokenizer { dir: root.to_path_buf() });
+            return Err(ModelError::MissingTokenizer {
+                dir: root.to_path_buf(),
+            });
         }
         Ok(dir)
     }
@@ -63,7 +68,10 @@ impl ModelDir {
             return Ok(0.18215);
         }
         let config = read_json(&path)?;
-        Ok(config.get("scaling_factor").and_then(|v| v.as_f64()).map_or(0.18215, |v| v as f32))
+        Ok(config
+            .get("scaling_factor")
+            .and_then(|v| v.as_f64())
+            .map_or(0.18215, |v| v as f32))
     }
 
     pub fn scheduler_config_text(&self) -> Result<String, ModelError> {
@@ -72,11 +80,15 @@ impl ModelDir {
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, ModelError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ModelError::BadFile { path: path.to_path_buf(), reason: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
-    serde_json::from_str(&read_text(path)?)
-        .map_err(|e| ModelError::BadFile { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_str(&read_text(path)?).map_err(|e| ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }

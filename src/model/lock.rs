@@ -29,7 +29,11 @@ pub enum LockError {
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{path} has no model named `{name}`; it names: {known}")]
-    UnknownName { path: PathBuf, name: String, known: String },
+    UnknownName {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
 }
@@ -55,19 +59,38 @@ struct LockFile {
 /// One file that does not match the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    Missing { file: PathBuf },
-    WrongDigest { file: PathBuf, expected: String, actual: String },
-    Unreadable { file: PathBuf, reason: String },
+    Missing {
+        file: PathBuf,
+    },
+    WrongDigest {
+        file: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    Unreadable {
+        file: PathBuf,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Missing { file } => write!(f, "{}: missing", file.display()),
-            Problem::WrongDigest { file, expected, actual } => {
-                write!(f, "{}: wrong digest (models.lock has {expected}, the file is {actual})", file.display())
+            Problem::WrongDigest {
+                file,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "{}: wrong digest (models.lock has {expected}, the file is {actual})",
+                    file.display()
+                )
             }
-            Problem::Unreadable { file, reason } => write!(f, "{}: unreadable ({reason})", file.display()),
+            Problem::Unreadable { file, reason } => {
+                write!(f, "{}: unreadable ({reason})", file.display())
+            }
         }
     }
 }
@@ -79,10 +102,18 @@ pub struct ModelsLock {
 
 impl ModelsLock {
     pub fn load(path: &Path) -> Result<ModelsLock, LockError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| LockError::Read { path: path.into(), reason: e.to_string() })?;
-        let lock = toml::from_str(&text).map_err(|e| LockError::Parse { path: path.into(), reason: e.to_string() })?;
-        Ok(ModelsLock { path: path.to_path_buf(), lock })
+        let text = std::fs::read_to_string(path).map_err(|e| LockError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let lock = toml::from_str(&text).map_err(|e| LockError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(ModelsLock {
+            path: path.to_path_buf(),
+            lock,
+        })
     }
 
     /// The lock at `path`, or an empty one that `save` will create.
@@ -90,7 +121,10 @@ impl ModelsLock {
         if path.exists() {
             Self::load(path)
         } else {
-            Ok(ModelsLock { path: path.to_path_buf(), lock: LockFile::default() })
+            Ok(ModelsLock {
+                path: path.to_path_buf(),
+                lock: LockFile::default(),
+            })
         }
     }
 
@@ -100,7 +134,10 @@ impl ModelsLock {
         if let Ok(exe) = std::env::current_exe() {
             roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
         }
-        roots.into_iter().map(|r| r.join(LOCK_FILE)).find(|p| p.is_file())
+        roots
+            .into_iter()
+            .map(|r| r.join(LOCK_FILE))
+            .find(|p| p.is_file())
     }
 
     pub fn path(&self) -> &Path {
@@ -112,11 +149,14 @@ impl ModelsLock {
     }
 
     pub fn entry(&self, name: &str) -> Result<&LockEntry, LockError> {
-        self.lock.models.get(name).ok_or_else(|| LockError::UnknownName {
-            path: self.path.clone(),
-            name: name.to_string(),
-            known: self.names().collect::<Vec<_>>().join(", "),
-        })
+        self.lock
+            .models
+            .get(name)
+            .ok_or_else(|| LockError::UnknownName {
+                path: self.path.clone(),
+                name: name.to_string(),
+                known: self.names().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// The model directory of an entry, resolved against the lock file's folder.
@@ -138,34 +178,69 @@ impl ModelsLock {
             }
             match cache.digest(&file) {
                 Ok(actual) if &actual == expected => {}
-                Ok(actual) => problems.push(Problem::WrongDigest { file, expected: expected.clone(), actual }),
-                Err(e) => problems.push(Problem::Unreadable { file, reason: e.to_string() }),
+                Ok(actual) => problems.push(Problem::WrongDigest {
+                    file,
+                    expected: expected.clone(),
+                    actual,
+                }),
+                Err(e) => problems.push(Problem::Unreadable {
+                    file,
+                    reason: e.to_string(),
+                }),
             }
         }
         Ok(problems)
     }
 
     /// Records every file under `dir` as model `name` (replacing an older entry).
-    pub fn add(&mut self, name: &str, dir: &Path, source: &str, cache: &mut DigestCache) -> Result<(), LockError> {
-        let read_err = |e: std::io::Error| LockError::Read { path: dir.into(), reason: e.to_string() };
+    pub fn add(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        source: &str,
+        cache: &mut DigestCache,
+    ) -> Result<(), LockError> {
+        let read_err = |e: std::io::Error| LockError::Read {
+            path: dir.into(),
+            reason: e.to_string(),
+        };
         let mut files = BTreeMap::new();
         for file in files_under(dir).map_err(read_err)? {
             let rel = file.strip_prefix(dir).expect("listed under dir");
-            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             files.insert(rel, cache.digest(&file).map_err(read_err)?);
         }
-        let base = self.path.parent().unwrap_or(Path::new(".")).canonicalize().ok();
+        let base = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .canonicalize()
+            .ok();
         let abs = dir.canonicalize().map_err(read_err)?;
         let path = match base.as_deref().and_then(|b| abs.strip_prefix(b).ok()) {
             Some(rel) => rel.to_path_buf(),
             None => abs,
         };
-        self.lock.models.insert(name.to_string(), LockEntry { path, source: source.to_string(), files });
+        self.lock.models.insert(
+            name.to_string(),
+            LockEntry {
+                path,
+                source: source.to_string(),
+                files,
+            },
+        );
         Ok(())
     }
 
     pub fn save(&self) -> Result<(), LockError> {
-        let write_err = |reason: String| LockError::Write { path: self.path.clone(), reason };
+        let write_err = |reason: String| LockError::Write {
+            path: self.path.clone(),
+            reason,
+        };
         let body = toml::to_string_pretty(&self.lock).map_err(|e| write_err(e.to_string()))?;
         let tmp = self.path.with_extension("lock.tmp");
         std::fs::write(&tmp, format!("{HEADER}{body}")).map_err(|e| write_err(e.to_string()))?;
@@ -180,7 +255,9 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
             let p = e?.path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 continue;
             }
             if p.is_dir() {
@@ -213,14 +290,21 @@ mod tests {
 
         let lock = ModelsLock::load(&lock_path).unwrap();
         assert_eq!(lock.entry("m").unwrap().path, PathBuf::from("m"));
-        assert!(lock.verify("m", &mut DigestCache::in_memory()).unwrap().is_empty());
+        assert!(lock
+            .verify("m", &mut DigestCache::in_memory())
+            .unwrap()
+            .is_empty());
 
         std::fs::write(model.join("unet/model.onnx"), b"tampered").unwrap();
         std::fs::remove_file(model.join("model_index.json")).unwrap();
         let problems = lock.verify("m", &mut DigestCache::in_memory()).unwrap();
         assert_eq!(problems.len(), 2);
-        assert!(problems.iter().any(|p| matches!(p, Problem::Missing { file } if file.ends_with("model_index.json"))));
-        assert!(problems.iter().any(|p| p.to_string().contains("unet/model.onnx: wrong digest")));
+        assert!(problems
+            .iter()
+            .any(|p| matches!(p, Problem::Missing { file } if file.ends_with("model_index.json"))));
+        assert!(problems
+            .iter()
+            .any(|p| p.to_string().contains("unet/model.onnx: wrong digest")));
 
         let err = lock.entry("nope").unwrap_err().to_string();
         assert!(err.contains("no model named `nope`; it names: m"), "{err}");
