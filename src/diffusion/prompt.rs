@@ -42,7 +42,7 @@ mod tests {
     fn cuts_at_last_comma_else_space_else_drops_last_char() {
         assert_eq!(cut_prompt("ab, cd, ef gh", 9), "ab, cd");
         assert_eq!(cut_prompt("ab cd ef gh", 7), "ab cd");
-        assert_eq!(cut_prompt(",ab cd ef", 7), ",ab");
+        assert_eq!(cut_prompt(",ab cd ef", 7), ",ab cd");
         assert_eq!(cut_prompt("abcdefgh", 4), "abcdefg");
         assert_eq!(cut_prompt("é,éééé", 3), "é");
     }
