@@ -1,11 +1,14 @@
-//! CLIP tokenization, identical to transformers' `CLIPTokenizer` as diffusers'
-//! `StableDiffusionPipeline` calls it: `padding="max_length", max_length=77,
-//! truncation=True`.
+//! CLIP tokenization, identical to transformers' (slow, pure-Python) `CLIPTokenizer`
+//! as diffusers' `StableDiffusionPipeline` calls it: `padding="max_length",
+//! max_length=77, truncation=True`. That is the tokenizer the thesis and SD 1.5
+//! pipelines ran (transformers ≤ 4.x, without ftfy installed).
 //!
-//! transformers 5 builds `CLIPTokenizer` on the `tokenizers` library; we build the
-//! same pipeline with the same crate: NFC, `\s+` → space, lower-case; split by CLIP's
-//! regex; byte-level pre-tokenization; BPE with the `</w>` end-of-word suffix; then
-//! `<|startoftext|>` … `<|endoftext|>`, truncated and padded to 77.
+//! Two stages: `basic_clean` reproduces the slow tokenizer's text clean-up
+//! (transformers' `BasicTokenizer`: control characters dropped, whitespace unified,
+//! a space around every CJK ideograph, NFC, lower-case); the `tokenizers` crate then
+//! does what both slow and fast tokenizers share: CLIP's word regex, byte-level
+//! mapping, BPE with the `</w>` end-of-word suffix. We add `<|startoftext|>` …
+//! `<|endoftext|>`, truncate and pad to 77 ourselves.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,8 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use unicode_general_category::{get_general_category, GeneralCategory};
+use unicode_normalization::UnicodeNormalization;
 
 /// CLIP's word pattern (the one in OpenAI's `simple_tokenizer.py` and transformers).
 const CLIP_PATTERN: &str =
@@ -88,7 +93,7 @@ impl ClipTokenizer {
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
-            .encode(prompt, false)
+            .encode(basic_clean(prompt), false)
             .map_err(|e| TokenizerError::Encode {
                 prompt: prompt.to_string(),
                 reason: e.to_string(),
@@ -102,6 +107,48 @@ impl ClipTokenizer {
         ids.resize(self.max_length, self.pad);
         Ok(ids)
     }
+}
+
+/// transformers' `BasicTokenizer(strip_accents=False, do_split_on_punc=False)`
+/// followed by the slow `CLIPTokenizer`'s `" ".join(...)`.
+pub fn basic_clean(text: &str) -> String {
+    let mut spaced = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c == '\0' || c == '\u{FFFD}' || is_control(c) {
+            continue;
+        }
+        if is_cjk_ideograph(c) {
+            spaced.extend([' ', c, ' ']);
+        } else if is_whitespace(c) {
+            spaced.push(' ');
+        } else {
+            spaced.push(c);
+        }
+    }
+    let normalized: String = spaced.nfc().collect();
+    let words: Vec<String> = normalized.split(char::is_whitespace).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    words.join(" ")
+}
+
+/// Python's `_is_control`: any `C*` category except tab, newline, carriage return.
+fn is_control(c: char) -> bool {
+    if matches!(c, '\t' | '\n' | '\r') {
+        return false;
+    }
+    use GeneralCategory::*;
+    matches!(get_general_category(c), Control | Format | Unassigned | PrivateUse | Surrogate)
+}
+
+/// Python's `_is_whitespace`: space, tab, newline, carriage return or category Zs.
+fn is_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r') || get_general_category(c) == GeneralCategory::SpaceSeparator
+}
+
+/// The CJK Unified Ideograph blocks `BasicTokenizer._is_chinese_char` lists.
+fn is_cjk_ideograph(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
 fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
@@ -138,7 +185,7 @@ fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
     )
     .map_err(|e| e.to_string())?;
     let pre_tokenizer =
-        PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()]);
+        PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, false).into()]);
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_normalizer(Some(normalizer));
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
@@ -161,4 +208,18 @@ fn special_name(config: &[serde_json::Value], key: &str) -> Option<String> {
         serde_json::Value::String(s) => Some(s.clone()),
         v => v.get("content")?.as_str().map(str::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::basic_clean;
+
+    #[test]
+    fn basic_clean_matches_transformers_basic_tokenizer() {
+        assert_eq!(basic_clean("  A\tCat\n\nON  a Mat "), "a cat on a mat");
+        assert_eq!(basic_clean("猫の絵"), "猫 の 絵");
+        assert_eq!(basic_clean("zero\u{200B}width\u{0000}"), "zerowidth");
+        assert_eq!(basic_clean("ΟΔΟΣ"), "οδος");
+        assert_eq!(basic_clean(""), "");
+    }
 }

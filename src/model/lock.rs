@@ -161,8 +161,7 @@ impl ModelsLock {
 
     /// The model directory of an entry, resolved against the lock file's folder.
     pub fn model_dir(&self, entry: &LockEntry) -> PathBuf {
-        let base = self.path.parent().unwrap_or(Path::new("."));
-        base.join(&entry.path)
+        self.base_dir().join(&entry.path)
     }
 
     /// Every file of `name` that is missing or does not match its digest.
@@ -214,12 +213,7 @@ impl ModelsLock {
                 .join("/");
             files.insert(rel, cache.digest(&file).map_err(read_err)?);
         }
-        let base = self
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .canonicalize()
-            .ok();
+        let base = self.base_dir().canonicalize().ok();
         let abs = dir.canonicalize().map_err(read_err)?;
         let path = match base.as_deref().and_then(|b| abs.strip_prefix(b).ok()) {
             Some(rel) => rel.to_path_buf(),
@@ -234,6 +228,14 @@ impl ModelsLock {
             },
         );
         Ok(())
+    }
+
+    /// The folder that entry paths are relative to: the lock file's own.
+    fn base_dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
     }
 
     pub fn save(&self) -> Result<(), LockError> {
