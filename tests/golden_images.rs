@@ -76,6 +76,8 @@ fn tiny_model_images_match_diffusers() {
 
 /// The same weights exported with int64 input ids and a float timestep vector give
 /// the same images: tomex adapts to the graph's declared input types.
+/// (With a float timestep, Euler's fractional timesteps reach the UNet unrounded,
+/// so those images match diffusers exactly too.)
 #[test]
 fn other_export_conventions_give_the_same_images() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,5 +86,5 @@ fn other_export_conventions_give_the_same_images() {
     for part in ["text_encoder/model.onnx", "unet/model.onnx"] {
         std::fs::copy(variant.join(part), dir.path().join(part)).unwrap();
     }
-    check_model(dir.path(), Some(&["pndm"]));
+    check_model(dir.path(), None);
 }

@@ -91,13 +91,13 @@ impl ClipTokenizer {
 
     /// The `max_length` ids for `prompt`: BOS, at most `max_length - 2` tokens, EOS, padding.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode(basic_clean(prompt), false)
-            .map_err(|e| TokenizerError::Encode {
-                prompt: prompt.to_string(),
-                reason: e.to_string(),
-            })?;
+        let encoding =
+            self.inner
+                .encode(basic_clean(prompt), false)
+                .map_err(|e| TokenizerError::Encode {
+                    prompt: prompt.to_string(),
+                    reason: e.to_string(),
+                })?;
         let body = encoding.get_ids();
         let body = &body[..body.len().min(self.max_length - 2)];
         let mut ids = Vec::with_capacity(self.max_length);
@@ -126,7 +126,11 @@ pub fn basic_clean(text: &str) -> String {
         }
     }
     let normalized: String = spaced.nfc().collect();
-    let words: Vec<String> = normalized.split(char::is_whitespace).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    let words: Vec<String> = normalized
+        .split(char::is_whitespace)
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
     words.join(" ")
 }
 
@@ -136,12 +140,16 @@ fn is_control(c: char) -> bool {
         return false;
     }
     use GeneralCategory::*;
-    matches!(get_general_category(c), Control | Format | Unassigned | PrivateUse | Surrogate)
+    matches!(
+        get_general_category(c),
+        Control | Format | Unassigned | PrivateUse | Surrogate
+    )
 }
 
 /// Python's `_is_whitespace`: space, tab, newline, carriage return or category Zs.
 fn is_whitespace(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r') || get_general_category(c) == GeneralCategory::SpaceSeparator
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+        || get_general_category(c) == GeneralCategory::SpaceSeparator
 }
 
 /// The CJK Unified Ideograph blocks `BasicTokenizer._is_chinese_char` lists.
@@ -184,8 +192,10 @@ fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
         true,
     )
     .map_err(|e| e.to_string())?;
-    let pre_tokenizer =
-        PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, false).into()]);
+    let pre_tokenizer = PreTokenizers::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ]);
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_normalizer(Some(normalizer));
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
