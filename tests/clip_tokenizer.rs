@@ -51,3 +51,21 @@ fn prompt_cut_matches_the_thesis_script() {
         );
     }
 }
+
+/// A model that ships a single `tokenizer.json` (as transformers 5 saves it, made by
+/// tools/make_tokenizer_json.py) tokenizes exactly like vocab.json + merges.txt.
+#[test]
+fn tokenizer_json_gives_the_same_ids() {
+    let golden = common::read_json(&common::golden("clip_tokens.json"));
+    let from_bpe = ClipTokenizer::from_dir(&common::tiny_model().join("tokenizer")).unwrap();
+    let from_json =
+        ClipTokenizer::from_dir(&common::repo().join("tests/fixtures/tokenizer_json")).unwrap();
+    for case in golden["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        assert_eq!(
+            from_json.encode(prompt).unwrap(),
+            from_bpe.encode(prompt).unwrap(),
+            "prompt {prompt:?}"
+        );
+    }
+}
