@@ -8,3 +8,4 @@ pub mod cli;
 pub mod diffusion;
 pub mod engine;
 pub mod model;
+pub mod tome;

@@ -1,0 +1,196 @@
+//! Step 1: the matching (tomesd's `bipartite_soft_matching_random2d` up to
+//! the point where it returns its closures).
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayView3};
+use rayon::prelude::*;
+
+use super::merge::Merge;
+use super::partition::partition;
+use super::torch_sort::{argsort_unstable, descending_nan_first};
+
+/// src rows per score block: the scores of one block, [ROWS, num_dst], are
+/// all that exists of the [N_src, num_dst] score matrix at any time per task.
+const SCORE_ROWS: usize = 256;
+
+/// Partition the tokens of `metric` [B, N, C] (an `h × w` grid) into src and
+/// dst with one dst per `sy × sx` cell, and match the `r` src tokens most
+/// similar to some dst to their most similar dst.
+///
+/// `dst_cell` [hsy * wsx] is the dst chosen in each cell (row-major cells,
+/// row-major within a cell); `None` is tomesd's `no_rand` (top-left). The
+/// partition is shared by the batch; the matching is per batch element.
+/// Returns `None` where tomesd's merge and unmerge do nothing (`r == 0`, or
+/// after capping `r` at the number of src tokens), and also where no cell
+/// fits in the grid (tomesd fails there: the max over an empty dst set).
+///
+/// Panics if `h * w != N`.
+pub fn bipartite_soft_matching_random2d(
+    metric: ArrayView3<f32>,
+    w: usize,
+    h: usize,
+    sx: usize,
+    sy: usize,
+    r: usize,
+    dst_cell: Option<&[usize]>,
+) -> Option<Merge> {
+    let (batch, n, _c) = metric.dim();
+    assert_eq!(h * w, n, "a {h}x{w} token grid for a metric of {n} tokens");
+    if r == 0 {
+        return None;
+    }
+    // a_idx [N_src], b_idx [num_dst]
+    let part = partition(h, w, sx, sy, dst_cell);
+    let num_dst = part.dst.len();
+    // Can't reduce more than the # tokens in src
+    let r = r.min(part.src.len());
+    if r == 0 || num_dst == 0 {
+        return None;
+    }
+
+    // node_max, node_idx [B, N_src]: each src's best cosine similarity to a dst, and that dst
+    let mut node_max = Array2::<f32>::zeros((batch, part.src.len()));
+    let mut node_idx = Array2::<usize>::zeros((batch, part.src.len()));
+    for (b, x) in metric.outer_iter().enumerate() {
+        // metric = metric / metric.norm(dim=-1, keepdim=True); a, b = split(metric)
+        let a = normalized_rows(x, &part.src); // [N_src, C]
+        let d = normalized_rows(x, &part.dst); // [num_dst, C]
+        best_dst(
+            a.view(),
+            d.view(),
+            node_max.row_mut(b).into_slice().expect("standard layout"),
+            node_idx.row_mut(b).into_slice().expect("standard layout"),
+        );
+    }
+
+    // edge_idx = node_max.argsort(dim=-1, descending=True): unm_idx = edge_idx[r:], src_idx = edge_idx[:r]
+    let edges: Vec<Vec<usize>> = node_max
+        .as_slice()
+        .expect("standard layout")
+        .par_chunks(part.src.len())
+        .map(|m| argsort_unstable(m, descending_nan_first))
+        .collect();
+    let unm_len = part.src.len() - r;
+    let mut unm_idx = Array2::<usize>::zeros((batch, unm_len));
+    let mut src_idx = Array2::<usize>::zeros((batch, r));
+    let mut dst_idx = Array2::<usize>::zeros((batch, r));
+    for (b, edge) in edges.iter().enumerate() {
+        unm_idx.row_mut(b).assign(&ArrayView1::from(&edge[r..]));
+        for (k, &e) in edge[..r].iter().enumerate() {
+            src_idx[[b, k]] = e;
+            // dst_idx = gather(node_idx, src_idx)
+            dst_idx[[b, k]] = node_idx[[b, e]];
+        }
+    }
+    Some(Merge::new(n, part.src, part.dst, unm_idx, src_idx, dst_idx))
+}
+
+/// `x[rows] / ||x[rows]||` [rows.len(), C]: the rows of `x` [N, C] in the
+/// given order, each divided by its L2 norm (summed in f64, rounded to f32,
+/// then an f32 division as torch's `metric / norm`). A zero row becomes NaN,
+/// as in torch.
+fn normalized_rows(x: ArrayView2<f32>, rows: &[usize]) -> Array2<f32> {
+    let c = x.ncols();
+    let mut out = Array2::<f32>::zeros((rows.len(), c));
+    if c == 0 {
+        return out;
+    }
+    let out_rows = out
+        .as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(c);
+    out_rows.zip(rows).with_min_len(64).for_each(|(o, &t)| {
+        let row = x.row(t);
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt() as f32;
+        for (o, &v) in o.iter_mut().zip(&row) {
+            *o = v / norm;
+        }
+    });
+    out
+}
+
+/// For each row of `a` [N_src, C]: the max over `d` [num_dst, C] of the dot
+/// products (`scores = a @ d^T`, `scores.max(dim=-1)`), into `node_max` and
+/// `node_idx` [N_src]. Scores are computed SCORE_ROWS src rows at a time, in
+/// parallel, with matrixmultiply's sgemm.
+fn best_dst(a: ArrayView2<f32>, d: ArrayView2<f32>, node_max: &mut [f32], node_idx: &mut [usize]) {
+    let num_dst = d.nrows();
+    node_max
+        .par_chunks_mut(SCORE_ROWS)
+        .zip(node_idx.par_chunks_mut(SCORE_ROWS))
+        .enumerate()
+        .for_each_init(
+            || Array2::<f32>::zeros((SCORE_ROWS, num_dst)),
+            |scores, (block, (max, idx))| {
+                let start = block * SCORE_ROWS;
+                let rows = max.len();
+                let mut scores = scores.slice_mut(s![..rows, ..]);
+                // scores [rows, num_dst] = a[start..start+rows] @ d^T
+                general_mat_mul(
+                    1.0,
+                    &a.slice(s![start..start + rows, ..]),
+                    &d.t(),
+                    0.0,
+                    &mut scores,
+                );
+                for ((row, m), i) in scores.outer_iter().zip(max.iter_mut()).zip(idx.iter_mut()) {
+                    (*m, *i) = torch_max(row.as_slice().expect("standard layout"));
+                }
+            },
+        );
+}
+
+/// `torch.max(row, dim=-1)`: the largest value and the first index holding
+/// it; NaN wins (the first NaN), as torch's max propagates NaN.
+fn torch_max(row: &[f32]) -> (f32, usize) {
+    let mut best = (row[0], 0);
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if v > best.0 || (v.is_nan() && !best.0.is_nan()) {
+            best = (v, j);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn torch_max_takes_the_first_of_ties_and_propagates_nan() {
+        assert_eq!(torch_max(&[0.5, 0.9, 0.9, 0.1, 0.9]), (0.9, 1));
+        let (m, i) = torch_max(&[1.0, f32::NAN, 3.0, f32::NAN]);
+        assert!(m.is_nan() && i == 1);
+        assert_eq!(torch_max(&[-1.0]), (-1.0, 0));
+    }
+
+    #[test]
+    fn best_dst_matches_a_naive_loop() {
+        let (ns, nd, c) = (SCORE_ROWS * 2 + 37, 50, 24);
+        let a = Array2::from_shape_fn((ns, c), |(i, k)| ((i * 31 + k * 17) % 23) as f32 - 11.0);
+        let d = Array2::from_shape_fn((nd, c), |(j, k)| ((j * 13 + k * 7) % 19) as f32 - 9.0);
+        let mut max = vec![0.0; ns];
+        let mut idx = vec![0; ns];
+        best_dst(a.view(), d.view(), &mut max, &mut idx);
+        for i in 0..ns {
+            let scores: Vec<f32> = (0..nd).map(|j| a.row(i).dot(&d.row(j))).collect();
+            // small integers: every product and sum is exact
+            assert_eq!((max[i], idx[i]), torch_max(&scores), "row {i}");
+        }
+    }
+
+    #[test]
+    fn r_zero_does_nothing() {
+        let x = Array3::<f32>::ones((2, 16, 3));
+        assert!(bipartite_soft_matching_random2d(x.view(), 4, 4, 2, 2, 0, None).is_none());
+        // sx = sy = 1: every token is dst, nothing is src, r caps to 0
+        assert!(bipartite_soft_matching_random2d(x.view(), 4, 4, 1, 1, 5, None).is_none());
+        // a 1-row grid has no 2x2 cell
+        assert!(bipartite_soft_matching_random2d(x.view(), 16, 1, 2, 2, 5, None).is_none());
+    }
+}
