@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Benchmark one UNet evaluation: tomex (ONNX Runtime, split UNet + Rust ToMe) against
+diffusers + tomesd (torch on the CPU), on the random-weight SD 1.5-layout UNet made by
+tools/make_bench_unet.py.
+
+For each latent size (batch 2, as with classifier-free guidance; timestep 500;
+encoder_hidden_states [2, 77, 768]) and each case
+
+  uncut        tomex runs the whole UNet graph as one ONNX Runtime session (tomex only;
+               torch's r = 0 run is shown in this row too)
+  cuts         tomex runs the UNet split at the transformer blocks, r = 0;
+               torch runs the unpatched UNet
+  self         r = 0.5, merging for self-attention only
+  self+cross   r = 0.5, merging for self- and cross-attention
+
+it runs, one process at a time (never two at once: ONNX Runtime materialises the full
+attention matrix, and the uncut UNet at 96x96 peaks near 23 GB):
+
+  torch  `python tools/bench_unet.py --torch-worker ...`: loads DIR/torch, for r > 0
+         tomesd.apply_patch(unet, ratio=r, merge_attn=..., merge_crossattn=..., use_rand=False)
+         (tomesd's defaults otherwise: max_downsample=1, sx=sy=2), torch.set_num_threads(T),
+         under torch.no_grad() one warm-up evaluation and `--repeats` timed ones;
+  tomex  `target/release/tomex bench-unet --unet DIR/onnx/unet/model.onnx --latent H,W
+         --batch 2 --repeats N --threads T [--uncut]
+         [--tome-ratio R --tome-merge self_attn[,cross_attn] --tome-no-rand]`
+         (the "cuts" case passes neither --uncut nor --tome-*), which prints one JSON line
+         {"median_s", "times_s", "peak_rss_mb", "tome_ops_s", "parts"}.
+
+Both children print one JSON line on stdout; peak memory is the child's ru_maxrss as
+reported to this (light, torch-free) parent by wait4(), the same measure for both.
+
+Writes the Markdown section (table, targets, machine facts, exact command line) to
+stdout, the raw results as JSON to --json (default target/bench/bench_unet-<stamp>.json),
+and with --write replaces the section between <!-- bench-unet:start --> and
+<!-- bench-unet:end --> in BENCHMARKS.md (creating the file if missing).
+
+Usage (from the repository root, on a quiet machine):
+  cargo build --release
+  tools/.venv/bin/python tools/make_bench_unet.py                 # once; target/bench/unet-128
+  tools/.venv/bin/python tools/bench_unet.py --latents 64,96 --threads 2 --repeats 3 --write
+Only one side: --only torch | --only tomex. Subset of cases: --cases cuts,self.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = ROOT / "target" / "bench" / "unet-128"
+DEFAULT_TOMEX = ROOT / "target" / "release" / "tomex"
+START, END = "<!-- bench-unet:start -->", "<!-- bench-unet:end -->"
+BATCH = 2
+TIMESTEP = 500
+TEXT_LEN = 77
+
+# name, label, ratio, merge targets, uncut (tomex), torch runs this case itself
+CASES = [
+    ("uncut", "uncut, r = 0", 0.0, (), True, False),
+    ("cuts", "cuts, r = 0", 0.0, (), False, True),
+    ("self", "r = 0.5, self-attn", 0.5, ("self_attn",), False, True),
+    ("self+cross", "r = 0.5, self+cross", 0.5, ("self_attn", "cross_attn"), False, True),
+]
+RATIO = 0.5
+
+
+# --------------------------------------------------------------------------
+# torch worker (a child process; the only place torch is imported)
+# --------------------------------------------------------------------------
+
+
+def torch_worker(args) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import diffusers
+    import tomesd
+    from diffusers import UNet2DConditionModel
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    import_mib = peak_mib()
+    h, w = parse_pair(args.latent)
+    merge = tuple(m for m in args.merge.split(",") if m)
+    t0 = time.perf_counter()
+    unet = UNet2DConditionModel.from_pretrained(str(Path(args.model_dir) / "torch"),
+                                                low_cpu_mem_usage=False).eval()
+    if args.ratio > 0:
+        tomesd.apply_patch(unet, ratio=args.ratio, merge_attn="self_attn" in merge,
+                           merge_crossattn="cross_attn" in merge, use_rand=False)
+    load_s = time.perf_counter() - t0
+    load_mib = peak_mib()
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(args.batch, 4, h, w, generator=g)
+    ehs = torch.randn(args.batch, TEXT_LEN, unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor(TIMESTEP, dtype=torch.int64)
+    times = []
+    with torch.no_grad():
+        for i in range(args.repeats + 1):
+            t1 = time.perf_counter()
+            out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            dt_s = time.perf_counter() - t1
+            if i > 0:
+                times.append(dt_s)
+            print(f"  torch {h}x{w} r={args.ratio} {'+'.join(merge) or '-'}: "
+                  f"{'warm-up' if i == 0 else f'run {i}'} {dt_s:.3f} s", file=sys.stderr, flush=True)
+    print(json.dumps({
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_rss_mb": peak_mib(),
+        "peak_rss_after_import_mb": import_mib,
+        "peak_rss_after_load_mb": load_mib,
+        "load_s": load_s,
+        "out_std": float(out.std()),
+        "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "tomesd": getattr(tomesd, "__version__", None) or pkg_version("tomesd")},
+    }), flush=True)
+
+
+def pkg_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------
+# Parent: run children one at a time, measure their peak RSS with wait4
+# --------------------------------------------------------------------------
+
+
+def parse_pair(s: str) -> tuple[int, int]:
+    a, b = s.replace("x", ",").split(",")
+    return int(a), int(b)
+
+
+def run_child(cmd: list[str], env: dict[str, str], timeout_s: float) -> dict:
+    """Run cmd (stderr passed through), return its last JSON stdout line plus rc, wall time and
+    the child's peak RSS from wait4 (MiB)."""
+    print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    with tempfile.TemporaryFile("w+") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=None, env=env, cwd=ROOT)
+        timed_out = False
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if time.perf_counter() - t0 > timeout_s and not timed_out:
+                timed_out = True
+                proc.kill()
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped
+        out.seek(0)
+        stdout = out.read()
+    res: dict = {"rc": proc.returncode, "wall_s": wall, "wait4_maxrss_mib": ru.ru_maxrss / 1024,
+                 "timed_out": timed_out}
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                res["json"] = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+            break
+    if "json" not in res:
+        res["stdout_tail"] = stdout[-2000:]
+    if proc.returncode != 0 or "json" not in res:
+        why = "timed out" if timed_out else f"rc {proc.returncode}"
+        if proc.returncode == -9 and not timed_out:
+            why += " (SIGKILL: out of memory?)"
+        res["error"] = why
+        print(f"  failed: {why}; peak RSS {res['wait4_maxrss_mib']:.0f} MiB", file=sys.stderr)
+    else:
+        j = res["json"]
+        print(f"  median {j['median_s']:.3f} s, peak RSS {res['wait4_maxrss_mib']:.0f} MiB",
+              file=sys.stderr, flush=True)
+    return res
+
+
+def torch_cmd(a, hw, ratio, merge) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--torch-worker", "--model-dir", str(a.model_dir),
+            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
+            "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge)]
+
+
+def tomex_cmd(a, hw, ratio, merge, uncut) -> list[str]:
+    cmd = [str(a.tomex), "bench-unet", "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
+           "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
+           "--threads", str(a.threads)]
+    if uncut:
+        cmd.append("--uncut")
+    if ratio > 0:
+        cmd += ["--tome-ratio", str(ratio), "--tome-merge", ",".join(merge), "--tome-no-rand"]
+    return cmd
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+# --------------------------------------------------------------------------
+# Machine facts and report
+# --------------------------------------------------------------------------
+
+
+def machine_facts(threads: int) -> dict:
+    facts: dict = {"logical_cpus": os.cpu_count(), "threads": threads, "kernel": platform.release()}
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        for line in info.splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+        facts["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                        if f in flags]
+    except OSError:
+        pass
+    try:
+        mem = Path("/proc/meminfo").read_text().split("\n")[0].split()
+        facts["mem_total_gib"] = round(int(mem[1]) / 1024**2, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    stamp = ROOT / ".ort" / "lib" / ".fetched"
+    if stamp.exists():
+        facts["tomex_onnxruntime"] = stamp.read_text().strip()
+    try:
+        facts["git"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                      capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return facts
+
+
+def model_facts(model_dir: Path) -> dict:
+    facts: dict = {}
+    try:
+        cfg = json.loads((model_dir / "torch" / "config.json").read_text())
+        facts["block_out_channels"] = cfg.get("block_out_channels")
+    except (OSError, json.JSONDecodeError):
+        pass
+    try:
+        facts.update(json.loads((model_dir / "bench_unet.json").read_text()))
+    except (OSError, json.JSONDecodeError):
+        pass
+    data = model_dir / "onnx" / "unet" / "model.onnx_data"
+    if data.exists():
+        facts["weights_mb"] = round(data.stat().st_size / 1e6)
+    return facts
+
+
+def fmt_s(run: dict | None) -> str:
+    if run is None:
+        return "—"
+    if "error" in run:
+        return f"failed ({run['error']})"
+    return f"{run['json']['median_s']:.3f}"
+
+
+def fmt_mib(run: dict | None) -> str:
+    if run is None:
+        return "—"
+    return f"{run['wait4_maxrss_mib']:.0f}"
+
+
+def ok(run: dict | None) -> bool:
+    return run is not None and "error" not in run
+
+
+def med(run: dict) -> float:
+    return run["json"]["median_s"]
+
+
+def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str) -> str:
+    L: list[str] = []
+    ch = mfacts.get("block_out_channels")
+    chs = f"({', '.join(map(str, ch))})" if ch else "?"
+    L.append("## One UNet evaluation: tomex vs diffusers + tomesd")
+    L.append("")
+    L.append(f"Made by `{command}` on {stamp}.")
+    L.append("")
+    L.append(f"* Model: random-weight `UNet2DConditionModel` with SD 1.5's layout, block_out_channels {chs}"
+             + (f" ({mfacts['weights_mb']} MB float32 weights)" if "weights_mb" in mfacts else "")
+             + ", made by `tools/make_bench_unet.py`; float32, CPU.")
+    L.append(f"* Input: batch {BATCH} (as with guidance), timestep {TIMESTEP}, encoder_hidden_states "
+             f"[{BATCH}, {TEXT_LEN}, 768]; one warm-up evaluation, then the median of {a.repeats} timed ones.")
+    L.append("* torch: diffusers' UNet (default attention processor, `scaled_dot_product_attention`) under "
+             "`torch.no_grad()`; r > 0: `tomesd.apply_patch(unet, ratio=0.5, merge_attn=True, "
+             "merge_crossattn=<self+cross>, use_rand=False)` (max_downsample=1, sx=sy=2: merging in the "
+             "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime CPU); "
+             "\"uncut\" is the whole graph in one session, the other rows the graph cut at the transformer "
+             "blocks with Rust token ops in between (`--tome-no-rand`).")
+    v = facts.get("versions", {})
+    mach = (f"* Machine: {facts.get('cpu', '?')} ({facts.get('logical_cpus', '?')} logical CPUs"
+            + (f", {', '.join(facts['isa'])}" if facts.get("isa") else "")
+            + (f", {facts['mem_total_gib']} GiB RAM" if "mem_total_gib" in facts else "")
+            + f"), Linux {facts.get('kernel', '?')}; {a.threads} threads for both.")
+    L.append(mach)
+    sw = [f"torch {v['torch']}" if v.get("torch") else None,
+          f"diffusers {v['diffusers']}" if v.get("diffusers") else None,
+          f"tomesd {v['tomesd']}" if v.get("tomesd") else None,
+          f"tomex's ONNX Runtime {facts['tomex_onnxruntime']}" if facts.get("tomex_onnxruntime") else None,
+          f"tomex at {facts['git']}" if facts.get("git") else None]
+    L.append("* Software: " + ", ".join(s for s in sw if s) + ".")
+    if "loadavg_start" in facts:
+        L.append(f"* Load average (1 min) at start / end: {facts['loadavg_start']} / "
+                 f"{facts.get('loadavg_end', '?')}.")
+    L.append("")
+    L.append("Speed-up = torch s / tomex s (above 1: tomex faster). Peak = the process's peak RSS "
+             "(model load included). Token-op share = time in tomex's Rust token ops / tomex's median.")
+    L.append("")
+    L.append("| latent | case | torch s | tomex s | speed-up | torch peak MiB | tomex peak MiB "
+             "| tomex token-op share | tomex parts |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for lat in a.latents:
+        key = f"{lat[0]}x{lat[1]}"
+        rows = results.get(key, {})
+        for name, label, *_ in CASES:
+            if name not in a.cases:
+                continue
+            r = rows.get(name, {})
+            tr, xr = r.get("torch"), r.get("tomex")
+            sp = f"{med(tr) / med(xr):.2f}×" if ok(tr) and ok(xr) else "—"
+            share = parts = "—"
+            if ok(xr):
+                j = xr["json"]
+                if j.get("tome_ops_s") is not None and j["median_s"] > 0:
+                    share = f"{100 * j['tome_ops_s'] / j['median_s']:.1f}%"
+                if j.get("parts") is not None:
+                    parts = str(j["parts"])
+            L.append(f"| {lat[0]}×{lat[1]} | {label} | {fmt_s(tr)} | {fmt_s(xr)} | {sp} | {fmt_mib(tr)} "
+                     f"| {fmt_mib(xr)} | {share} | {parts} |")
+    L.append("")
+    L.append("Torch has no cuts: its r = 0 run (unpatched UNet) appears in both r = 0 rows.")
+    imp = [r["json"]["peak_rss_after_import_mb"] for rows in results.values() for r in
+           (c.get("torch") for c in rows.values()) if ok(r) and "peak_rss_after_import_mb" in r["json"]]
+    if imp:
+        L.append(f"The torch processes' peak includes about {min(imp):.0f} MiB reached by importing torch "
+                 "and diffusers (which imports transformers) before the model is loaded.")
+    L.append("")
+    L.append("Targets:")
+    L.append("")
+    for lat in a.latents:
+        key = f"{lat[0]}x{lat[1]}"
+        rows = results.get(key, {})
+        u, c = rows.get("uncut", {}).get("tomex"), rows.get("cuts", {}).get("tomex")
+        if ok(u) and ok(c):
+            ov = 100 * (med(c) - med(u)) / med(u)
+            L.append(f"* {lat[0]}×{lat[1]}: split overhead at r = 0 (cuts vs uncut) {ov:+.1f}% "
+                     f"(target ≤ 5%: {'met' if ov <= 5 else 'NOT met'})")
+        for name in ("self", "self+cross"):
+            r = rows.get(name, {})
+            tr, xr = r.get("torch"), r.get("tomex")
+            if ok(tr) and ok(xr):
+                L.append(f"* {lat[0]}×{lat[1]}: r = 0.5 {name}: tomex {med(xr):.3f} s vs torch + tomesd "
+                         f"{med(tr):.3f} s (target tomex ≤ torch: {'met' if med(xr) <= med(tr) else 'NOT met'})")
+    if L[-1] == "":
+        L.append("* (no tomex/torch pairs measured in this run)")
+    L.append("")
+    L.append("<details><summary>Timed runs (s)</summary>")
+    L.append("")
+    for lat in a.latents:
+        key = f"{lat[0]}x{lat[1]}"
+        for name, label, *_ in CASES:
+            for side in ("torch", "tomex"):
+                if side == "torch" and name == "uncut" and "cuts" in a.cases:
+                    continue  # the same run as the cuts row
+                r = results.get(key, {}).get(name, {}).get(side)
+                if ok(r):
+                    ts = ", ".join(f"{t:.3f}" for t in r["json"].get("times_s", []))
+                    L.append(f"* {lat[0]}×{lat[1]} {label}, {side}: {ts}")
+    L.append("")
+    L.append("</details>")
+    return "\n".join(L) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    block = f"{START}\n{section}{END}\n"
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nEach section is made by a committed script; its command line is "
+                        "given in the section. Sections are replaced between their markers.\n\n" + block)
+        return
+    text = path.read_text()
+    i, j = text.find(START), text.find(END)
+    if i >= 0 and j > i:
+        end = j + len(END)
+        if text[end:end + 1] == "\n":
+            end += 1
+        text = text[:i] + block + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def display_command() -> str:
+    exe = Path(sys.executable)
+    try:
+        exe_s = str(exe.relative_to(ROOT)) if exe.is_absolute() else str(exe)
+    except ValueError:
+        exe_s = "python3"
+    return shlex.join([exe_s, "tools/bench_unet.py", *sys.argv[1:]])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                    help="output of make_bench_unet.py (default target/bench/unet-128)")
+    ap.add_argument("--latents", default="64,96", help="comma-separated square latent sizes, or HxW items")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
+                    help="subset of " + ",".join(c[0] for c in CASES))
+    ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
+    ap.add_argument("--tomex", type=Path, default=DEFAULT_TOMEX, help="tomex binary (default target/release/tomex)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
+    ap.add_argument("--write", action="store_true", help="replace the section in --benchmarks")
+    ap.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--json", type=Path, help="raw results (default target/bench/bench_unet-<stamp>.json)")
+    ap.add_argument("--dry-run", action="store_true", help="print the child commands only")
+    # torch worker (internal)
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--latent", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
+    ap.add_argument("--ratio", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--merge", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.torch_worker:
+        torch_worker(a)
+        return
+
+    a.latents = [parse_pair(s) if "x" in s else (int(s), int(s)) for s in a.latents.split(",") if s]
+    a.cases = [c for c in a.cases.split(",") if c]
+    unknown = set(a.cases) - {c[0] for c in CASES}
+    if unknown:
+        ap.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    for lat in a.latents:
+        if lat[0] % 8 or lat[1] % 8:
+            ap.error(f"latent {lat[0]}x{lat[1]}: the exported graph needs sizes divisible by 8")
+    a.model_dir = a.model_dir.resolve()
+    run_torch, run_tomex = a.only != "tomex", a.only != "torch"
+    if not a.dry_run:
+        if not (a.model_dir / "torch" / "config.json").exists() or \
+                not (a.model_dir / "onnx" / "unet" / "model.onnx").exists():
+            sys.exit(f"{a.model_dir}: run tools/make_bench_unet.py first")
+        if run_tomex and not a.tomex.exists():
+            sys.exit(f"{a.tomex} not found: cargo build --release (or --only torch)")
+
+    command = display_command()
+    now = dt.datetime.now(dt.timezone.utc)
+    stamp = now.strftime("%Y-%m-%d %H:%M UTC")
+    facts = machine_facts(a.threads)
+    facts["loadavg_start"] = loadavg()
+    env = child_env(a.threads)
+    results: dict = {}
+    for lat in a.latents:
+        key = f"{lat[0]}x{lat[1]}"
+        rows = results.setdefault(key, {})
+        for name, label, ratio, merge, uncut, torch_runs in CASES:
+            if name not in a.cases:
+                continue
+            row = rows.setdefault(name, {})
+            print(f"== {key} {label}", file=sys.stderr, flush=True)
+            if run_torch and torch_runs:
+                cmd = torch_cmd(a, lat, ratio, merge)
+                if a.dry_run:
+                    print(shlex.join(cmd))
+                else:
+                    row["torch"] = run_child(cmd, env, a.timeout)
+                    v = row["torch"].get("json", {}).get("versions")
+                    if v:
+                        facts["versions"] = v
+            if run_tomex:
+                cmd = tomex_cmd(a, lat, ratio, merge, uncut)
+                if a.dry_run:
+                    print(shlex.join(cmd))
+                else:
+                    row["tomex"] = run_child(cmd, env, a.timeout)
+        # torch's unpatched r = 0 run serves both r = 0 rows
+        if "cuts" in rows and "uncut" in rows and "torch" in rows["cuts"]:
+            rows["uncut"]["torch"] = rows["cuts"]["torch"]
+    if a.dry_run:
+        return
+    facts["loadavg_end"] = loadavg()
+
+    section = render(results, a, facts, model_facts(a.model_dir), command, stamp)
+    print(section)
+    jpath = a.json or ROOT / "target" / "bench" / f"bench_unet-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    jpath.parent.mkdir(parents=True, exist_ok=True)
+    jpath.write_text(json.dumps({"command": command, "date": stamp, "facts": facts,
+                                 "model": model_facts(a.model_dir), "results": results}, indent=2) + "\n")
+    print(f"raw results: {jpath}", file=sys.stderr)
+    if a.write:
+        write_section(a.benchmarks, section)
+        print(f"wrote the section in {a.benchmarks}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
