@@ -8,4 +8,5 @@ pub mod cli;
 pub mod diffusion;
 pub mod engine;
 pub mod model;
+pub mod onnx;
 pub mod tome;

@@ -12,16 +12,26 @@ use super::runtime::{EngineError, Runtime};
 pub struct Unet {
     session: Session,
     path: PathBuf,
-    sample: String,
-    timestep: InputSpec,
-    hidden: String,
+    inputs: UnetInputs,
     output: String,
 }
 
-impl Unet {
-    pub fn load(runtime: &Runtime, path: &Path) -> Result<Unet, EngineError> {
-        let session = runtime.session(path)?;
-        let sample = input_spec(&session, path, "sample", 0)?;
+/// The UNet's three graph inputs as an export declares them: their names, and the
+/// timestep's type and shape (shared by [`Unet`] and the split executor).
+pub(super) struct UnetInputs {
+    pub sample: String,
+    pub timestep: InputSpec,
+    pub hidden: String,
+}
+
+impl UnetInputs {
+    /// Checks that the sample is float32 and the timestep a float or integer scalar or vector.
+    pub fn new(
+        path: &Path,
+        sample: InputSpec,
+        timestep: InputSpec,
+        hidden: String,
+    ) -> Result<UnetInputs, EngineError> {
         if sample.element != TensorElementType::Float32 {
             return Err(unexpected(
                 path,
@@ -31,7 +41,6 @@ impl Unet {
                 ),
             ));
         }
-        let timestep = input_spec(&session, path, "timestep", 1)?;
         let supported = [
             TensorElementType::Float32,
             TensorElementType::Float64,
@@ -49,53 +58,16 @@ impl Unet {
                 ),
             ));
         }
-        let hidden = input_spec(&session, path, "encoder_hidden_states", 2)?.name;
-        let output = output_name(&session, "out_sample");
-        Ok(Unet {
-            session,
-            path: path.to_path_buf(),
+        Ok(UnetInputs {
             sample: sample.name,
             timestep,
             hidden,
-            output,
-        })
-    }
-
-    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states.
-    pub fn predict(
-        &mut self,
-        sample: &Array4<f32>,
-        timestep: f32,
-        hidden: &Array3<f32>,
-    ) -> Result<Array4<f32>, EngineError> {
-        let run_err = |e| run_error(&self.path, e);
-        let t = self
-            .timestep_value(timestep, sample.shape()[0])
-            .map_err(run_err)?;
-        let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
-        let hidden_in = TensorRef::from_array_view(hidden.view()).map_err(run_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![
-                self.sample.as_str() => sample_in,
-                self.timestep.name.as_str() => t,
-                self.hidden.as_str() => hidden_in,
-            ])
-            .map_err(run_err)?;
-        let noise = outputs[self.output.as_str()]
-            .try_extract_array::<f32>()
-            .map_err(run_err)?;
-        noise.to_owned().into_dimensionality().map_err(|e| {
-            unexpected(
-                &self.path,
-                format!("`{}` is not [batch, c, h, w]: {e}", self.output),
-            )
         })
     }
 
     /// The timestep in the graph's type and shape: a scalar, `[1]` when the graph fixes
     /// one element, else one per batch element (as torch broadcasts it).
-    fn timestep_value(&self, t: f32, batch: usize) -> ort::Result<DynValue> {
+    pub fn timestep_value(&self, t: f32, batch: usize) -> ort::Result<DynValue> {
         let len = match self.timestep.shape.as_slice() {
             [] => None,
             [1] => Some(1),
@@ -118,5 +90,57 @@ impl Unet {
             TensorElementType::Int32 => make(t as i32, len),
             _ => make(t as i64, len),
         }
+    }
+}
+
+impl Unet {
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Unet, EngineError> {
+        let session = runtime.session(path)?;
+        let inputs = UnetInputs::new(
+            path,
+            input_spec(&session, path, "sample", 0)?,
+            input_spec(&session, path, "timestep", 1)?,
+            input_spec(&session, path, "encoder_hidden_states", 2)?.name,
+        )?;
+        let output = output_name(&session, "out_sample");
+        Ok(Unet {
+            session,
+            path: path.to_path_buf(),
+            inputs,
+            output,
+        })
+    }
+
+    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states.
+    pub fn predict(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+    ) -> Result<Array4<f32>, EngineError> {
+        let run_err = |e| run_error(&self.path, e);
+        let t = self
+            .inputs
+            .timestep_value(timestep, sample.shape()[0])
+            .map_err(run_err)?;
+        let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
+        let hidden_in = TensorRef::from_array_view(hidden.view()).map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                self.inputs.sample.as_str() => sample_in,
+                self.inputs.timestep.name.as_str() => t,
+                self.inputs.hidden.as_str() => hidden_in,
+            ])
+            .map_err(run_err)?;
+        let noise = outputs[self.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(run_err)?;
+        noise.to_owned().into_dimensionality().map_err(|e| {
+            unexpected(
+                &self.path,
+                format!("`{}` is not [batch, c, h, w]: {e}", self.output),
+            )
+        })
     }
 }

@@ -1,0 +1,440 @@
+//! The UNet cut at transformer components (`onnx::split`), run part by part with
+//! [`TokenHooks`] between the parts: ToMe merges the tokens entering a component and
+//! unmerges what leaves it, in Rust, while the rest runs as ONNX Runtime graphs.
+//!
+//! Tensors pass between parts as ONNX Runtime values, without copies: a part's outputs
+//! stay the values it returned until the last part that reads them has run; the caller's
+//! arrays and a hook's merged array go in as views.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Array4, ArrayView3, Ix3};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorRef, ValueType};
+
+use super::device::Device;
+use super::io::{input_spec, run_error, unexpected};
+use super::runtime::{EngineError, Runtime};
+use super::unet::UnetInputs;
+use crate::onnx::{
+    self, BlockId, CacheStatus, ComponentId, PartKind, ShapeProbe, SplitManifest, SplitOptions,
+    TensorInfo, TransformerBlock,
+};
+
+/// What runs between the parts. All arrays are `[batch, tokens, channels]`.
+pub trait TokenHooks {
+    /// The hidden states entering a block (before `norm1`), once per block and call,
+    /// before its first cut component.
+    fn block_input(&mut self, block: &BlockId, x: ArrayView3<f32>);
+    /// The merged input of a component, or `None` to run it on `x` as it is.
+    fn before_component(&mut self, c: &ComponentId, x: ArrayView3<f32>) -> Option<Array3<f32>>;
+    /// The unmerged output of a component (as many tokens as its input had before
+    /// merging), or `None` to pass `y` on as it is.
+    fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>>;
+}
+
+/// Hooks that change nothing: the split UNet computes what the whole graph computes.
+pub struct NoHooks;
+
+impl TokenHooks for NoHooks {
+    fn block_input(&mut self, _: &BlockId, _: ArrayView3<f32>) {}
+    fn before_component(&mut self, _: &ComponentId, _: ArrayView3<f32>) -> Option<Array3<f32>> {
+        None
+    }
+    fn after_component(&mut self, _: &ComponentId, _: ArrayView3<f32>) -> Option<Array3<f32>> {
+        None
+    }
+}
+
+/// Where a part's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    Sample,
+    Timestep,
+    Hidden,
+    /// The value slot an earlier part filled.
+    Slot(usize),
+}
+
+struct Component {
+    id: ComponentId,
+    input: usize,
+    output: usize,
+    /// The block input to show [`TokenHooks::block_input`] before this component, when
+    /// it is the block's first cut component.
+    block: Option<(BlockId, usize)>,
+}
+
+struct PartRun {
+    session: Session,
+    path: PathBuf,
+    inputs: Vec<(String, Source)>,
+    /// Slot of each session output, by output name.
+    outputs: Vec<(String, usize)>,
+    component: Option<Component>,
+    /// Slots no later part reads, emptied after this part.
+    release: Vec<usize>,
+}
+
+/// The split UNet: same inputs and output as [`super::Unet`], plus hooks.
+pub struct SplitUnet {
+    parts: Vec<PartRun>,
+    path: PathBuf,
+    inputs: UnetInputs,
+    output: usize,
+    output_name: String,
+    slots: usize,
+    manifest: SplitManifest,
+    status: CacheStatus,
+}
+
+fn onnx_err(model: &Path) -> impl Fn(onnx::OnnxError) -> EngineError + '_ {
+    move |e| unexpected(model, e.to_string())
+}
+
+/// Shape inference by ONNX Runtime itself, on the CPU: loads the probe graph (no
+/// weights) and reads its outputs' declared types and shapes.
+struct OrtProbe {
+    runtime: Runtime,
+}
+
+impl ShapeProbe for OrtProbe {
+    fn probe(&mut self, model: &Path) -> Result<Vec<TensorInfo>, String> {
+        let session = self.runtime.session(model).map_err(|e| e.to_string())?;
+        Ok(session
+            .outputs()
+            .iter()
+            .filter_map(|o| match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => Some(TensorInfo {
+                    name: o.name().to_string(),
+                    elem_type: ort::sys::ONNXTensorElementDataType::from(*ty) as i32,
+                    dims: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// The transformer blocks of the UNet at `path`, with their levels, in graph order, for
+/// choosing what to cut.
+pub fn transformer_blocks(path: &Path) -> Result<Vec<TransformerBlock>, EngineError> {
+    let model = onnx::read_model(path).map_err(onnx_err(path))?;
+    Ok(onnx::transformer_blocks(&model))
+}
+
+impl SplitUnet {
+    /// Cuts the UNet at `path` at `components` (or takes the cut from the cache) and
+    /// opens one session per part.
+    pub fn load(
+        runtime: &Runtime,
+        path: &Path,
+        components: &[ComponentId],
+        options: &SplitOptions,
+    ) -> Result<SplitUnet, EngineError> {
+        let mut probe = OrtProbe {
+            runtime: Runtime::new(Some(runtime.library_path()), Device::Cpu)?,
+        };
+        let (manifest, status) = onnx::prepare_split(path, components, options, Some(&mut probe))
+            .map_err(onnx_err(path))?;
+        Self::from_manifest(runtime, path, manifest, status)
+    }
+
+    fn from_manifest(
+        runtime: &Runtime,
+        path: &Path,
+        manifest: SplitManifest,
+        status: CacheStatus,
+    ) -> Result<SplitUnet, EngineError> {
+        let by_name_or_position = |name: &str, position: usize| -> Option<String> {
+            let g = &manifest.graph_inputs;
+            g.iter()
+                .find(|n| *n == name)
+                .or_else(|| g.get(position))
+                .cloned()
+        };
+        let sample = by_name_or_position("sample", 0);
+        let timestep = by_name_or_position("timestep", 1);
+        let hidden = by_name_or_position("encoder_hidden_states", 2);
+        let (Some(sample), Some(timestep), Some(hidden)) = (sample, timestep, hidden) else {
+            return Err(unexpected(
+                path,
+                format!(
+                    "it has {} inputs ({}); expected sample, timestep, encoder_hidden_states",
+                    manifest.graph_inputs.len(),
+                    manifest.graph_inputs.join(", ")
+                ),
+            ));
+        };
+        let output_name = manifest
+            .graph_outputs
+            .iter()
+            .find(|n| *n == "out_sample")
+            .or(manifest.graph_outputs.first())
+            .cloned()
+            .ok_or_else(|| unexpected(path, "it has no output".into()))?;
+
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut last_use: Vec<usize> = Vec::new();
+        let mut parts = Vec::with_capacity(manifest.parts.len());
+        let mut specs: HashMap<String, super::io::InputSpec> = HashMap::new();
+        let mut blocks_shown: Vec<BlockId> = Vec::new();
+        for (p, part) in manifest.parts.iter().enumerate() {
+            let part_path = manifest.part_path(part);
+            let session = runtime.session(&part_path)?;
+            let mut inputs = Vec::with_capacity(part.inputs.len());
+            for name in &part.inputs {
+                let source = if *name == sample {
+                    Source::Sample
+                } else if *name == timestep {
+                    Source::Timestep
+                } else if *name == hidden {
+                    Source::Hidden
+                } else {
+                    let slot = *slot_of.get(name).ok_or_else(|| {
+                        unexpected(
+                            &part_path,
+                            format!("no earlier part computes its input `{name}`"),
+                        )
+                    })?;
+                    last_use[slot] = p;
+                    Source::Slot(slot)
+                };
+                if !matches!(source, Source::Slot(_)) && !specs.contains_key(name) {
+                    specs.insert(
+                        name.clone(),
+                        input_spec(&session, &part_path, name, usize::MAX)?,
+                    );
+                }
+                inputs.push((name.clone(), source));
+            }
+            let mut outputs = Vec::with_capacity(part.outputs.len());
+            for outlet in session.outputs() {
+                let slot = last_use.len();
+                last_use.push(p);
+                slot_of.insert(outlet.name().to_string(), slot);
+                outputs.push((outlet.name().to_string(), slot));
+            }
+            let component = match &part.kind {
+                PartKind::Segment => None,
+                PartKind::Component { id, input, output } => {
+                    let find = |name: &str| {
+                        slot_of.get(name).copied().ok_or_else(|| {
+                            unexpected(
+                                &part_path,
+                                format!("`{name}` is not passed between the parts"),
+                            )
+                        })
+                    };
+                    let block = match manifest.blocks.iter().find(|b| b.id == id.block) {
+                        Some(b) if !blocks_shown.contains(&b.id) => {
+                            blocks_shown.push(b.id);
+                            let slot = find(&b.input)?;
+                            last_use[slot] = last_use[slot].max(p);
+                            Some((b.id, slot))
+                        }
+                        _ => None,
+                    };
+                    Some(Component {
+                        id: *id,
+                        input: find(input)?,
+                        output: find(output)?,
+                        block,
+                    })
+                }
+            };
+            parts.push(PartRun {
+                session,
+                path: part_path,
+                inputs,
+                outputs,
+                component,
+                release: Vec::new(),
+            });
+        }
+        let output = *slot_of.get(&output_name).ok_or_else(|| {
+            unexpected(path, format!("no part computes the output `{output_name}`"))
+        })?;
+        last_use[output] = usize::MAX;
+        for (slot, &p) in last_use.iter().enumerate() {
+            if let Some(part) = parts.get_mut(p) {
+                part.release.push(slot);
+            }
+        }
+        let spec = |name: &str| {
+            specs.get(name).cloned().ok_or_else(|| {
+                unexpected(
+                    path,
+                    format!("no part of the cut graph reads the input `{name}`"),
+                )
+            })
+        };
+        let inputs = UnetInputs::new(path, spec(&sample)?, spec(&timestep)?, hidden)?;
+        Ok(SplitUnet {
+            parts,
+            path: path.to_path_buf(),
+            inputs,
+            output,
+            output_name,
+            slots: last_use.len(),
+            manifest,
+            status,
+        })
+    }
+
+    /// The cut: parts, blocks, and where they are cached.
+    pub fn manifest(&self) -> &SplitManifest {
+        &self.manifest
+    }
+
+    /// The cut components, sorted.
+    pub fn components(&self) -> &[ComponentId] {
+        &self.manifest.components
+    }
+
+    /// Whether the cut came from the cache or was made by [`SplitUnet::load`].
+    pub fn cache_status(&self) -> CacheStatus {
+        self.status
+    }
+
+    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states,
+    /// calling `hooks` around every cut component.
+    pub fn predict(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+        hooks: &mut dyn TokenHooks,
+    ) -> Result<Array4<f32>, EngineError> {
+        let model = self.path.as_path();
+        let t = self
+            .inputs
+            .timestep_value(timestep, sample.shape()[0])
+            .map_err(|e| run_error(model, e))?;
+        let mut values: Vec<Option<DynValue>> = (0..self.slots).map(|_| None).collect();
+        for part in &mut self.parts {
+            let run_err = |e| run_error(&part.path, e);
+            // Merge before a component.
+            let mut merged: Option<(usize, Array3<f32>, (usize, usize))> = None;
+            if let Some(c) = &part.component {
+                if let Some((block, slot)) = &c.block {
+                    let x = view3(&values, *slot, &part.path)?;
+                    hooks.block_input(block, x);
+                }
+                let x = view3(&values, c.input, &part.path)?;
+                let (b, n, _) = x.dim();
+                if let Some(m) = hooks.before_component(&c.id, x) {
+                    if m.dim().0 != b || m.dim().2 != x_channels(&values, c.input, &part.path)? {
+                        return Err(unexpected(
+                            &part.path,
+                            format!("the hook merged {} to {:?}, which changes more than the token count of {:?}", c.id, m.dim(), (b, n)),
+                        ));
+                    }
+                    merged = Some((c.input, m, (b, n)));
+                }
+            }
+            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                Vec::with_capacity(part.inputs.len());
+            for (name, source) in &part.inputs {
+                let value: SessionInputValue<'_> = match *source {
+                    Source::Sample => TensorRef::from_array_view(sample.view())
+                        .map_err(run_err)?
+                        .into(),
+                    Source::Hidden => TensorRef::from_array_view(hidden.view())
+                        .map_err(run_err)?
+                        .into(),
+                    Source::Timestep => (&t).into(),
+                    Source::Slot(s) => match &merged {
+                        Some((slot, m, _)) if *slot == s => TensorRef::from_array_view(m.view())
+                            .map_err(run_err)?
+                            .into(),
+                        _ => values[s]
+                            .as_ref()
+                            .expect("an earlier part filled every slot it reads")
+                            .into(),
+                    },
+                };
+                feed.push((Cow::Borrowed(name.as_str()), value));
+            }
+            let outputs = part.session.run(feed).map_err(run_err)?;
+            for (name, value) in outputs {
+                if let Some((_, slot)) = part.outputs.iter().find(|(n, _)| n == name) {
+                    values[*slot] = Some(value);
+                }
+            }
+            // Unmerge after it.
+            if let Some(c) = &part.component {
+                let y = view3(&values, c.output, &part.path)?;
+                let unmerged = hooks.after_component(&c.id, y);
+                let tokens = merged.as_ref().map(|(_, _, (_, n))| *n);
+                match unmerged {
+                    Some(u) => {
+                        let y_dim = view3(&values, c.output, &part.path)?.dim();
+                        let want = (y_dim.0, tokens.unwrap_or(y_dim.1), y_dim.2);
+                        if u.dim() != want {
+                            return Err(unexpected(
+                                &part.path,
+                                format!(
+                                    "the hook unmerged {} to {:?}; expected {:?}",
+                                    c.id,
+                                    u.dim(),
+                                    want
+                                ),
+                            ));
+                        }
+                        values[c.output] = Some(Tensor::from_array(u).map_err(run_err)?.into());
+                    }
+                    None => {
+                        let n = view3(&values, c.output, &part.path)?.dim().1;
+                        if tokens.is_some_and(|t| t != n) {
+                            return Err(unexpected(
+                                &part.path,
+                                format!("{} ran on merged tokens ({n}) but the hook did not unmerge its output", c.id),
+                            ));
+                        }
+                    }
+                }
+            }
+            for &slot in &part.release {
+                values[slot] = None;
+            }
+        }
+        let out = values[self.output]
+            .as_ref()
+            .expect("the last part computes the output");
+        let noise = out
+            .try_extract_array::<f32>()
+            .map_err(|e| run_error(model, e))?;
+        noise.to_owned().into_dimensionality().map_err(|e| {
+            unexpected(
+                model,
+                format!("`{}` is not [batch, c, h, w]: {e}", self.output_name),
+            )
+        })
+    }
+}
+
+fn view3<'v>(
+    values: &'v [Option<DynValue>],
+    slot: usize,
+    part: &Path,
+) -> Result<ArrayView3<'v, f32>, EngineError> {
+    let value = values[slot]
+        .as_ref()
+        .expect("the slot is filled before it is read");
+    let view = value
+        .try_extract_array::<f32>()
+        .map_err(|e| run_error(part, e))?;
+    view.into_dimensionality::<Ix3>().map_err(|e| {
+        unexpected(
+            part,
+            format!("a component's input or output is not [batch, tokens, channels]: {e}"),
+        )
+    })
+}
+
+fn x_channels(values: &[Option<DynValue>], slot: usize, part: &Path) -> Result<usize, EngineError> {
+    Ok(view3(values, slot, part)?.dim().2)
+}

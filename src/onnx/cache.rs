@@ -1,0 +1,424 @@
+//! Where cut graphs live, so a model is cut once per cut set, not once per run.
+//!
+//! Layout, one folder per model file (by digest), shared by all its cut sets:
+//!
+//! ```text
+//! <root>/splits/<model sha256, 32 hex>/
+//!     <cut key>.json                  the manifest (written last: its presence means done)
+//!     <cut key>-000-segment.onnx      the parts, in execution order
+//!     <cut key>-001-<component>.onnx
+//!     ...
+//!     <location>                      external data of the model, hard-linked
+//!     tomex-embedded-weights.bin      weights that were embedded in the model, written once
+//! ```
+//!
+//! ONNX Runtime (1.31) only reads external data from inside the folder of the model
+//! file: it rejects absolute `location`s and ones that leave the folder, and it resolves
+//! symbolic links before checking. So the model's data files are hard-linked into the
+//! cache folder under their own `location` (no bytes copied). Where a hard link is
+//! impossible (the cache on another file system) the file is copied, once per model,
+//! and the manifest says so (`DataFile::copied`); put the cache on the model's file
+//! system to avoid that (`SplitOptions::cache_root`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::proto::tensor_proto::DataLocation;
+use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
+use super::split::{finish, plan, DataFile, ShapeProbe, SplitManifest, TensorInfo, FORMAT};
+use super::unet::ComponentId;
+use super::{io_error, read_model, write_model, OnnxError};
+
+/// Embedded initializers at least this large move to the cache's weights file.
+const EXTERNALIZE_BYTES: usize = 1024;
+/// Offsets in the weights file are aligned to a page, so ONNX Runtime can map them.
+const ALIGN: u64 = 4096;
+const EMBEDDED_WEIGHTS: &str = "tomex-embedded-weights.bin";
+
+/// Where and how to cache a cut.
+#[derive(Clone, Debug)]
+pub struct SplitOptions {
+    /// The cache root; cuts go to `<cache_root>/splits/`.
+    pub cache_root: PathBuf,
+    /// `sha256:<hex>` of the model file when the caller knows it (e.g. from
+    /// `models.lock`); otherwise the file is hashed.
+    pub model_digest: Option<String>,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions {
+            cache_root: default_cache_root(),
+            model_digest: None,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/tomex`, else `~/.cache/tomex`, else a folder in the temp dir.
+pub fn default_cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tomex")
+}
+
+/// Whether [`prepare_split`] found the cut in the cache or made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Built,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cut key: a digest of the cut format, the model digest and the sorted cut set.
+fn cut_key(model_digest: &str, components: &[ComponentId]) -> String {
+    let mut names: Vec<String> = components.iter().map(|c| c.to_string()).collect();
+    names.sort();
+    names.dedup();
+    let mut h = Sha256::new();
+    h.update(format!("tomex split format {FORMAT}\n{model_digest}\n").as_bytes());
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(b"\n");
+    }
+    hex(&h.finalize())[..16].to_string()
+}
+
+/// The cut of the model at `model_path` at `components`, from the cache or made now.
+///
+/// The model's graph is read (never its external weights); weights embedded in it are
+/// written once per model to the cache folder so the parts share them. `probe` gives
+/// the types and shapes of the tensors passed between parts (see [`ShapeProbe`]);
+/// without it only element types are declared, which ONNX Runtime may find too little.
+pub fn prepare_split(
+    model_path: &Path,
+    components: &[ComponentId],
+    options: &SplitOptions,
+    probe: Option<&mut dyn ShapeProbe>,
+) -> Result<(SplitManifest, CacheStatus), OnnxError> {
+    let digest = match &options.model_digest {
+        Some(d) => d.clone(),
+        None => crate::model::sha256_file(model_path).map_err(io_error(model_path))?,
+    };
+    let model_hex: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    let dir = options.cache_root.join("splits").join(&model_hex);
+    let key = cut_key(&digest, components);
+    let manifest_path = dir.join(format!("{key}.json"));
+    if let Some(manifest) = cached(&manifest_path, &dir, &digest)? {
+        if manifest.probed || probe.is_none() {
+            return Ok((manifest, CacheStatus::Hit));
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let mut model = read_model(model_path)?;
+    let data_files = externalize(&mut model, model_path, &dir)?;
+    let planned = plan(&model, model_path, components)?;
+    let mut probed: HashMap<String, TensorInfo> = HashMap::new();
+    if let Some(probe) = probe {
+        let path = dir.join(format!("{key}-probe.onnx"));
+        write_model(&planned.probe_model(&model), &path)?;
+        let result = probe.probe(&path);
+        let _ = std::fs::remove_file(&path);
+        let infos = result.map_err(|reason| OnnxError::Unsupported {
+            model: model_path.to_path_buf(),
+            reason: format!("the runtime could not infer the shapes of the cut graph: {reason}"),
+        })?;
+        probed.extend(infos.into_iter().map(|t| (t.name.clone(), t)));
+    }
+    let mut made = finish(&model, planned, &probed, &digest)?;
+    for (part, part_model) in made.manifest.parts.iter_mut().zip(&made.models) {
+        part.file = format!("{key}-{}", part.file);
+        write_model(part_model, &dir.join(&part.file))?;
+    }
+    made.manifest.data_files = data_files;
+    made.manifest.dir = dir;
+    let text = serde_json::to_string_pretty(&made.manifest).expect("manifest serializes");
+    write_atomic(&manifest_path, text.as_bytes())?;
+    Ok((made.manifest, CacheStatus::Built))
+}
+
+/// A finished cut from the cache, with its data files checked (and re-linked where the
+/// model's file was replaced since); `None` when there is none to use.
+fn cached(
+    manifest_path: &Path,
+    dir: &Path,
+    digest: &str,
+) -> Result<Option<SplitManifest>, OnnxError> {
+    let Ok(text) = std::fs::read_to_string(manifest_path) else {
+        return Ok(None);
+    };
+    let Ok(mut manifest) = serde_json::from_str::<SplitManifest>(&text) else {
+        return Ok(None);
+    };
+    if manifest.format != FORMAT || manifest.model_digest != digest {
+        return Ok(None);
+    }
+    manifest.dir = dir.to_path_buf();
+    if !manifest
+        .parts
+        .iter()
+        .all(|p| manifest.part_path(p).is_file())
+    {
+        return Ok(None);
+    }
+    for f in &mut manifest.data_files {
+        let target = dir.join(&f.location);
+        match &f.source {
+            None if target.is_file() => {}
+            None => return Ok(None),
+            Some(source) => {
+                if !same_data(source, &target, f.copied) {
+                    f.copied = link_or_copy(source, &target)?;
+                }
+            }
+        }
+    }
+    Ok(Some(manifest))
+}
+
+/// Whether `target` still stands for `source`: the same file (a hard link), or for a
+/// copy, one of the same size written after it.
+fn same_data(source: &Path, target: &Path, copied: bool) -> bool {
+    let (Ok(s), Ok(t)) = (std::fs::metadata(source), std::fs::metadata(target)) else {
+        return false;
+    };
+    if copied {
+        return s.len() == t.len()
+            && matches!((s.modified(), t.modified()), (Ok(a), Ok(b)) if a <= b);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        s.dev() == t.dev() && s.ino() == t.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        s.len() == t.len()
+    }
+}
+
+/// Hard-links `source` to `target` (through a temporary name, so a reader never sees
+/// a half-made file), or copies it where linking fails. Returns whether it copied.
+fn link_or_copy(source: &Path, target: &Path) -> Result<bool, OnnxError> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    }
+    let tmp = temporary_name(target);
+    let copied = match std::fs::hard_link(source, &tmp) {
+        Ok(()) => false,
+        Err(_) => {
+            std::fs::copy(source, &tmp).map_err(io_error(source))?;
+            true
+        }
+    };
+    std::fs::rename(&tmp, target).map_err(io_error(target))?;
+    Ok(copied)
+}
+
+fn temporary_name(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` through a temporary name in the same folder.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
+    let tmp = temporary_name(path);
+    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(bytes).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io_error(path))
+}
+
+fn external_entry<'t>(t: &'t TensorProto, key: &str) -> Option<&'t str> {
+    t.external_data
+        .iter()
+        .find(|e| e.key() == key)
+        .map(|e| e.value())
+}
+
+fn is_external(t: &TensorProto) -> bool {
+    t.data_location.map(|d| d.enum_value_or_default()) == Some(DataLocation::EXTERNAL)
+}
+
+/// A `location` that stays inside the model's folder (ONNX Runtime's own rule).
+fn relative_location(model: &Path, tensor: &str, location: &str) -> Result<PathBuf, OnnxError> {
+    let path = Path::new(location);
+    let inside = !location.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if inside {
+        Ok(path.to_path_buf())
+    } else {
+        Err(OnnxError::Unsupported {
+            model: model.to_path_buf(),
+            reason: format!("initializer `{tensor}` has external data at `{location}`, outside the model's folder"),
+        })
+    }
+}
+
+/// Makes every initializer's data reachable from the cache folder: the model's external
+/// data files are linked there under their own locations, and embedded weights of at
+/// least [`EXTERNALIZE_BYTES`] move to one weights file (written once per model).
+fn externalize(
+    model: &mut ModelProto,
+    model_path: &Path,
+    dir: &Path,
+) -> Result<Vec<DataFile>, OnnxError> {
+    let model_dir = model_path.parent().unwrap_or(Path::new("."));
+    let graph = model.graph.mut_or_insert_default();
+    let mut locations: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let tensors = graph
+        .initializer
+        .iter_mut()
+        .chain(graph.sparse_initializer.iter_mut().flat_map(|s| {
+            let (values, indices) = (&mut s.values, &mut s.indices);
+            values.as_mut().into_iter().chain(indices.as_mut())
+        }));
+    let mut embedded: Vec<&mut TensorProto> = Vec::new();
+    for t in tensors {
+        if is_external(t) {
+            let location = external_entry(t, "location").unwrap_or("").to_string();
+            let rel = relative_location(model_path, t.name(), &location)?;
+            locations.insert(location, rel);
+        } else if t
+            .raw_data
+            .as_ref()
+            .is_some_and(|d| d.len() >= EXTERNALIZE_BYTES)
+        {
+            embedded.push(t);
+        }
+    }
+    let mut files = Vec::new();
+    for (location, rel) in &locations {
+        let source = model_dir.join(rel);
+        let target = dir.join(rel);
+        let copied = if same_data(&source, &target, false) {
+            false
+        } else {
+            link_or_copy(&source, &target)?
+        };
+        files.push(DataFile {
+            location: location.clone(),
+            source: Some(source),
+            copied,
+        });
+    }
+    if embedded.is_empty() {
+        return Ok(files);
+    }
+    let mut name = EMBEDDED_WEIGHTS.to_string();
+    while locations.contains_key(&name) {
+        name = format!("tomex-{name}");
+    }
+    // Lay the weights out, then write the file unless an earlier cut already did (its
+    // content follows from the model digest, which names the folder).
+    let mut offset = 0u64;
+    let mut layout = Vec::with_capacity(embedded.len());
+    for t in &embedded {
+        offset = offset.div_ceil(ALIGN) * ALIGN;
+        let len = t.raw_data.as_ref().map_or(0, Vec::len) as u64;
+        layout.push((offset, len));
+        offset += len;
+    }
+    let path = dir.join(&name);
+    let complete = std::fs::metadata(&path).is_ok_and(|m| m.len() == offset);
+    if !complete {
+        let tmp = temporary_name(&path);
+        let file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut w = std::io::BufWriter::new(file);
+        let mut at = 0u64;
+        for (t, &(off, len)) in embedded.iter().zip(&layout) {
+            w.write_all(&vec![0u8; (off - at) as usize])
+                .map_err(io_error(&tmp))?;
+            w.write_all(t.raw_data.as_deref().unwrap_or(&[]))
+                .map_err(io_error(&tmp))?;
+            at = off + len;
+        }
+        let file = w.into_inner().map_err(|e| io_error(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    }
+    for (t, (off, len)) in embedded.into_iter().zip(layout) {
+        t.raw_data = None;
+        t.data_location = Some(DataLocation::EXTERNAL.into());
+        t.external_data = [
+            ("location", name.clone()),
+            ("offset", off.to_string()),
+            ("length", len.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| StringStringEntryProto {
+            key: Some(k.to_string()),
+            value: Some(v),
+            ..Default::default()
+        })
+        .collect();
+    }
+    files.push(DataFile {
+        location: name,
+        source: None,
+        copied: false,
+    });
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::unet::{BlockId, ComponentKind, Stage};
+
+    fn comp(block: usize, kind: ComponentKind) -> ComponentId {
+        ComponentId::new(
+            BlockId {
+                stage: Stage::Down,
+                block,
+                attention: 0,
+                transformer: 0,
+                level: block,
+            },
+            kind,
+        )
+    }
+
+    #[test]
+    fn cut_key_ignores_order_and_duplicates() {
+        let a = [comp(0, ComponentKind::Attn1), comp(1, ComponentKind::Ff)];
+        let b = [
+            comp(1, ComponentKind::Ff),
+            comp(0, ComponentKind::Attn1),
+            comp(1, ComponentKind::Ff),
+        ];
+        assert_eq!(cut_key("sha256:ab", &a), cut_key("sha256:ab", &b));
+        assert_ne!(cut_key("sha256:ab", &a), cut_key("sha256:cd", &a));
+        assert_ne!(cut_key("sha256:ab", &a), cut_key("sha256:ab", &a[..1]));
+    }
+
+    #[test]
+    fn locations_must_stay_inside_the_model_folder() {
+        let m = Path::new("m/model.onnx");
+        assert!(relative_location(m, "w", "weights.pb").is_ok());
+        assert!(relative_location(m, "w", "data/weights.pb").is_ok());
+        assert!(relative_location(m, "w", "../weights.pb").is_err());
+        assert!(relative_location(m, "w", "/abs/weights.pb").is_err());
+        assert!(relative_location(m, "w", "").is_err());
+    }
+}
