@@ -91,6 +91,8 @@ pub fn bipartite_soft_matching_random2d(
 /// as in torch.
 fn normalized_rows(x: ArrayView2<f32>, rows: &[usize]) -> Array2<f32> {
     let c = x.ncols();
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
     let mut out = Array2::<f32>::zeros((rows.len(), c));
     if c == 0 {
         return out;
@@ -100,13 +102,13 @@ fn normalized_rows(x: ArrayView2<f32>, rows: &[usize]) -> Array2<f32> {
         .expect("standard layout")
         .par_chunks_mut(c);
     out_rows.zip(rows).with_min_len(64).for_each(|(o, &t)| {
-        let row = x.row(t);
+        let row = &x[t * c..(t + 1) * c];
         let norm = row
             .iter()
             .map(|&v| f64::from(v) * f64::from(v))
             .sum::<f64>()
             .sqrt() as f32;
-        for (o, &v) in o.iter_mut().zip(&row) {
+        for (o, &v) in o.iter_mut().zip(row) {
             *o = v / norm;
         }
     });
@@ -146,14 +148,39 @@ fn best_dst(a: ArrayView2<f32>, d: ArrayView2<f32>, node_max: &mut [f32], node_i
 
 /// `torch.max(row, dim=-1)`: the largest value and the first index holding
 /// it; NaN wins (the first NaN), as torch's max propagates NaN.
+///
+/// Two passes: the max over 8 independent lanes (vectorizes), then the first
+/// index holding it.
 fn torch_max(row: &[f32]) -> (f32, usize) {
-    let mut best = (row[0], 0);
-    for (j, &v) in row.iter().enumerate().skip(1) {
-        if v > best.0 || (v.is_nan() && !best.0.is_nan()) {
-            best = (v, j);
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for k in 0..LANES {
+            let v = chunk[k];
+            lanes[k] = if v > lanes[k] { v } else { lanes[k] };
+            nan[k] |= v.is_nan();
         }
     }
-    best
+    if nan.contains(&true) {
+        let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
+        return (row[first], first);
+    }
+    let mut max = lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+    for &v in tail {
+        if v.is_nan() {
+            let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
+            return (row[first], first);
+        }
+        max = if v > max { v } else { max };
+    }
+    // all -inf (or empty lanes): the first element holds the max
+    let first = row.iter().position(|&v| v == max).unwrap_or(0);
+    (row[first], first)
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ pub fn block_merge(
     let (batch, tokens, _) = x.dim();
     let p = block_params(latent_hw, tokens, cfg)?;
     // tomesd: an odd batch cannot hold matching cond/uncond halves, so no_rand
-    let use_rand = cfg.random && batch % 2 == 0;
+    let use_rand = cfg.random && batch.is_multiple_of(2);
     let dst_cell =
         use_rand.then(|| partition_rng.dst_cells((p.h / cfg.sy) * (p.w / cfg.sx), cfg.sx * cfg.sy));
     bipartite_soft_matching_random2d(x, p.w, p.h, cfg.sx, cfg.sy, p.r, dst_cell.as_deref())
