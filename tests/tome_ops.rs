@@ -216,7 +216,9 @@ fn matches_tomesd_bipartite_soft_matching() {
             random: false,
             ..Default::default()
         };
-        let p = block_params((case.h, case.w), n, &cfg).expect("a full-resolution block merges");
+        let p = block_params((case.h, case.w), n, &cfg)
+            .unwrap()
+            .expect("a full-resolution block merges");
         assert_eq!(p.r, case.r, "{name}: r");
         let via_block =
             block_merge(x.view(), (case.h, case.w), &cfg, &mut PartitionRng::new(0)).unwrap();

@@ -99,6 +99,20 @@ pub enum TomeError {
     ZeroStride { sx: usize, sy: usize },
     #[error("ToMe max_downsample must be 1, 2, 4 or 8, got {0}")]
     MaxDownsample(usize),
+    #[error(
+        "ToMe cannot merge a block of {tokens} tokens in a {latent_h}x{latent_w} latent: tomesd's \
+         downsample ceil(sqrt({latent_h}*{latent_w} // {tokens})) = {downsample} gives a {h}x{w} token \
+         grid, which does not hold {tokens} tokens (tomesd raises here); use max_downsample below \
+         {downsample} or a larger latent"
+    )]
+    GridMismatch {
+        latent_h: usize,
+        latent_w: usize,
+        tokens: usize,
+        downsample: usize,
+        h: usize,
+        w: usize,
+    },
 }
 
 impl TomeConfig {

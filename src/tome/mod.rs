@@ -64,7 +64,7 @@ pub use partition::PartitionRng;
 /// (1 at full resolution, then 2, 4, 8). Computed on integers, which equals
 /// the float formula for every size that fits memory.
 ///
-/// Panics if `tokens` is 0.
+/// Panics if `tokens` is 0. Returns 0 for more tokens than latent cells.
 pub fn downsample(latent_hw: (usize, usize), tokens: usize) -> usize {
     assert!(tokens > 0, "a transformer block with no tokens");
     let q = latent_hw.0 * latent_hw.1 / tokens;
@@ -88,41 +88,52 @@ pub struct BlockParams {
     pub r: usize,
 }
 
-/// The grid and `r` of a block with `tokens` tokens, or `None` where tomesd
+/// The grid and `r` of a block with `tokens` tokens, `Ok(None)` where tomesd
 /// does not merge it (nothing targeted, `ratio == 0`, a downsample above
 /// `max_downsample`, or `r == 0`). Depends on shapes only, so it also tells
-/// which blocks a graph must be cut at.
+/// which blocks a graph must be cut at, before anything runs.
 ///
-/// Panics if the grid does not hold `tokens` tokens (`h * w != N`), which a
-/// UNet whose latent is `latent_hw` never produces.
+/// [`TomeError::GridMismatch`] where tomesd raises: `downsample` is a guess
+/// from the token count, and for some small odd latents (e.g. 7×5 at the
+/// third level: 4 tokens, guessed downsample 3, a 3×2 grid) the grid it
+/// implies does not hold the block's tokens. Latents whose sides are
+/// multiples of 8 never hit this.
 pub fn block_params(
     latent_hw: (usize, usize),
     tokens: usize,
     cfg: &TomeConfig,
-) -> Option<BlockParams> {
+) -> Result<Option<BlockParams>, TomeError> {
     if !cfg.merges_anything() {
-        return None;
+        return Ok(None);
     }
     let ds = downsample(latent_hw, tokens);
     if ds == 0 || ds > cfg.max_downsample {
-        return None;
+        return Ok(None);
     }
     let (h, w) = (latent_hw.0.div_ceil(ds), latent_hw.1.div_ceil(ds));
-    assert_eq!(
-        h * w,
-        tokens,
-        "a {}x{} latent at downsample {ds} is a {h}x{w} token grid, but the block has {tokens} tokens",
-        latent_hw.0,
-        latent_hw.1
-    );
     // int(x.shape[1] * ratio)
     let r = (tokens as f64 * cfg.ratio) as usize;
-    (r > 0).then_some(BlockParams {
+    if r == 0 {
+        // tomesd returns before it looks at the grid
+        return Ok(None);
+    }
+    if h * w != tokens {
+        let (latent_h, latent_w) = latent_hw;
+        return Err(TomeError::GridMismatch {
+            latent_h,
+            latent_w,
+            tokens,
+            downsample: ds,
+            h,
+            w,
+        });
+    }
+    Ok(Some(BlockParams {
         downsample: ds,
         h,
         w,
         r,
-    })
+    }))
 }
 
 /// The matching for one transformer block from its input `x` [B, N, C]
@@ -133,6 +144,9 @@ pub fn block_params(
 /// With `cfg.random` and an even batch, draws the block's dst cells from
 /// `partition_rng` (one draw per cell, shared by the batch); otherwise the
 /// top-left token of each cell is dst and nothing is drawn.
+///
+/// Panics where [`block_params`] is an error (where tomesd raises); check the
+/// blocks' token counts with it when planning the run.
 pub fn block_merge(
     x: ArrayView3<f32>,
     latent_hw: (usize, usize),
@@ -140,7 +154,7 @@ pub fn block_merge(
     partition_rng: &mut PartitionRng,
 ) -> Option<Merge> {
     let (batch, tokens, _) = x.dim();
-    let p = block_params(latent_hw, tokens, cfg)?;
+    let p = block_params(latent_hw, tokens, cfg).unwrap_or_else(|e| panic!("{e}"))?;
     // tomesd: an odd batch cannot hold matching cond/uncond halves, so no_rand
     let use_rand = cfg.random && batch.is_multiple_of(2);
     let dst_cell =

@@ -155,9 +155,10 @@ fn downsample_levels_of_sd_latents() {
 
 #[test]
 fn block_params_follow_compute_merge() {
+    let params = |hw, n, cfg: &TomeConfig| block_params(hw, n, cfg).unwrap();
     let cfg = TomeConfig::default();
     assert_eq!(
-        block_params((64, 64), 4096, &cfg),
+        params((64, 64), 4096, &cfg),
         Some(BlockParams {
             downsample: 1,
             h: 64,
@@ -165,14 +166,14 @@ fn block_params_follow_compute_merge() {
             r: 2048
         })
     );
-    assert_eq!(block_params((64, 64), 1024, &cfg), None, "max_downsample 1");
+    assert_eq!(params((64, 64), 1024, &cfg), None, "max_downsample 1");
     let cfg2 = TomeConfig {
         max_downsample: 2,
         ratio: 0.3,
         ..cfg
     };
     assert_eq!(
-        block_params((100, 100), 2500, &cfg2),
+        params((100, 100), 2500, &cfg2),
         Some(BlockParams {
             downsample: 2,
             h: 50,
@@ -185,7 +186,7 @@ fn block_params_follow_compute_merge() {
         ..cfg
     };
     assert_eq!(
-        block_params((100, 100), 169, &cfg8),
+        params((100, 100), 169, &cfg8),
         Some(BlockParams {
             downsample: 8,
             h: 13,
@@ -195,7 +196,7 @@ fn block_params_follow_compute_merge() {
     );
     // r = int(N * ratio) = 0
     let tiny = TomeConfig { ratio: 0.01, ..cfg };
-    assert_eq!(block_params((8, 8), 64, &tiny), None);
+    assert_eq!(params((8, 8), 64, &tiny), None);
     let off = TomeConfig {
         targets: Targets {
             self_attn: false,
@@ -204,7 +205,57 @@ fn block_params_follow_compute_merge() {
         },
         ..cfg
     };
-    assert_eq!(block_params((64, 64), 4096, &off), None);
+    assert_eq!(params((64, 64), 4096, &off), None);
+}
+
+#[test]
+fn grids_that_do_not_hold_the_tokens_are_errors() {
+    // latent 7x5, third level: 4 tokens (2x2), guessed downsample 3, a 3x2 grid
+    let cfg = TomeConfig {
+        max_downsample: 4,
+        ..Default::default()
+    };
+    let err = block_params((7, 5), 4, &cfg).unwrap_err();
+    assert_eq!(
+        err,
+        TomeError::GridMismatch {
+            latent_h: 7,
+            latent_w: 5,
+            tokens: 4,
+            downsample: 3,
+            h: 3,
+            w: 2
+        }
+    );
+    assert!(err.to_string().contains("max_downsample below 3"), "{err}");
+    // not eligible, or r == 0: tomesd never looks at the grid
+    assert_eq!(
+        block_params(
+            (7, 5),
+            4,
+            &TomeConfig {
+                max_downsample: 2,
+                ..cfg
+            }
+        ),
+        Ok(None)
+    );
+    assert_eq!(
+        block_params((7, 5), 4, &TomeConfig { ratio: 0.2, ..cfg }),
+        Ok(None)
+    );
+    // every level of SD latents with sides that are multiples of 8, and of odd ones
+    let all = TomeConfig {
+        max_downsample: 8,
+        ..cfg
+    };
+    for side in [8, 9, 13, 17, 32, 33, 63, 64, 65, 96, 97, 100, 127, 128] {
+        let mut n = side;
+        for _ in 0..4 {
+            block_params((side, side), n * n, &all).unwrap();
+            n = n.div_ceil(2);
+        }
+    }
 }
 
 #[test]
