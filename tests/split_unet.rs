@@ -150,6 +150,20 @@ fn cross_attention_and_mlp_match_the_whole_graph() {
 }
 
 #[test]
+fn releasing_memory_after_each_part_changes_nothing_else() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let blocks = transformer_blocks(&tiny_unet()).unwrap();
+    let cut = components(&blocks, |b, _| b.level == 0);
+    let mut split = SplitUnet::load(&runtime, &tiny_unet(), &cut, &options(cache.path())).unwrap();
+    let (sample, hidden) = inputs(2, 8, 8);
+    let kept = split.predict(&sample, 7.0, &hidden, &mut NoHooks).unwrap();
+    split.set_release_memory(true).unwrap();
+    let released = split.predict(&sample, 7.0, &hidden, &mut NoHooks).unwrap();
+    assert_eq!(kept, released);
+}
+
+#[test]
 fn no_cut_is_one_graph_that_matches() {
     assert_split_matches(&tiny_unet(), &[], &[(1, 8, 8)]);
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4, ArrayView3, Ix3};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef, ValueType};
 
 use super::device::Device;
@@ -88,6 +88,9 @@ pub struct SplitUnet {
     slots: usize,
     manifest: SplitManifest,
     status: CacheStatus,
+    device: Device,
+    /// Run options that shrink the memory arenas after each part, when asked for.
+    shrink: Option<RunOptions>,
 }
 
 fn onnx_err(model: &Path) -> impl Fn(onnx::OnnxError) -> EngineError + '_ {
@@ -140,6 +143,30 @@ impl SplitUnet {
         let (manifest, status) = onnx::prepare_split(path, components, options, Some(&mut probe))
             .map_err(onnx_err(path))?;
         Self::from_manifest(runtime, path, manifest, status)
+    }
+
+    /// Whether each part hands its unused arena memory back after it runs (ONNX
+    /// Runtime's `memory.enable_memory_arena_shrinkage`). Every part is a session with
+    /// its own arena, which keeps the part's peak: with many cut components at a large
+    /// latent that adds up to several times the whole graph's memory. Shrinking keeps
+    /// memory near the whole graph's, at a cost in speed (measured in the report of the
+    /// change that added it: about +50% on the CPU for a 97-part cut). Off by default.
+    pub fn set_release_memory(&mut self, release: bool) -> Result<(), EngineError> {
+        self.shrink = if release {
+            let devices = match self.device {
+                Device::Cpu => "cpu:0".to_string(),
+                Device::Cuda(id) => format!("cpu:0;gpu:{id}"),
+            };
+            let err = |e| run_error(&self.path, e);
+            let mut options = RunOptions::new().map_err(err)?;
+            options
+                .set("memory.enable_memory_arena_shrinkage", devices)
+                .map_err(err)?;
+            Some(options)
+        } else {
+            None
+        };
+        Ok(())
     }
 
     fn from_manifest(
@@ -281,6 +308,8 @@ impl SplitUnet {
             slots: last_use.len(),
             manifest,
             status,
+            device: runtime.device(),
+            shrink: None,
         })
     }
 
@@ -358,7 +387,11 @@ impl SplitUnet {
                 };
                 feed.push((Cow::Borrowed(name.as_str()), value));
             }
-            let outputs = part.session.run(feed).map_err(run_err)?;
+            let outputs = match &self.shrink {
+                Some(options) => part.session.run_with_options(feed, options),
+                None => part.session.run(feed),
+            }
+            .map_err(run_err)?;
             for (name, value) in outputs {
                 if let Some((_, slot)) = part.outputs.iter().find(|(n, _)| n == name) {
                     values[*slot] = Some(value);

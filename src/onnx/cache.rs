@@ -128,7 +128,7 @@ pub fn prepare_split(
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
     if let Some(probe) = probe {
-        let path = dir.join(format!("{key}-probe.onnx"));
+        let path = temporary_name(&dir.join(format!("{key}-probe.onnx")));
         write_model(&planned.probe_model(&model), &path)?;
         let result = probe.probe(&path);
         let _ = std::fs::remove_file(&path);
@@ -313,6 +313,8 @@ fn externalize(
         let target = dir.join(rel);
         let copied = if same_data(&source, &target, false) {
             false
+        } else if same_data(&source, &target, true) {
+            true // copied for an earlier cut set
         } else {
             link_or_copy(&source, &target)?
         };
