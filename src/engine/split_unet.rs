@@ -94,7 +94,7 @@ pub struct SplitUnet {
 }
 
 fn onnx_err(model: &Path) -> impl Fn(onnx::OnnxError) -> EngineError + '_ {
-    move |e| unexpected(model, e.to_string())
+    move |e| unexpected(model, e.detail())
 }
 
 /// Shape inference by ONNX Runtime itself, on the CPU: loads the probe graph (no

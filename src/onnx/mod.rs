@@ -51,6 +51,20 @@ pub enum OnnxError {
     Unsupported { model: PathBuf, reason: String },
 }
 
+impl OnnxError {
+    /// The message without the model's path, for callers that name the model themselves.
+    pub fn detail(&self) -> String {
+        match self {
+            OnnxError::NotFound { what, .. } => format!("it has no {what}"),
+            OnnxError::BadCut {
+                component, reason, ..
+            } => format!("cannot cut the graph at {component}: {reason}"),
+            OnnxError::Unsupported { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OnnxError + '_ {
     move |source| OnnxError::Io {
         path: path.to_path_buf(),

@@ -656,6 +656,7 @@ fn cut_inputs(
         }
     }
     for t in values {
+        let t = t.trim_end_matches(OUTSIDE);
         recomputed.push(format!("{t} recomputed inside {}", comp.id));
     }
     Ok(())
