@@ -497,3 +497,76 @@ fn external_weights_are_linked_not_copied() {
         assert_eq!(a.ino(), b.ino(), "re-linked to the new file");
     }
 }
+
+/// Time per call of the split UNet against the whole graph (no-op hooks), for
+/// `SPLIT_BENCH_MODEL` (default: the tiny UNet) at `SPLIT_BENCH_HW` (8) with
+/// `SPLIT_BENCH_CTX` (32) text channels, batch 2, `SPLIT_BENCH_ITERS` (20) interleaved
+/// calls. Run with `cargo test --release --test split_unet -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn overhead_against_the_whole_graph() {
+    let var = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+    let model = std::env::var_os("SPLIT_BENCH_MODEL").map_or_else(tiny_unet, PathBuf::from);
+    let (hw, ctx, iters) = (
+        var("SPLIT_BENCH_HW", 8),
+        var("SPLIT_BENCH_CTX", 32),
+        var("SPLIT_BENCH_ITERS", 20),
+    );
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let blocks = transformer_blocks(&model).unwrap();
+    let cuts = [
+        (
+            "attn1 at level 0",
+            components(&blocks, |b, k| b.level == 0 && k == ComponentKind::Attn1),
+        ),
+        ("all components", components(&blocks, |_, _| true)),
+    ];
+    let mut whole = Unet::load(&runtime, &model).unwrap();
+    let mut splits: Vec<(&str, SplitUnet)> = cuts
+        .into_iter()
+        .map(|(name, cut)| {
+            (
+                name,
+                SplitUnet::load(&runtime, &model, &cut, &options(cache.path())).unwrap(),
+            )
+        })
+        .collect();
+    let sample = Array4::from_shape_vec((2, 4, hw, hw), values(2 * 4 * hw * hw, 1)).unwrap();
+    let hidden = Array3::from_shape_vec((2, 77, ctx), values(2 * 77 * ctx, 2)).unwrap();
+    let mut times = vec![Vec::new(); 1 + splits.len()];
+    for _ in 0..iters {
+        let t = std::time::Instant::now();
+        whole.predict(&sample, 500.0, &hidden).unwrap();
+        times[0].push(t.elapsed().as_secs_f64());
+        for (i, (_, split)) in splits.iter_mut().enumerate() {
+            let t = std::time::Instant::now();
+            split
+                .predict(&sample, 500.0, &hidden, &mut NoHooks)
+                .unwrap();
+            times[i + 1].push(t.elapsed().as_secs_f64());
+        }
+    }
+    for t in &mut times {
+        t.sort_by(f64::total_cmp);
+    }
+    let median = |t: &Vec<f64>| t[t.len() / 2];
+    let (base, base_min) = (median(&times[0]), times[0][0]);
+    println!(
+        "{}: whole graph median {:.2} ms, min {:.2} ms",
+        model.display(),
+        base * 1e3,
+        base_min * 1e3
+    );
+    for (i, (name, split)) in splits.iter().enumerate() {
+        let (m, n) = (median(&times[i + 1]), times[i + 1][0]);
+        println!(
+            "{name} ({} parts): median {:.2} ms ({:+.1}%), min {:.2} ms ({:+.1}%)",
+            split.manifest().parts.len(),
+            m * 1e3,
+            (m / base - 1.0) * 100.0,
+            n * 1e3,
+            (n / base_min - 1.0) * 100.0
+        );
+    }
+}
