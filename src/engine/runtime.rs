@@ -70,6 +70,7 @@ impl Runtime {
                     .with_name("tomex")
                     .build()
                     .map_err(|e| load_err(e.to_string()))?;
+                share_cpu_arena(&environment).map_err(load_err)?;
                 // A race between two first calls leaves one environment; both are the same library.
                 let _ = LOADED.set(Loaded {
                     path: path.clone(),
@@ -114,7 +115,13 @@ impl Runtime {
             model: model.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut builder = Session::builder(&self.loaded.environment).map_err(|e| load_err(&e))?;
+        // All sessions draw from the environment's one CPU arena (a split UNet has dozens
+        // of sessions; one arena each would multiply peak memory), and idle threads sleep
+        // rather than spin (spinning sessions of one split compete for the cores).
+        let mut builder = Session::builder(&self.loaded.environment)
+            .and_then(|b| b.with_env_allocators().map_err(Into::into))
+            .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
+            .map_err(|e: ort::Error| load_err(&e))?;
         if let Device::Cuda(id) = self.device {
             if !ep::CUDA::is_available().unwrap_or(false) {
                 return Err(EngineError::NoCudaProvider {
@@ -136,6 +143,37 @@ impl Runtime {
         }
         builder.commit_from_file(model).map_err(|e| load_err(&e))
     }
+}
+
+/// Registers one CPU arena allocator on the environment for sessions that opt in with
+/// `with_env_allocators`. ort has no safe wrapper for this call.
+fn share_cpu_arena(environment: &Environment) -> Result<(), String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let info = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )
+    .map_err(|e| e.to_string())?;
+    let api = ort::api();
+    // SAFETY: the environment and memory info are live ONNX Runtime objects for the
+    // duration of the call; a null arena configuration selects ONNX Runtime's defaults.
+    let status = unsafe {
+        (api.CreateAndRegisterAllocator)(environment.ptr().cast_mut(), info.ptr(), std::ptr::null())
+    };
+    if status.0.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status is an error object that we own and release once.
+    let message = unsafe { std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { (api.ReleaseStatus)(status.0) };
+    Err(format!(
+        "cannot register the shared CPU memory arena: {message}"
+    ))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
