@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod diffusion;
 pub mod engine;
+pub mod host;
 pub mod model;
 pub mod onnx;
 pub mod tome;

@@ -23,6 +23,7 @@ fn request(case: &serde_json::Value) -> Request {
         width: case["width"].as_u64().unwrap() as usize,
         height: case["height"].as_u64().unwrap() as usize,
         scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
+        tome: None,
     }
 }
 

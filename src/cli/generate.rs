@@ -11,6 +11,7 @@ use crate::diffusion::pipeline::{Request, StableDiffusion};
 use crate::diffusion::prompt::{cut_prompt, THESIS_MAX_CHARS};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::engine::{Device, Runtime};
+use crate::tome::{Targets, TomeConfig};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -44,6 +45,72 @@ pub struct GenerateArgs {
     /// Output PNG file.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    tome: TomeArgs,
+}
+
+/// Token Merging, as tomesd's `apply_patch` takes it.
+#[derive(Args)]
+pub struct TomeArgs {
+    /// Fraction of tokens to merge (0 = no ToMe; at most 1 - 1/(sx*sy)).
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    tome_ratio: f64,
+    /// Components to merge before: self_attn, cross_attn, mlp (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "self_attn",
+        value_name = "LIST"
+    )]
+    tome_merge: Vec<MergeTarget>,
+    /// Stride of the dst grid along x.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    tome_sx: usize,
+    /// Stride of the dst grid along y.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    tome_sy: usize,
+    /// Always the top-left token of each cell as dst (tomesd's use_rand=False).
+    #[arg(long)]
+    tome_no_rand: bool,
+    /// Seed of the generator for random dst cells.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    tome_seed: u64,
+    /// Merge only where the latent is downsampled at most this much (1, 2, 4 or 8).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    tome_max_downsample: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum MergeTarget {
+    SelfAttn,
+    CrossAttn,
+    Mlp,
+}
+
+impl TomeArgs {
+    /// The configuration, or `None` when the ratio is 0.
+    pub fn config(&self) -> Option<TomeConfig> {
+        (self.tome_ratio != 0.0).then(|| self.config_or_zero())
+    }
+
+    /// The configuration, also when its ratio is 0.
+    pub fn config_or_zero(&self) -> TomeConfig {
+        let has = |t| self.tome_merge.contains(&t);
+        TomeConfig {
+            ratio: self.tome_ratio,
+            targets: Targets {
+                self_attn: has(MergeTarget::SelfAttn),
+                cross_attn: has(MergeTarget::CrossAttn),
+                mlp: has(MergeTarget::Mlp),
+            },
+            sx: self.tome_sx,
+            sy: self.tome_sy,
+            random: !self.tome_no_rand,
+            seed: self.tome_seed,
+            max_downsample: self.tome_max_downsample,
+        }
+    }
 }
 
 pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
@@ -61,6 +128,7 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
         width: args.width,
         height: args.height,
         scheduler: args.scheduler,
+        tome: args.tome.config(),
     };
     request.validate()?;
     check_writable(&args.out)?;

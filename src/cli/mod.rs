@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the glue from arguments to library calls.
 //! Errors come back as located, human messages; nothing here panics on bad input.
 
+mod bench;
 mod generate;
 mod models;
 mod resolve;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Generate one image for a prompt and a seed.
     Generate(generate::GenerateArgs),
+    /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
+    BenchUnet(bench::BenchUnetArgs),
     /// List, verify and add models in models.lock.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -45,6 +48,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Generate(args) => generate::run(&global, args),
         Command::Models(cmd) => models::run(&global, cmd),
+        Command::BenchUnet(args) => bench::run(&global, args),
     };
     match result {
         Ok(()) => 0,

@@ -10,8 +10,10 @@ use super::pixels::to_rgb8;
 use super::rng::randn;
 use super::scheduler::{self, SchedulerConfig, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
-use crate::engine::{EngineError, Runtime, TextEncoder, Unet, VaeDecoder};
+use crate::engine::{EngineError, Runtime, TextEncoder, TomeUnet, Unet, VaeDecoder};
 use crate::model::{ModelDir, ModelError};
+use crate::onnx::SplitOptions;
+use crate::tome::{PartitionRng, TomeConfig, TomeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -25,6 +27,8 @@ pub enum PipelineError {
     Scheduler(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Tome(#[from] TomeError),
 }
 
 /// Everything that determines one image.
@@ -38,6 +42,8 @@ pub struct Request {
     pub width: usize,
     pub height: usize,
     pub scheduler: SchedulerKind,
+    /// Token Merging; `None`, a zero ratio or no target runs the whole, uncut UNet.
+    pub tome: Option<TomeConfig>,
 }
 
 impl Request {
@@ -59,7 +65,15 @@ impl Request {
                 self.guidance
             )));
         }
+        if let Some(tome) = &self.tome {
+            tome.validate()?;
+        }
         Ok(())
+    }
+
+    /// The ToMe configuration when it merges anything.
+    fn merging(&self) -> Option<&TomeConfig> {
+        self.tome.as_ref().filter(|t| t.merges_anything())
     }
 }
 
@@ -77,6 +91,10 @@ pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: TextEncoder,
     unet: Unet,
+    /// The split UNet for ToMe, opened on the first request that merges.
+    tome_unet: Option<TomeUnet>,
+    runtime: Runtime,
+    unet_path: std::path::PathBuf,
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
     vae_scaling_factor: f32,
@@ -92,6 +110,9 @@ impl StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
             text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
             unet: Unet::load(runtime, &model.unet)?,
+            tome_unet: None,
+            runtime: *runtime,
+            unet_path: model.unet.clone(),
             vae: VaeDecoder::load(runtime, &model.vae_decoder)?,
             scheduler_config,
             vae_scaling_factor: model.vae_scaling_factor()?,
@@ -119,6 +140,14 @@ impl StableDiffusion {
         let sigma = scheduler.init_noise_sigma();
         let mut latents = randn(req.seed, &shape).mapv(|v| v * sigma);
 
+        let tome = req.merging();
+        if tome.is_some() && self.tome_unet.is_none() {
+            let options = SplitOptions::default();
+            self.tome_unet = Some(TomeUnet::load(&self.runtime, &self.unet_path, options)?);
+        }
+        // A fresh partition generator per image: the same seed gives the same image.
+        let mut partition_rng = PartitionRng::new(tome.map_or(0, |t| t.seed));
+
         let unet_start = Instant::now();
         for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
             let scaled = four_d(scheduler.scale_model_input(&latents, i))?;
@@ -127,7 +156,12 @@ impl StableDiffusion {
             } else {
                 scaled
             };
-            let noise = self.unet.predict(&input, t, &hidden)?;
+            let noise = match (tome, self.tome_unet.as_mut()) {
+                (Some(cfg), Some(split)) => {
+                    split.predict(&input, t, &hidden, cfg, &mut partition_rng)?
+                }
+                _ => self.unet.predict(&input, t, &hidden)?,
+            };
             let noise = if guided {
                 let (uncond, text) = (
                     noise.slice(s![0..1, .., .., ..]),

@@ -7,6 +7,7 @@ mod library;
 mod runtime;
 mod split_unet;
 mod text_encoder;
+mod tome_unet;
 mod unet;
 mod vae;
 
@@ -15,5 +16,6 @@ pub use library::{find_library, LibrarySearch, FETCH_HINT};
 pub use runtime::{EngineError, Runtime};
 pub use split_unet::{transformer_blocks, NoHooks, SplitUnet, TokenHooks};
 pub use text_encoder::TextEncoder;
+pub use tome_unet::TomeUnet;
 pub use unet::Unet;
 pub use vae::VaeDecoder;

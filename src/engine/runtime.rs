@@ -49,6 +49,8 @@ static LOADED: OnceLock<Loaded> = OnceLock::new();
 pub struct Runtime {
     loaded: &'static Loaded,
     device: Device,
+    /// Intra-op threads per session; ONNX Runtime's default (one per core) when `None`.
+    threads: Option<usize>,
 }
 
 impl Runtime {
@@ -80,12 +82,25 @@ impl Runtime {
             }
         };
         if same_file(&loaded.path, &path) || explicit_library.is_none() {
-            Ok(Runtime { loaded, device })
+            Ok(Runtime {
+                loaded,
+                device,
+                threads: None,
+            })
         } else {
             Err(EngineError::LibraryConflict {
                 loaded: loaded.path.clone(),
                 wanted: path,
             })
+        }
+    }
+
+    /// The same runtime with `n` intra-op threads per session (benchmarks compare
+    /// with torch at the same thread count).
+    pub fn with_threads(self, n: usize) -> Runtime {
+        Runtime {
+            threads: Some(n),
+            ..self
         }
     }
 
@@ -122,6 +137,9 @@ impl Runtime {
             .and_then(|b| b.with_env_allocators().map_err(Into::into))
             .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
             .map_err(|e: ort::Error| load_err(&e))?;
+        if let Some(n) = self.threads {
+            builder = builder.with_intra_threads(n).map_err(|e| load_err(&e))?;
+        }
         if let Device::Cuda(id) = self.device {
             if !ep::CUDA::is_available().unwrap_or(false) {
                 return Err(EngineError::NoCudaProvider {

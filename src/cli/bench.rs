@@ -1,0 +1,117 @@
+//! `tomex bench-unet`: times single UNet evaluations (uncut, cut at r = 0, or with
+//! ToMe) for tools/bench_unet.py, which compares them with diffusers + tomesd.
+//! Prints one JSON line.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use ndarray::{Array3, Array4};
+
+use super::generate::TomeArgs;
+use super::Global;
+use crate::diffusion::rng::randn;
+use crate::engine::{Device, Runtime, TomeUnet, Unet};
+use crate::onnx::SplitOptions;
+use crate::tome::PartitionRng;
+
+#[derive(Args)]
+pub struct BenchUnetArgs {
+    /// The UNet graph (`unet/model.onnx`).
+    #[arg(long)]
+    unet: PathBuf,
+    /// Latent height and width, e.g. `64,64`.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [64, 64])]
+    latent: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Width of the text states (768 for SD 1.x).
+    #[arg(long, default_value_t = 768)]
+    hidden_dim: usize,
+    /// Timed evaluations after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Threads for ONNX Runtime and for the token ops (default: ONNX Runtime's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run the whole graph, not the split one.
+    #[arg(long)]
+    uncut: bool,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    #[command(flatten)]
+    tome: TomeArgs,
+}
+
+pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("rayon thread pool")?;
+    }
+    let mut runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
+    if let Some(n) = args.threads {
+        runtime = runtime.with_threads(n);
+    }
+    let (h, w) = (args.latent[0], args.latent[1]);
+    let sample: Array4<f32> = randn(0, &[args.batch, 4, h, w]).into_dimensionality()?;
+    let hidden: Array3<f32> = randn(1, &[args.batch, 77, args.hidden_dim]).into_dimensionality()?;
+    let timestep = 500.0;
+
+    let mut times = Vec::with_capacity(args.repeats);
+    let mut token_ops = Vec::with_capacity(args.repeats);
+    let parts;
+    if args.uncut {
+        let mut unet = Unet::load(&runtime, &args.unet)?;
+        for i in 0..=args.repeats {
+            let start = Instant::now();
+            unet.predict(&sample, timestep, &hidden)?;
+            if i > 0 {
+                times.push(start.elapsed());
+            }
+        }
+        parts = 1;
+    } else {
+        // With ratio 0 this measures the cuts alone: the configuration's components at
+        // the levels it may merge, all passed through unmerged.
+        let cfg = args.tome.config_or_zero();
+        cfg.validate()?;
+        let mut unet = TomeUnet::load(&runtime, &args.unet, SplitOptions::default())?;
+        let cut = unet.cut_ignoring_ratio((h, w), &cfg)?;
+        for i in 0..=args.repeats {
+            let mut rng = PartitionRng::new(cfg.seed);
+            let start = Instant::now();
+            unet.predict_with_cut(&sample, timestep, &hidden, &cfg, &mut rng, cut.clone())?;
+            let elapsed = start.elapsed();
+            let ops = unet.take_token_ops_time();
+            if i > 0 {
+                times.push(elapsed);
+                token_ops.push(ops);
+            }
+        }
+        parts = unet.parts(&cut).unwrap_or(0);
+    }
+    let secs = |d: &Duration| d.as_secs_f64();
+    let json = serde_json::json!({
+        "median_s": median(&times),
+        "times_s": times.iter().map(secs).collect::<Vec<_>>(),
+        "tome_ops_s": if token_ops.is_empty() { 0.0 } else { median(&token_ops) },
+        "peak_rss_mb": crate::host::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
+        "parts": parts,
+        "onnxruntime": runtime.version(),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+fn median(values: &[Duration]) -> f64 {
+    let mut v: Vec<f64> = values.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

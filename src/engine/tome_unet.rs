@@ -1,0 +1,210 @@
+//! ToMe around the split UNet: which components to cut for a latent size, and the
+//! [`TokenHooks`] that call the `tome` module between the parts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array3, Array4, ArrayView3};
+
+use super::runtime::{EngineError, Runtime};
+use super::split_unet::{transformer_blocks, SplitUnet, TokenHooks};
+use crate::onnx::{BlockId, ComponentId, ComponentKind, SplitOptions, TransformerBlock};
+use crate::tome::{self, Component, Merge, PartitionRng, TomeConfig};
+
+/// The UNet with ToMe: one split per cut set (in practice one per latent size and
+/// configuration), opened on first use and kept.
+pub struct TomeUnet {
+    runtime: Runtime,
+    path: PathBuf,
+    blocks: Vec<TransformerBlock>,
+    options: SplitOptions,
+    splits: HashMap<Vec<ComponentId>, SplitUnet>,
+    /// Host time spent in token ops (matching, merge, unmerge) since the last reset.
+    token_ops: Duration,
+}
+
+impl TomeUnet {
+    pub fn load(
+        runtime: &Runtime,
+        path: &Path,
+        options: SplitOptions,
+    ) -> Result<TomeUnet, EngineError> {
+        Ok(TomeUnet {
+            runtime: *runtime,
+            path: path.to_path_buf(),
+            blocks: transformer_blocks(path)?,
+            options,
+            splits: HashMap::new(),
+            token_ops: Duration::ZERO,
+        })
+    }
+
+    /// The components ToMe merges for a `latent_hw` latent: the targeted components of
+    /// every block that tomesd's `compute_merge` would merge at that size.
+    pub fn cut_for(
+        &self,
+        latent_hw: (usize, usize),
+        cfg: &TomeConfig,
+    ) -> Result<Vec<ComponentId>, EngineError> {
+        let mut cut = Vec::new();
+        for block in &self.blocks {
+            let tokens = tokens_at_level(latent_hw, block.id.level);
+            let params = tome::block_params(latent_hw, tokens, cfg).map_err(|e| {
+                EngineError::Unexpected {
+                    model: self.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if params.is_some() {
+                cut.extend(targeted(block, cfg));
+            }
+        }
+        Ok(cut)
+    }
+
+    /// The components a configuration targets at the levels it may merge, whatever
+    /// the ratio: the cut that `r = 0` runs with when measuring the cuts' own cost.
+    pub fn cut_ignoring_ratio(
+        &self,
+        latent_hw: (usize, usize),
+        cfg: &TomeConfig,
+    ) -> Result<Vec<ComponentId>, EngineError> {
+        let any = TomeConfig {
+            ratio: cfg.max_ratio(),
+            ..*cfg
+        };
+        self.cut_for(latent_hw, &any)
+    }
+
+    /// One UNet evaluation with ToMe; `rng` draws the random dst cells (one fresh
+    /// generator per image keeps images reproducible whatever ran before).
+    pub fn predict(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+        cfg: &TomeConfig,
+        rng: &mut PartitionRng,
+    ) -> Result<Array4<f32>, EngineError> {
+        let latent_hw = (sample.shape()[2], sample.shape()[3]);
+        let cut = self.cut_for(latent_hw, cfg)?;
+        self.predict_with_cut(sample, timestep, hidden, cfg, rng, cut)
+    }
+
+    /// As [`predict`](Self::predict) on an explicit cut (benchmarks: cuts at r = 0).
+    pub fn predict_with_cut(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+        cfg: &TomeConfig,
+        rng: &mut PartitionRng,
+        cut: Vec<ComponentId>,
+    ) -> Result<Array4<f32>, EngineError> {
+        let latent_hw = (sample.shape()[2], sample.shape()[3]);
+        if !self.splits.contains_key(&cut) {
+            let split = SplitUnet::load(&self.runtime, &self.path, &cut, &self.options)?;
+            self.splits.insert(cut.clone(), split);
+        }
+        let split = self.splits.get_mut(&cut).expect("inserted above");
+        let mut hooks = MergeHooks {
+            cfg,
+            latent_hw,
+            rng,
+            merges: HashMap::new(),
+            elapsed: Duration::ZERO,
+        };
+        let out = split.predict(sample, timestep, hidden, &mut hooks)?;
+        self.token_ops += hooks.elapsed;
+        Ok(out)
+    }
+
+    /// Host time spent in token ops since the last call, and resets it.
+    pub fn take_token_ops_time(&mut self) -> Duration {
+        std::mem::take(&mut self.token_ops)
+    }
+
+    /// Number of graph parts of the split for `cut`, when it is open.
+    pub fn parts(&self, cut: &[ComponentId]) -> Option<usize> {
+        self.splits.get(cut).map(|s| s.manifest().parts.len())
+    }
+}
+
+/// Tokens of a block at UNet `level`: each downsampling conv (kernel 3, stride 2,
+/// padding 1) maps a side `s` to `ceil(s / 2)`, and up blocks match their skip's size.
+fn tokens_at_level(latent_hw: (usize, usize), level: usize) -> usize {
+    let (mut h, mut w) = latent_hw;
+    for _ in 0..level {
+        (h, w) = (h.div_ceil(2), w.div_ceil(2));
+    }
+    h * w
+}
+
+fn targeted<'b>(
+    block: &'b TransformerBlock,
+    cfg: &'b TomeConfig,
+) -> impl Iterator<Item = ComponentId> + 'b {
+    [
+        ComponentKind::Attn1,
+        ComponentKind::Attn2,
+        ComponentKind::Ff,
+    ]
+    .into_iter()
+    .filter(|&kind| cfg.merges(component(kind)))
+    .filter_map(|kind| block.component(kind))
+}
+
+fn component(kind: ComponentKind) -> Component {
+    match kind {
+        ComponentKind::Attn1 => Component::SelfAttn,
+        ComponentKind::Attn2 => Component::CrossAttn,
+        ComponentKind::Ff => Component::Mlp,
+    }
+}
+
+/// tomesd's patched `BasicTransformerBlock`: the matching comes from the block input
+/// and serves every merged component of the block.
+struct MergeHooks<'a> {
+    cfg: &'a TomeConfig,
+    latent_hw: (usize, usize),
+    rng: &'a mut PartitionRng,
+    merges: HashMap<BlockId, Option<Merge>>,
+    elapsed: Duration,
+}
+
+impl TokenHooks for MergeHooks<'_> {
+    fn block_input(&mut self, block: &BlockId, x: ArrayView3<f32>) {
+        let start = Instant::now();
+        let merge = tome::block_merge(x, self.latent_hw, self.cfg, self.rng);
+        self.merges.insert(*block, merge);
+        self.elapsed += start.elapsed();
+    }
+
+    fn before_component(&mut self, c: &ComponentId, x: ArrayView3<f32>) -> Option<Array3<f32>> {
+        let start = Instant::now();
+        let merged = self.merges.get(&c.block)?.as_ref().map(|m| m.merge(x));
+        self.elapsed += start.elapsed();
+        merged
+    }
+
+    fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>> {
+        let start = Instant::now();
+        let unmerged = self.merges.get(&c.block)?.as_ref().map(|m| m.unmerge(y));
+        self.elapsed += start.elapsed();
+        unmerged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_at_level;
+
+    #[test]
+    fn token_counts_follow_the_downsampling_convs() {
+        assert_eq!(tokens_at_level((64, 64), 0), 4096);
+        assert_eq!(tokens_at_level((96, 96), 3), 144);
+        assert_eq!(tokens_at_level((10, 6), 1), 15);
+        assert_eq!(tokens_at_level((7, 9), 2), 6);
+    }
+}

@@ -1,0 +1,290 @@
+//! ToMe in the pipeline against diffusers + tomesd 0.1.3 (`use_rand=False`), from
+//! golden/tome (made by tools/golden_tome.py).
+//!
+//! UNet evaluations: relative L2 error at most 1e-4. ONNX Runtime and torch differ by
+//! ~1e-6 on the unpatched tiny UNet, and the goldens were drawn so that no merge
+//! decision rests on a similarity gap below 1e-4; every merging case moves the output
+//! by at least 5e-3 from the unpatched one, so 1e-4 tells a wrong merge from rounding.
+//!
+//! Whole images: at most 2 of 255 per channel. Besides the ±1 rounding of the plain
+//! pipeline (tests/golden_images.rs), 12 steps of float noise through ~40 merge
+//! decisions per image can only shift values, never flip a decision (min gap 5e-5).
+
+mod common;
+
+use std::path::Path;
+
+use ndarray::{s, Array3, Array4, ArrayD, IxDyn};
+use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::engine::{TomeUnet, Unet};
+use tomex::model::ModelDir;
+use tomex::onnx::SplitOptions;
+use tomex::tome::{PartitionRng, Targets, TomeConfig};
+
+fn read_f32(path: &Path, shape: &[usize]) -> ArrayD<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
+}
+
+fn config(tome: &serde_json::Value) -> TomeConfig {
+    let merge: Vec<&str> = tome["merge"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    TomeConfig {
+        ratio: tome["ratio"].as_f64().unwrap(),
+        targets: Targets {
+            self_attn: merge.contains(&"self_attn"),
+            cross_attn: merge.contains(&"cross_attn"),
+            mlp: merge.contains(&"mlp"),
+        },
+        sx: tome["sx"].as_u64().unwrap() as usize,
+        sy: tome["sy"].as_u64().unwrap() as usize,
+        random: tome["use_rand"].as_bool().unwrap(),
+        seed: 0,
+        max_downsample: tome["max_downsample"].as_u64().unwrap() as usize,
+    }
+}
+
+fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn split_options(dir: &Path) -> SplitOptions {
+    SplitOptions {
+        cache_root: dir.to_path_buf(),
+        model_digest: None,
+    }
+}
+
+#[test]
+fn unet_evaluations_match_tomesd() {
+    let dir = common::golden("tome/unet");
+    let index = common::read_json(&dir.join("index.json"));
+    let runtime = common::runtime();
+    let unet_path = common::tiny_model().join("unet/model.onnx");
+    let cache = tempfile::tempdir().unwrap();
+    let mut tome_unet = TomeUnet::load(&runtime, &unet_path, split_options(cache.path())).unwrap();
+    let mut plain = Unet::load(&runtime, &unet_path).unwrap();
+    let t = index["timestep"].as_f64().unwrap() as f32;
+    let (mut checked, mut rejected, mut report) = (0, 0, Vec::new());
+    for case in index["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (h, w) = (
+            case["h"].as_u64().unwrap() as usize,
+            case["w"].as_u64().unwrap() as usize,
+        );
+        let rows = case["batch_rows"].as_array().unwrap().len();
+        let files = &case["files"];
+        let sample = read_f32(&dir.join(files["sample"].as_str().unwrap()), &[2, 4, h, w]);
+        let hidden = read_f32(
+            &dir.join(files["encoder_hidden_states"].as_str().unwrap()),
+            &[2, 77, 32],
+        );
+        let sample: Array4<f32> = sample
+            .slice(s![0..rows, .., .., ..])
+            .to_owned()
+            .into_dimensionality()
+            .unwrap();
+        let hidden: Array3<f32> = hidden
+            .slice(s![0..rows, .., ..])
+            .to_owned()
+            .into_dimensionality()
+            .unwrap();
+        let expected = read_f32(
+            &dir.join(files["out_sample"].as_str().unwrap()),
+            &[rows, 4, h, w],
+        );
+        let unpatched = read_f32(
+            &dir.join(files["unpatched_out_sample"].as_str().unwrap()),
+            &[rows, 4, h, w],
+        );
+
+        let cfg = config(&case["tome"]);
+        if case["tome"]["ratio_kind"] == "above_max" || cfg.ratio > cfg.max_ratio() {
+            // tomesd caps silently; tomex refuses and names the maximum.
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("out of range"), "{name}: {err}");
+            rejected += 1;
+            continue;
+        }
+        cfg.validate().unwrap();
+        let ours = if cfg.merges_anything() {
+            let mut rng = PartitionRng::new(0);
+            tome_unet
+                .predict(&sample, t, &hidden, &cfg, &mut rng)
+                .unwrap()
+        } else {
+            plain.predict(&sample, t, &hidden).unwrap()
+        }
+        .into_dyn();
+        let err = rel_l2(&ours, &expected);
+        let moved = rel_l2(&expected, &unpatched);
+        report.push(format!(
+            "{name}: rel L2 {err:.2e} (ToMe moves the output by {moved:.2e})"
+        ));
+        assert!(
+            err <= 1e-4,
+            "{name}: relative L2 error {err:.3e} > 1e-4\n{}",
+            report.join("\n")
+        );
+        if case["merges"].as_bool().unwrap() {
+            assert!(
+                moved > 1e-3,
+                "{name}: golden does not discriminate ({moved:.2e})"
+            );
+        }
+        checked += 1;
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(checked >= 30, "only {checked} cases checked");
+    assert!(rejected >= 1, "no above-maximum case was checked");
+}
+
+fn tome_request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: String::new(),
+        seed: case["seed"].as_u64().unwrap(),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap() as f32,
+        width: case["width"].as_u64().unwrap() as usize,
+        height: case["height"].as_u64().unwrap() as usize,
+        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
+        tome,
+    }
+}
+
+fn max_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
+    let theirs = image::open(reference).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    ours.as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
+
+fn pipeline() -> StableDiffusion {
+    StableDiffusion::load(
+        &common::runtime(),
+        &ModelDir::open(&common::tiny_model()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn images_match_diffusers_with_tomesd() {
+    let dir = common::golden("tome/images");
+    let index = common::read_json(&dir.join("index.json"));
+    let mut sd = pipeline();
+    let mut report = Vec::new();
+    for case in index.as_array().unwrap() {
+        let (image, _) = sd
+            .generate(&tome_request(case, Some(config(&case["tome"]))))
+            .unwrap();
+        let diff = max_diff(&image, &dir.join(case["file"].as_str().unwrap()));
+        let (plain, _) = sd.generate(&tome_request(case, None)).unwrap();
+        let moved = max_diff(&plain, &dir.join(case["file"].as_str().unwrap()));
+        report.push(format!(
+            "{}: max diff {diff} (without ToMe: {moved})",
+            case["file"]
+        ));
+        assert!(diff <= 2, "{}", report.join("\n"));
+        assert!(
+            moved > 2,
+            "golden image does not discriminate: {}",
+            report.join("\n")
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// r = 0 runs the uncut graph: the image is the plain pipeline's, bit for bit; and the
+/// cuts themselves (split graph, ratio 0) change nothing either.
+#[test]
+fn zero_ratio_is_the_uncut_unet_exactly() {
+    let base = serde_json::json!({"prompt": "a red bicycle", "seed": 3, "steps": 4, "guidance": 7.5,
+        "width": 64, "height": 48, "scheduler": "pndm"});
+    let mut sd = pipeline();
+    let zero = TomeConfig {
+        ratio: 0.0,
+        ..TomeConfig::default()
+    };
+    let (plain, _) = sd.generate(&tome_request(&base, None)).unwrap();
+    let (with_zero, _) = sd.generate(&tome_request(&base, Some(zero))).unwrap();
+    assert_eq!(plain.as_raw(), with_zero.as_raw());
+
+    let runtime = common::runtime();
+    let unet_path = common::tiny_model().join("unet/model.onnx");
+    let cache = tempfile::tempdir().unwrap();
+    let mut tome_unet = TomeUnet::load(&runtime, &unet_path, split_options(cache.path())).unwrap();
+    let all = TomeConfig {
+        ratio: 0.0,
+        targets: Targets {
+            self_attn: true,
+            cross_attn: true,
+            mlp: true,
+        },
+        max_downsample: 8,
+        ..TomeConfig::default()
+    };
+    let sample = Array4::from_shape_fn((2, 4, 8, 6), |(b, c, y, x)| {
+        ((b + 2 * c + 3 * y + 5 * x) as f32).sin()
+    });
+    let hidden = Array3::from_shape_fn((2, 77, 32), |(b, t, c)| ((b + t + 7 * c) as f32).cos());
+    let cut = tome_unet.cut_ignoring_ratio((8, 6), &all).unwrap();
+    assert_eq!(cut.len(), 21, "all 7 blocks x 3 components");
+    let split = tome_unet
+        .predict_with_cut(
+            &sample,
+            500.0,
+            &hidden,
+            &all,
+            &mut PartitionRng::new(0),
+            cut,
+        )
+        .unwrap();
+    let whole = Unet::load(&runtime, &unet_path)
+        .unwrap()
+        .predict(&sample, 500.0, &hidden)
+        .unwrap();
+    assert_eq!(split, whole);
+}
+
+#[test]
+fn random_partitions_are_reproducible_from_their_seed() {
+    let base = serde_json::json!({"prompt": "a lighthouse at dusk", "seed": 11, "steps": 4, "guidance": 7.5,
+        "width": 64, "height": 64, "scheduler": "pndm"});
+    let mut sd = pipeline();
+    let random = |seed| TomeConfig {
+        ratio: 0.5,
+        random: true,
+        seed,
+        ..TomeConfig::default()
+    };
+    let (a, _) = sd.generate(&tome_request(&base, Some(random(5)))).unwrap();
+    let (b, _) = sd.generate(&tome_request(&base, Some(random(6)))).unwrap();
+    let (a_again, _) = sd.generate(&tome_request(&base, Some(random(5)))).unwrap();
+    let fixed = TomeConfig {
+        random: false,
+        ..random(5)
+    };
+    let (c, _) = sd.generate(&tome_request(&base, Some(fixed))).unwrap();
+    assert_eq!(a.as_raw(), a_again.as_raw(), "same seed, same image");
+    assert_ne!(a.as_raw(), b.as_raw(), "another seed, another partition");
+    assert_ne!(a.as_raw(), c.as_raw(), "random differs from top-left dst");
+}
