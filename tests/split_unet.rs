@@ -347,9 +347,7 @@ fn renamed_copy(dir: &Path, from: &str, to: &str) -> PathBuf {
     let mut model = onnx::read_model(&tiny_unet()).unwrap();
     let graph = model.graph.as_mut().unwrap();
     for node in &mut graph.node {
-        if let Some(name) = node.name.as_mut() {
-            *name = name.replace(from, to);
-        }
+        node.name = node.name.replace(from, to);
     }
     let path = dir.join("model.onnx");
     onnx::write_model(&model, &path).unwrap();
@@ -414,12 +412,13 @@ fn external_data_copy(dir: &Path) -> PathBuf {
     let mut model = onnx::read_model(&tiny_unet()).unwrap();
     let mut data: Vec<u8> = Vec::new();
     for t in &mut model.graph.as_mut().unwrap().initializer {
-        let Some(raw) = t.raw_data.take_if(|r| r.len() >= 256) else {
+        if t.raw_data.len() < 256 {
             continue;
-        };
+        }
+        let raw = std::mem::take(&mut t.raw_data);
         let entry = |k: &str, v: String| StringStringEntryProto {
-            key: Some(k.into()),
-            value: Some(v),
+            key: k.into(),
+            value: v,
             ..Default::default()
         };
         t.external_data = vec![
@@ -427,7 +426,7 @@ fn external_data_copy(dir: &Path) -> PathBuf {
             entry("offset", data.len().to_string()),
             entry("length", raw.len().to_string()),
         ];
-        t.data_location = Some(DataLocation::EXTERNAL.into());
+        t.data_location = DataLocation::EXTERNAL.into();
         data.extend(raw);
     }
     std::fs::write(dir.join("weights.pb"), &data).unwrap();

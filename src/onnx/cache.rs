@@ -250,12 +250,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
 fn external_entry<'t>(t: &'t TensorProto, key: &str) -> Option<&'t str> {
     t.external_data
         .iter()
-        .find(|e| e.key() == key)
-        .map(|e| e.value())
+        .find(|e| e.key == key)
+        .map(|e| e.value.as_str())
 }
 
 fn is_external(t: &TensorProto) -> bool {
-    t.data_location.map(|d| d.enum_value_or_default()) == Some(DataLocation::EXTERNAL)
+    t.data_location.enum_value_or_default() == DataLocation::EXTERNAL
 }
 
 /// A `location` that stays inside the model's folder (ONNX Runtime's own rule).
@@ -297,13 +297,9 @@ fn externalize(
     for t in tensors {
         if is_external(t) {
             let location = external_entry(t, "location").unwrap_or("").to_string();
-            let rel = relative_location(model_path, t.name(), &location)?;
+            let rel = relative_location(model_path, t.name.as_str(), &location)?;
             locations.insert(location, rel);
-        } else if t
-            .raw_data
-            .as_ref()
-            .is_some_and(|d| d.len() >= EXTERNALIZE_BYTES)
-        {
+        } else if t.raw_data.len() >= EXTERNALIZE_BYTES {
             embedded.push(t);
         }
     }
@@ -337,7 +333,7 @@ fn externalize(
     let mut layout = Vec::with_capacity(embedded.len());
     for t in &embedded {
         offset = offset.div_ceil(ALIGN) * ALIGN;
-        let len = t.raw_data.as_ref().map_or(0, Vec::len) as u64;
+        let len = t.raw_data.len() as u64;
         layout.push((offset, len));
         offset += len;
     }
@@ -351,8 +347,7 @@ fn externalize(
         for (t, &(off, len)) in embedded.iter().zip(&layout) {
             w.write_all(&vec![0u8; (off - at) as usize])
                 .map_err(io_error(&tmp))?;
-            w.write_all(t.raw_data.as_deref().unwrap_or(&[]))
-                .map_err(io_error(&tmp))?;
+            w.write_all(&t.raw_data).map_err(io_error(&tmp))?;
             at = off + len;
         }
         let file = w.into_inner().map_err(|e| io_error(&tmp)(e.into_error()))?;
@@ -360,8 +355,8 @@ fn externalize(
         std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
     }
     for (t, (off, len)) in embedded.into_iter().zip(layout) {
-        t.raw_data = None;
-        t.data_location = Some(DataLocation::EXTERNAL.into());
+        t.raw_data = Vec::new();
+        t.data_location = DataLocation::EXTERNAL.into();
         t.external_data = [
             ("location", name.clone()),
             ("offset", off.to_string()),
@@ -369,8 +364,8 @@ fn externalize(
         ]
         .into_iter()
         .map(|(k, v)| StringStringEntryProto {
-            key: Some(k.to_string()),
-            value: Some(v),
+            key: k.to_string(),
+            value: v,
             ..Default::default()
         })
         .collect();

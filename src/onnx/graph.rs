@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::proto::{attribute_proto::AttributeType, GraphProto, NodeProto, TypeProto};
+use super::proto::{attribute_proto::AttributeType, GraphProto, NodeProto, TensorProto, TypeProto};
 
 /// ONNX `TensorProto.DataType` codes used here.
 pub mod dtype {
@@ -33,9 +33,14 @@ pub fn node_inputs(node: &NodeProto) -> Vec<&str> {
 }
 
 fn outer_references<'g>(graph: &'g GraphProto, names: &mut Vec<&'g str>) {
-    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
-    defined.extend(graph.initializer.iter().map(|t| t.name()));
-    defined.extend(graph.sparse_initializer.iter().map(|s| s.values.name()));
+    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name.as_str()).collect();
+    defined.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+    defined.extend(
+        graph
+            .sparse_initializer
+            .iter()
+            .map(|s| s.values.name.as_str()),
+    );
     for node in &graph.node {
         defined.extend(node.output.iter().map(String::as_str));
     }
@@ -114,10 +119,11 @@ pub fn topological_order(nodes: &[NodeProto]) -> Option<Vec<usize>> {
 pub fn tensor_elem_type(t: &TypeProto) -> Option<i32> {
     use super::proto::type_proto::Value;
     match &t.value {
-        Some(Value::TensorType(tt)) => tt.elem_type,
-        Some(Value::SparseTensorType(tt)) => tt.elem_type,
+        Some(Value::TensorType(tt)) => Some(tt.elem_type),
+        Some(Value::SparseTensorType(tt)) => Some(tt.elem_type),
         _ => None,
     }
+    .filter(|&e| e != 0)
 }
 
 /// Element types of every tensor of `graph` whose type can be told: declared values
@@ -132,14 +138,14 @@ pub fn elem_types(graph: &GraphProto, nodes: &[NodeProto]) -> HashMap<String, i3
         .chain(graph.value_info.iter())
     {
         if let Some(t) = v.type_.as_ref().and_then(tensor_elem_type) {
-            types.insert(v.name().to_string(), t);
+            types.insert(v.name.clone(), t);
         }
     }
     for t in &graph.initializer {
-        types.insert(t.name().to_string(), t.data_type());
+        types.insert(t.name.clone(), t.data_type);
     }
     for s in &graph.sparse_initializer {
-        types.insert(s.values.name().to_string(), s.values.data_type());
+        types.insert(s.values.name.clone(), s.values.data_type);
     }
     let order = topological_order(nodes).unwrap_or_else(|| (0..nodes.len()).collect());
     for i in order {
@@ -161,31 +167,23 @@ pub fn ranks(graph: &GraphProto, nodes: &[NodeProto]) -> HashMap<String, usize> 
     let mut ranks: HashMap<String, usize> = HashMap::new();
     let mut values: HashMap<String, Vec<i64>> = HashMap::new();
     for t in &graph.initializer {
-        ranks.insert(t.name().to_string(), t.dims.len());
-        if t.data_type() == dtype::INT64 && t.dims.len() <= 1 {
-            if let Some(raw) = &t.raw_data {
-                let v = raw
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
-                values.insert(t.name().to_string(), v);
-            } else if !t.int64_data.is_empty() {
-                values.insert(t.name().to_string(), t.int64_data.clone());
-            }
+        ranks.insert(t.name.clone(), t.dims.len());
+        if let Some(v) = int64_values(t) {
+            values.insert(t.name.clone(), v);
         }
     }
     for v in graph.input.iter().chain(graph.value_info.iter()) {
         use super::proto::type_proto::Value;
         if let Some(Value::TensorType(tt)) = v.type_.as_ref().and_then(|t| t.value.as_ref()) {
             if let Some(shape) = tt.shape.as_ref() {
-                ranks.insert(v.name().to_string(), shape.dim.len());
+                ranks.insert(v.name.clone(), shape.dim.len());
             }
         }
     }
     let order = topological_order(nodes).unwrap_or_else(|| (0..nodes.len()).collect());
     for i in order {
         let node = &nodes[i];
-        let standard = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let standard = node.domain.is_empty() || node.domain == "ai.onnx";
         let Some(out) = node.output.first().filter(|o| !o.is_empty()) else {
             continue;
         };
@@ -198,19 +196,13 @@ pub fn ranks(graph: &GraphProto, nodes: &[NodeProto]) -> HashMap<String, usize> 
         let r = if !standard {
             None
         } else {
-            match node.op_type() {
+            match node.op_type.as_str() {
                 "Constant" => {
                     let a = node.attribute.first();
-                    match a.map(|a| a.name()) {
+                    match a.map(|a| a.name.as_str()) {
                         Some("value") => a.and_then(|a| a.t.as_ref()).map(|t| {
-                            if t.data_type() == dtype::INT64 && t.dims.len() <= 1 {
-                                if let Some(raw) = &t.raw_data {
-                                    let v = raw
-                                        .chunks_exact(8)
-                                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                                        .collect();
-                                    values.insert(out.clone(), v);
-                                }
+                            if let Some(v) = int64_values(t) {
+                                values.insert(out.clone(), v);
                             }
                             t.dims.len()
                         }),
@@ -245,12 +237,31 @@ pub fn ranks(graph: &GraphProto, nodes: &[NodeProto]) -> HashMap<String, usize> 
     ranks
 }
 
+/// The values of an INT64 scalar or vector stored in the model itself (`raw_data` or
+/// `int64_data`); `None` for other tensors and for data stored outside the model.
+fn int64_values(t: &TensorProto) -> Option<Vec<i64>> {
+    if t.data_type != dtype::INT64 || t.dims.len() > 1 {
+        return None;
+    }
+    let v: Vec<i64> = if t.raw_data.is_empty() {
+        t.int64_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    };
+    (v.len() as i64 == t.dims.iter().product::<i64>()).then_some(v)
+}
+
 fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n super::proto::AttributeProto> {
-    node.attribute.iter().find(|a| a.name() == name)
+    node.attribute.iter().find(|a| a.name == name)
 }
 
 fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
-    attr(node, name).and_then(|a| a.i)
+    attr(node, name)
+        .filter(|a| a.type_.enum_value() == Ok(AttributeType::INT))
+        .map(|a| a.i)
 }
 
 /// Output element types of one node, given its input types.
@@ -268,11 +279,11 @@ fn node_output_types(node: &NodeProto, types: &HashMap<String, i32>) -> Vec<Opti
         .find_map(|n| types.get(n).copied());
     let n = node.output.len();
     let all = |t: Option<i32>| vec![t; n];
-    let standard = node.domain().is_empty() || node.domain() == "ai.onnx";
+    let standard = node.domain.is_empty() || node.domain == "ai.onnx";
     if !standard {
         return all(first);
     }
-    match node.op_type() {
+    match node.op_type.as_str() {
         "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" => all(Some(dtype::INT64)),
         "Cast" => all(attr_int(node, "to").map(|t| t as i32)),
         "CastLike" => all(input(1)),
@@ -280,7 +291,7 @@ fn node_output_types(node: &NodeProto, types: &HashMap<String, i32>) -> Vec<Opti
         "ConstantOfShape" => all(Some(
             attr(node, "value")
                 .and_then(|a| a.t.as_ref())
-                .map_or(dtype::FLOAT, |t| t.data_type()),
+                .map_or(dtype::FLOAT, |t| t.data_type),
         )),
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor"
         | "Not" | "IsNaN" | "IsInf" => all(Some(dtype::BOOL)),
@@ -335,14 +346,14 @@ fn node_output_types(node: &NodeProto, types: &HashMap<String, i32>) -> Vec<Opti
 
 fn constant_type(node: &NodeProto) -> Option<i32> {
     let a = node.attribute.first()?;
-    match a.name() {
-        "value" => a.t.as_ref().map(|t| t.data_type()),
-        "sparse_value" => a.sparse_tensor.as_ref().map(|s| s.values.data_type()),
+    match a.name.as_str() {
+        "value" => a.t.as_ref().map(|t| t.data_type),
+        "sparse_value" => a.sparse_tensor.as_ref().map(|s| s.values.data_type),
         "value_float" | "value_floats" => Some(dtype::FLOAT),
         "value_int" | "value_ints" => Some(dtype::INT64),
         "value_string" | "value_strings" => Some(dtype::STRING),
-        _ => match a.type_.map(|t| t.enum_value_or_default()) {
-            Some(AttributeType::TENSOR) => a.t.as_ref().map(|t| t.data_type()),
+        _ => match a.type_.enum_value_or_default() {
+            AttributeType::TENSOR => a.t.as_ref().map(|t| t.data_type),
             _ => None,
         },
     }
@@ -354,7 +365,7 @@ mod tests {
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {
-            op_type: Some(op.into()),
+            op_type: op.into(),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
@@ -379,19 +390,20 @@ mod tests {
         let mut graph = GraphProto::default();
         let mut t = TypeProto::default();
         t.set_tensor_type(super::super::proto::type_proto::Tensor {
-            elem_type: Some(dtype::FLOAT),
+            elem_type: dtype::FLOAT,
             ..Default::default()
         });
         let x = super::super::proto::ValueInfoProto {
-            name: Some("x".into()),
+            name: "x".into(),
             type_: Some(t).into(),
             ..Default::default()
         };
         graph.input.push(x);
         let mut cast = node("Cast", &["s"], &["c"]);
         cast.attribute.push(super::super::proto::AttributeProto {
-            name: Some("to".into()),
-            i: Some(dtype::INT32 as i64),
+            name: "to".into(),
+            type_: AttributeType::INT.into(),
+            i: dtype::INT32 as i64,
             ..Default::default()
         });
         let nodes = vec![

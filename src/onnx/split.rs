@@ -160,7 +160,8 @@ const SHAPE_OPS: &[&str] = &[
 ];
 
 fn is_shape_op(node: &NodeProto) -> bool {
-    (node.domain().is_empty() || node.domain() == "ai.onnx") && SHAPE_OPS.contains(&node.op_type())
+    (node.domain.is_empty() || node.domain == "ai.onnx")
+        && SHAPE_OPS.contains(&node.op_type.as_str())
 }
 
 /// Which nodes compute from constants only (initializers, `Constant`s, and nodes of
@@ -259,21 +260,18 @@ pub(crate) fn plan(
             reason: "the model has no graph nodes".into(),
         });
     }
-    let mut initializers: HashSet<String> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect();
+    let mut initializers: HashSet<String> =
+        graph.initializer.iter().map(|t| t.name.clone()).collect();
     initializers.extend(
         graph
             .sparse_initializer
             .iter()
-            .map(|s| s.values.name().to_string()),
+            .map(|s| s.values.name.clone()),
     );
     let graph_inputs: Vec<String> = graph
         .input
         .iter()
-        .map(|v| v.name().to_string())
+        .map(|v| v.name.clone())
         .filter(|n| !initializers.contains(n))
         .collect();
     let sample = graph_inputs
@@ -291,7 +289,7 @@ pub(crate) fn plan(
         initializers,
         graph_inputs,
         token_free,
-        graph_outputs: graph.output.iter().map(|v| v.name().to_string()).collect(),
+        graph_outputs: graph.output.iter().map(|v| v.name.clone()).collect(),
     };
 
     let mut nodes: Vec<NodeProto> = graph.node.clone();
@@ -300,7 +298,7 @@ pub(crate) fn plan(
         .iter()
         .map(|n| {
             comps.iter().position(|c| {
-                n.name().starts_with(&c.prefix) && n.name()[c.prefix.len()..].starts_with('/')
+                n.name.starts_with(&c.prefix) && n.name[c.prefix.len()..].starts_with('/')
             })
         })
         .collect();
@@ -337,7 +335,7 @@ fn remove_unused_copies(ctx: &Ctx, nodes: &mut Vec<NodeProto>, owner: &mut Vec<O
         let dead: Vec<usize> = {
             let consumers = graph::consumers(nodes);
             (0..nodes.len())
-                .filter(|&i| owner[i].is_none() && nodes[i].name().ends_with(OUTSIDE))
+                .filter(|&i| owner[i].is_none() && nodes[i].name.ends_with(OUTSIDE))
                 .filter(|&i| {
                     nodes[i].output.iter().all(|o| {
                         !consumers.contains_key(o.as_str()) && !ctx.graph_outputs.contains(o)
@@ -454,7 +452,7 @@ fn find_activation(
         .filter(|t| {
             producer
                 .get(t.as_str())
-                .is_some_and(|&p| nodes[p].name().starts_with(&norm_prefix))
+                .is_some_and(|&p| nodes[p].name.starts_with(&norm_prefix))
         })
         .collect();
     match from_norm.as_slice() {
@@ -519,8 +517,8 @@ fn duplicate(
     }
     for &i in list {
         let mut copy = nodes[i].clone();
-        if copy.name.is_some() {
-            copy.name = Some(format!("{}{suffix}", copy.name()));
+        if !copy.name.is_empty() {
+            copy.name = format!("{}{suffix}", copy.name);
         }
         for name in copy.input.iter_mut().chain(copy.output.iter_mut()) {
             if let Some(new) = renamed.get(name.as_str()) {
@@ -700,12 +698,12 @@ fn shape_closure_outside(
         if !is_shape_op(node) {
             return Err(format!(
                 "is computed by {} node `{}`, not a shape computation",
-                node.op_type(),
-                node.name()
+                node.op_type.as_str(),
+                node.name.as_str()
             ));
         }
         found.push(p);
-        if matches!(node.op_type(), "Shape" | "Size") {
+        if matches!(node.op_type.as_str(), "Shape" | "Size") {
             let x = node.input.first().map(String::as_str).unwrap_or("");
             let ok =
                 x == comp.activation || ctx.token_free.contains(x) || ctx.initializers.contains(x);
@@ -736,7 +734,7 @@ fn block_inputs(
         let prefix = format!("{}/norm1/", c.id.block.node_prefix());
         let scope: Vec<&NodeProto> = nodes
             .iter()
-            .filter(|n| n.name().starts_with(&prefix))
+            .filter(|n| n.name.starts_with(&prefix))
             .collect();
         let produced: HashSet<&str> = scope
             .iter()
@@ -821,7 +819,7 @@ fn assign_parts(
                             &comps[k].id,
                             format!(
                                 "it reads `{name}`, which is computed after it (by `{}`)",
-                                nodes[p].name()
+                                nodes[p].name.as_str()
                             ),
                         ));
                     }
@@ -974,7 +972,7 @@ impl Declared<'_> {
             (false, d) => d,
         };
         let tensor = type_proto::Tensor {
-            elem_type: Some(elem),
+            elem_type: elem,
             shape: match dims {
                 Some(d) => Some(TensorShapeProto {
                     dim: d
@@ -997,7 +995,7 @@ impl Declared<'_> {
         let mut t = TypeProto::default();
         t.set_tensor_type(tensor);
         Some(ValueInfoProto {
-            name: Some(name.to_string()),
+            name: name.to_string(),
             type_: Some(t).into(),
             ..Default::default()
         })
@@ -1024,12 +1022,12 @@ impl Plan {
         let (external, embedded): (Vec<_>, Vec<_>) = graph
             .initializer
             .iter()
-            .partition(|t| !t.external_data.is_empty() && t.raw_data.is_none());
+            .partition(|t| !t.external_data.is_empty() && t.raw_data.is_empty());
         let mut input = graph.input.clone();
         for t in external {
             let mut tt = TypeProto::default();
             tt.set_tensor_type(type_proto::Tensor {
-                elem_type: Some(t.data_type()),
+                elem_type: t.data_type,
                 shape: Some(TensorShapeProto {
                     dim: t
                         .dims
@@ -1055,7 +1053,7 @@ impl Plan {
         for name in self.boundary() {
             if !self.ctx.graph_outputs.contains(&name) {
                 output.push(ValueInfoProto {
-                    name: Some(name),
+                    name,
                     ..Default::default()
                 });
             }
@@ -1100,7 +1098,7 @@ pub(crate) fn finish(
             .iter()
             .chain(graph.output.iter())
             .chain(graph.value_info.iter())
-            .map(|v| (v.name(), v))
+            .map(|v| (v.name.as_str(), v))
             .collect(),
         probed,
         types: graph::elem_types(graph, &nodes),
@@ -1131,8 +1129,8 @@ pub(crate) fn finish(
                 model: ctx.path.clone(),
                 reason: format!(
                     "cannot tell the element type of `{n}` (made by {} node `{}`) to pass it between cut graphs",
-                    producer.get(n).map_or("no", |&i| nodes[i].op_type()),
-                    producer.get(n).map_or("", |&i| nodes[i].name())
+                    producer.get(n).map_or("no", |&i| nodes[i].op_type.as_str()),
+                    producer.get(n).map_or("", |&i| nodes[i].name.as_str())
                 ),
             })
         };
@@ -1153,22 +1151,18 @@ pub(crate) fn finish(
             })
             .collect();
         let part_graph = GraphProto {
-            name: Some(format!(
-                "{}_{}",
-                graph.name(),
-                file.trim_end_matches(".onnx")
-            )),
+            name: format!("{}_{}", graph.name, file.trim_end_matches(".onnx")),
             node: part_nodes[p].iter().map(|&i| nodes[i].clone()).collect(),
             initializer: graph
                 .initializer
                 .iter()
-                .filter(|t| used.contains(t.name()))
+                .filter(|t| used.contains(t.name.as_str()))
                 .cloned()
                 .collect(),
             sparse_initializer: graph
                 .sparse_initializer
                 .iter()
-                .filter(|s| used.contains(s.values.name()))
+                .filter(|s| used.contains(s.values.name.as_str()))
                 .cloned()
                 .collect(),
             input: input_infos,
@@ -1177,8 +1171,8 @@ pub(crate) fn finish(
                 .value_info
                 .iter()
                 .filter(|v| {
-                    used.contains(v.name())
-                        && !inputs.iter().chain(&outputs).any(|n| n == v.name())
+                    used.contains(v.name.as_str())
+                        && !inputs.iter().chain(&outputs).any(|n| n == v.name.as_str())
                         && !matches!(kind, PartKind::Component { .. })
                 })
                 .cloned()
@@ -1186,7 +1180,7 @@ pub(crate) fn finish(
             quantization_annotation: graph
                 .quantization_annotation
                 .iter()
-                .filter(|a| used.contains(a.tensor_name()))
+                .filter(|a| used.contains(a.tensor_name.as_str()))
                 .cloned()
                 .collect(),
             metadata_props: graph.metadata_props.clone(),
@@ -1236,7 +1230,6 @@ impl CloneWithoutGraph for ModelProto {
             doc_string: self.doc_string.clone(),
             metadata_props: self.metadata_props.clone(),
             functions: self.functions.clone(),
-            configuration: self.configuration.clone(),
             special_fields: self.special_fields.clone(),
             ..Default::default()
         }

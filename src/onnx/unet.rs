@@ -207,7 +207,8 @@ fn stage_counts(nodes: &[NodeProto]) -> (usize, usize) {
     let (mut down, mut up) = (0, 0);
     for node in nodes {
         let Some(first) = node
-            .name()
+            .name
+            .as_str()
             .strip_prefix('/')
             .and_then(|n| n.split('/').next())
         else {
@@ -228,7 +229,7 @@ pub(crate) fn blocks_of_nodes(nodes: &[NodeProto]) -> Vec<TransformerBlock> {
     type Found = BTreeMap<(Stage, usize, usize, usize), (usize, Vec<ComponentKind>)>;
     let mut found: Found = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
-        let Some(p) = parse_node_path(node.name()) else {
+        let Some(p) = parse_node_path(node.name.as_str()) else {
             continue;
         };
         let entry = found
@@ -271,7 +272,7 @@ mod tests {
 
     fn named(name: &str) -> NodeProto {
         NodeProto {
-            name: Some(name.into()),
+            name: name.into(),
             ..Default::default()
         }
     }
