@@ -62,8 +62,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
 
     let mut times = Vec::with_capacity(args.repeats);
     let mut token_ops = Vec::with_capacity(args.repeats);
-    let parts;
-    if args.uncut {
+    let parts = if args.uncut {
         let mut unet = Unet::load(&runtime, &args.unet)?;
         for i in 0..=args.repeats {
             let start = Instant::now();
@@ -72,7 +71,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
                 times.push(start.elapsed());
             }
         }
-        parts = 1;
+        1
     } else {
         // With ratio 0 this measures the cuts alone: the configuration's components at
         // the levels it may merge, all passed through unmerged.
@@ -91,8 +90,8 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
                 token_ops.push(ops);
             }
         }
-        parts = unet.parts(&cut).unwrap_or(0);
-    }
+        unet.parts(&cut).unwrap_or(0)
+    };
     let secs = |d: &Duration| d.as_secs_f64();
     let json = serde_json::json!({
         "median_s": median(&times),
