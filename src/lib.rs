@@ -10,5 +10,7 @@ pub mod engine;
 pub mod host;
 pub mod model;
 pub mod onnx;
+pub mod plan;
 pub mod spec;
+pub mod store;
 pub mod tome;
