@@ -22,7 +22,7 @@ pub struct BenchUnetArgs {
     #[arg(long)]
     unet: PathBuf,
     /// Latent height and width, e.g. `64,64`.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [64, 64])]
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 64])]
     latent: Vec<usize>,
     #[arg(long, default_value_t = 2)]
     batch: usize,
@@ -55,7 +55,9 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         runtime = runtime.with_threads(n);
     }
-    let (h, w) = (args.latent[0], args.latent[1]);
+    let [h, w] = args.latent[..] else {
+        anyhow::bail!("--latent takes two sizes, H,W (got {:?})", args.latent);
+    };
     let sample: Array4<f32> = randn(0, &[args.batch, 4, h, w]).into_dimensionality()?;
     let hidden: Array3<f32> = randn(1, &[args.batch, 77, args.hidden_dim]).into_dimensionality()?;
     let timestep = 500.0;
