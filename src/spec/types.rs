@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::tome::TomeConfig;
 
+use super::errors::Problem;
+use super::schema::Locations;
+
 /// One experiment: a model, a generation setting, prompts × seeds, a sweep over r
 /// and the ToMe configurations to compare.
 #[derive(Clone, Debug)]
@@ -31,6 +34,32 @@ pub struct Spec {
     /// Cells (config, r) that cannot run because r exceeds the configuration's
     /// maximum; reported at load time and shown as "-" in tables, as the thesis did.
     pub skipped: Vec<SkippedCell>,
+    /// What `load` found worth saying but not wrong (the skipped cells above, two
+    /// configurations that merge identically); print them as `warning: {w}`.
+    pub warnings: Vec<Problem>,
+    /// Where every key was written (files of `extends` included), so later checks
+    /// (`check_inputs`, the plan, the model lookup) can point into the spec:
+    /// `spec.locations.problem("model.name", "not in models.lock")`.
+    pub locations: Locations,
+}
+
+impl Spec {
+    /// Whether `(config, ratio)` is a skipped cell (r above the configuration's
+    /// maximum).
+    pub fn is_skipped(&self, config: &str, ratio: f64) -> bool {
+        self.skipped
+            .iter()
+            .any(|c| c.config == config && c.ratio == ratio)
+    }
+
+    /// The sweep's ratios that `config` runs (its skipped cells left out).
+    pub fn ratios_of(&self, config: &str) -> Vec<f64> {
+        self.ratios
+            .iter()
+            .copied()
+            .filter(|&r| !self.is_skipped(config, r))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +76,9 @@ pub struct Generation {
     pub guidance: f32,
     pub scheduler: SchedulerKind,
     pub negative_prompt: String,
-    /// Images per UNet batch (the thesis's `3_batches` experiment); 1 otherwise.
+    /// Images per UNet batch. The thesis generated one image at a time (its
+    /// "batches" in experiment 3 are ToMe's sx × sy cells, not image batches), so
+    /// every thesis spec uses 1.
     pub batch_size: usize,
 }
 
@@ -58,8 +89,12 @@ pub struct PromptSource {
     pub column: String,
     /// How many prompts to draw; all, in file order, when `None`.
     pub sample: Option<usize>,
-    /// Seed of the draw (numpy-compatible, see `plan`).
+    /// Seed of the draw (numpy-compatible, see `plan`); at most 2^32 - 1, numpy's
+    /// seed range.
     pub sampling_seed: u64,
+    /// Draw with replacement, as the thesis's `np.random.randint(0, n, sample)`
+    /// did (default); without replacement `sample` may not exceed the prompts.
+    pub replace: bool,
     /// The thesis's cut of prompts over 300 characters.
     pub cut_long_prompts: bool,
 }
@@ -67,7 +102,9 @@ pub struct PromptSource {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SeedSource {
     /// One image seed per prompt, drawn like the thesis's
-    /// `np.random.randint(0, 4294967295, n)` from this seed.
+    /// `np.random.randint(0, 4294967295, n)` from this seed (a stream of its own,
+    /// not continuing the prompt draw, so a spec sampling 1000 prompts shares its
+    /// first 500 prompt/seed pairs with one sampling 500 under the same seeds).
     Drawn { seed: u64 },
     /// Explicit image seeds, one per prompt (cycled when fewer).
     Listed(Vec<u64>),
@@ -88,7 +125,8 @@ pub struct ConfigSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
     pub fid: bool,
-    /// Inception model for FID (a `models.lock` name or an ONNX file).
+    /// Inception model for FID: a `models.lock` name, or an `.onnx` file (then
+    /// already resolved against the spec's folder); `None` when `fid` is off.
     pub inception: Option<String>,
     pub fid_dims: usize,
     pub paired: bool,
@@ -96,9 +134,19 @@ pub struct Metrics {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReportOptions {
-    /// Prompts shown in image grids.
+    /// Prompts shown in image grids (0: no grids).
     pub grid_prompts: usize,
+    /// Output kinds, a subset of [`ReportOptions::FORMATS`], in the spec's order.
     pub formats: Vec<String>,
+    /// The thesis's data table (7 to 13, `thesis/tables.csv`) that this spec
+    /// reproduces; reports can set its numbers beside ours (configs are matched by
+    /// `label`, which the thesis specs set to the table's series names).
+    pub thesis_table: Option<u32>,
+}
+
+impl ReportOptions {
+    /// Every output kind a report can render.
+    pub const FORMATS: [&'static str; 5] = ["png", "svg", "md", "csv", "tex"];
 }
 
 #[derive(Clone, Debug, PartialEq)]
