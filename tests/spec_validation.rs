@@ -277,6 +277,13 @@ fn numpy_seed_range() {
              label, color, merge, sx, sy, random, seed, max_downsample)",
         ],
     );
+    assert_errors(
+        "[model]\nname = \"tiny\"\n[prompts]\nfile = \"p.csv\"\nsampling_seed = -1\n[[configs]]\nname = \"a\"\nseed = 18446744073709551616\n",
+        &[
+            "{f}:5:17: prompts.sampling_seed: must be at least 0, got -1",
+            "{f}:8:8: configs[0].seed: must be at most 18446744073709551615, got 18446744073709551616",
+        ],
+    );
 }
 
 #[test]

@@ -419,7 +419,7 @@ fn ratios(ctx: &mut Ctx, root: &Section) -> Vec<f64> {
         let Some(g) = number_of(ctx, &key, node) else {
             continue;
         };
-        let r = g.value;
+        let r = g.value + 0.0; // -0 is 0
         let problem = if !r.is_finite() {
             Some(format!("must be a finite number, got {r}"))
         } else if r < 0.0 {
