@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write golden numpy legacy ``RandomState.randint`` outputs for tests/plan_store.rs.
+"""Write golden numpy legacy ``RandomState.randint``/``choice`` outputs for tests/plan_store.rs.
 
 Usage (from the repository root):
 
@@ -15,8 +15,10 @@ RandomState (``src/gen_imgs.py``, NumPy 1.19.5):
 ``tomex::plan::NumpyRandomState`` reproduces this. Each case is a sequence of
 calls on ONE ``np.random.RandomState(seed)`` (the same state as
 ``np.random.seed(seed)`` gives the global functions); a call is
-``randint(low, high, size)`` with the default dtype (int64). The case stores
-every output of every call, in order. The script checks, before writing, that
+``randint(low, high, size)`` with the default dtype (int64), or, written
+``["choice", n, size]``, ``choice(n, size, replace=False)`` (what a spec with
+``replace = false`` samples). The case stores every output of every call, in
+order. The script checks, before writing, that
 its own plain-Python model of numpy's algorithm (MT19937 ``init_genrand``
 seeding; masked rejection sampling on 32-bit draws when ``high - 1 - low`` fits
 in 32 bits, on 64-bit draws ``(hi << 32) | lo`` otherwise) gives the same
@@ -54,6 +56,9 @@ CASES = [
      "calls": [[0, 7, 12], [0, THESIS_SEED_HIGH, 12]]},
     # enough draws to cross several MT19937 state refills (624 words each)
     {"name": "many_draws", "seed": 99, "calls": [[0, 1000, 3000]]},
+    # sampling without replacement, then seeds from the same state
+    {"name": "choice_no_replace", "seed": 5,
+     "calls": [["choice", 10, 5], ["choice", 1, 1], ["choice", 80000, 50], [0, 100, 5]]},
 ]
 
 
@@ -115,6 +120,21 @@ def model_randint(mt, low, high, size):
     return out
 
 
+def model_choice(mt, n, size):
+    """``choice(n, size, replace=False)``: ``permutation(n)[:size]``."""
+    x = list(range(n))
+    for i in range(n - 1, 0, -1):
+        mask = i
+        for s in (1, 2, 4, 8, 16, 32):
+            mask |= mask >> s
+        while True:
+            j = (mt.next32() if i <= 0xFFFFFFFF else mt.next64()) & mask
+            if j <= i:
+                break
+        x[i], x[j] = x[j], x[i]
+    return x[:size]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="golden/numpy_randint.json")
@@ -127,11 +147,16 @@ def main():
         mt = Mt19937(case["seed"])
         outputs = []
         for low, high, size in case["calls"]:
-            got = rs.randint(low, high, size)
-            assert got.dtype == np.int64, got.dtype
-            glob = np.random.randint(low, high, size)
+            if low == "choice":
+                got = rs.choice(high, size, replace=False)
+                glob = np.random.choice(high, size, replace=False)
+                model = model_choice(mt, high, size)
+            else:
+                got = rs.randint(low, high, size)
+                assert got.dtype == np.int64, got.dtype
+                glob = np.random.randint(low, high, size)
+                model = model_randint(mt, low, high, size)
             assert (got == glob).all(), "RandomState and np.random.seed disagree"
-            model = model_randint(mt, low, high, size)
             assert [int(x) for x in got] == model, f"model disagrees in {case['name']}"
             outputs.append([int(x) for x in got])
         cases.append({**case, "outputs": outputs})

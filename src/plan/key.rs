@@ -5,8 +5,10 @@
 //! bytes, no whitespace, strings escaped as `serde_json` escapes them, integers in
 //! decimal, and other numbers as Rust prints an `f64` (the shortest text that reads
 //! back to the same value, never an exponent; a whole number has no `.0`, so `7.5`
-//! and `7.50` and the `f32` guidance `7.5` all print `7.5`). The text starts with
-//! `"format":1`-style versioning through [`KEY_FORMAT`]: changing what a key
+//! and `7.50` and the `f32` guidance `7.5` all print `7.5`). This is Python's
+//! `json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+//! except for whole-valued floats (`7` here, `7.0` there) and tiny or huge ones
+//! (no exponent here). The material carries [`KEY_FORMAT`]: changing what a key
 //! means bumps it, and every earlier result is then simply not found.
 
 use std::collections::BTreeMap;

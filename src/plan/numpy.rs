@@ -1,5 +1,6 @@
 //! numpy's legacy `RandomState`, as far as the thesis used it: seeding with an
-//! integer and `randint(low, high, size)` with the default `int64` dtype.
+//! integer and `randint(low, high, size)` with the default `int64` dtype; and
+//! `choice(n, size, replace=False)` for specs that sample without replacement.
 //!
 //! * **Seeding.** `np.random.seed(s)` / `RandomState(s)` for an integer
 //!   `0 <= s < 2^32` runs MT19937's classic `init_genrand(s)` (numpy's
@@ -15,6 +16,10 @@
 //!   `v = next_u32() & mask` until `v <= rng`, where `mask` is the smallest
 //!   `2^k - 1 >= rng`; wider ranges do the same on 64-bit outputs
 //!   `(next_u32() << 32) | next_u32()`. The result is `low + v`.
+//! * **`choice(n, size, replace=False)`** is `permutation(n)[:size]`, and
+//!   `permutation(n)` shuffles `arange(n)` from the last element down, swapping
+//!   `x[i]` with `x[j]`, `j = random_interval(i)`: the same masked rejection,
+//!   on `[0, i]`.
 //!
 //! numpy's stream-compatibility policy (NEP 19) freezes `RandomState`, so the
 //! thesis's NumPy 1.19.5 and the NumPy of `tools/golden_numpy_randint.py` (whose
@@ -78,6 +83,49 @@ impl NumpyRandomState {
     /// `randint(low, high, size)`.
     pub fn randint(&mut self, low: i64, high: i64, size: usize) -> Vec<i64> {
         (0..size).map(|_| self.randint_one(low, high)).collect()
+    }
+
+    /// numpy's legacy `random_interval(max)`: uniform in `[0, max]` by masked
+    /// rejection on 32-bit outputs (64-bit ones when `max` needs more bits).
+    fn interval(&mut self, max: u64) -> u64 {
+        if max == 0 {
+            return 0;
+        }
+        let mask = mask_for(max);
+        loop {
+            let v = if max <= u32::MAX as u64 {
+                self.mt.next_u32() as u64 & mask
+            } else {
+                let hi = self.mt.next_u32() as u64;
+                ((hi << 32) | self.mt.next_u32() as u64) & mask
+            };
+            if v <= max {
+                return v;
+            }
+        }
+    }
+
+    /// `permutation(n)`: `arange(n)` shuffled by numpy's legacy Fisher-Yates
+    /// (`for i in n-1..1: swap(x[i], x[random_interval(i)])`).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut x: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.interval(i as u64) as usize;
+            x.swap(i, j);
+        }
+        x
+    }
+
+    /// `choice(n, size, replace=False)` without weights: `permutation(n)[:size]`.
+    /// Panics when `size > n`, where numpy raises.
+    pub fn choice_without_replacement(&mut self, n: usize, size: usize) -> Vec<usize> {
+        assert!(
+            size <= n,
+            "choice: cannot take {size} of {n} without replacement"
+        );
+        let mut p = self.permutation(n);
+        p.truncate(size);
+        p
     }
 }
 

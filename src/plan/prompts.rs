@@ -1,6 +1,7 @@
-//! Prompts from a CSV file, sampled and seeded the way the thesis did it.
+//! An experiment's prompts and image seeds, drawn as the thesis drew them.
 //!
-//! The thesis (`src/gen_imgs.py`) read `pd.read_csv(path)[column].values`, then
+//! The thesis (`src/gen_imgs.py`) read `pd.read_csv(path)[column].values` and then,
+//! on numpy's global `RandomState`, which it never seeded:
 //!
 //! ```python
 //! idcs = np.random.randint(0, len(all_prompts), sample_size)
@@ -8,24 +9,23 @@
 //! seeds = np.random.randint(0, 4294967295, len(prompts))
 //! ```
 //!
-//! on numpy's global `RandomState`, which it never seeded (so its draws cannot be
-//! repeated). [`draw`] makes the same two calls on one
-//! [`NumpyRandomState`] seeded with `prompts.sampling_seed`: rows are drawn with
-//! replacement (a prompt can come twice, with two seeds, as in the thesis), and
-//! with `seeds = { draw = S }` where `S` equals the sampling seed the image seeds
-//! continue the same state, exactly the thesis's sequence. A different `S` draws
-//! the seeds from a fresh `RandomState(S)` instead; without `sample`, every row
-//! is used in file order and the seeds come from `RandomState(S)`.
+//! Its numbers cannot be repeated (no seed), so tomex makes the same two numpy
+//! calls on seeded states, each a stream of its own as the spec format says
+//! ([`SeedSource::Drawn`]):
 //!
-//! [`read_column`] reads CSV as pandas' default `read_csv` does for these files:
-//! the first row names the columns; fields are separated by `,` and may be
-//! quoted with `"` (a quoted field holds commas, line breaks and `""` for a
-//! quote); lines end with `\n`, `\r\n` or `\r`; blank lines are skipped (so row
-//! numbers, and hence the thesis's indices, match pandas); a UTF-8 byte-order
-//! mark is dropped. Unlike pandas, empty fields and texts such as `NA` stay
-//! strings rather than becoming `NaN`.
-
-use std::path::{Path, PathBuf};
+//! * rows: `RandomState(prompts.sampling_seed).randint(0, n, sample)` (with
+//!   replacement, the thesis's way: a prompt may come twice, with two seeds), or
+//!   with `replace = false`, `RandomState(sampling_seed).choice(n, sample,
+//!   replace=False)` (numpy's legacy `permutation(n)[:sample]`); without
+//!   `sample`, every row in file order;
+//! * seeds: `RandomState(seeds.draw_seed).randint(0, 4294967295, len(rows))`, or
+//!   the listed seeds, cycled.
+//!
+//! Because each stream starts at its own seed, a spec sampling 1000 prompts gets
+//! the same first 500 prompt/seed pairs as one sampling 500 with the same seeds
+//! (the thesis's 1.4 repeated its 500-prompt experiments with 500 more), and the
+//! store makes those images once. The thesis's single-stream order (seeds drawn
+//! after the rows from the same state) is [`thesis_sequence`].
 
 use super::numpy::{NumpyRandomState, SeedOutOfRange};
 use crate::diffusion::prompt::{cut_prompt, THESIS_MAX_CHARS};
@@ -37,24 +37,10 @@ pub const THESIS_SEED_HIGH: i64 = 4_294_967_295;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PromptError {
-    #[error("cannot read prompt file {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}:{line}: {reason}")]
-    Csv {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-    #[error("prompt file {path} is empty (it needs a header row naming the columns)")]
-    NoHeader { path: PathBuf },
-    #[error("prompt file {path} has no column `{column}`; its columns are: {available}")]
-    NoColumn {
-        path: PathBuf,
-        column: String,
-        available: String,
-    },
     #[error("cannot sample {sample} prompts from an empty prompt list")]
     NoPrompts { sample: usize },
+    #[error("cannot sample {sample} prompts without replacement from {available}")]
+    TooFew { sample: usize, available: usize },
     #[error("prompt sampling: {0}")]
     SamplingSeed(SeedOutOfRange),
     #[error("image seeds: {0}")]
@@ -75,193 +61,66 @@ pub struct DrawnPrompt {
     pub seed: u64,
 }
 
-/// One CSV record with the line it starts on (1-based).
-type CsvRecord = (usize, Vec<String>);
+/// The rows a spec samples from `n` prompts (see the module docs).
+pub fn sample_rows(source: &PromptSource, n: usize) -> Result<Vec<usize>, PromptError> {
+    let Some(sample) = source.sample else {
+        return Ok((0..n).collect());
+    };
+    if sample == 0 {
+        return Ok(Vec::new());
+    }
+    if n == 0 {
+        return Err(PromptError::NoPrompts { sample });
+    }
+    let mut rs = NumpyRandomState::new(source.sampling_seed).map_err(PromptError::SamplingSeed)?;
+    if source.replace {
+        Ok(rs
+            .randint(0, n as i64, sample)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect())
+    } else {
+        if sample > n {
+            return Err(PromptError::TooFew {
+                sample,
+                available: n,
+            });
+        }
+        Ok(rs.choice_without_replacement(n, sample))
+    }
+}
 
-/// Parses CSV text (see the module docs for the dialect).
-pub fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    loop {
-        if chars.peek().is_none() {
-            break;
+/// The image seeds of `count` prompts (see the module docs).
+pub fn image_seeds(seeds: &SeedSource, count: usize) -> Result<Vec<u64>, PromptError> {
+    match seeds {
+        SeedSource::Drawn { seed } => {
+            let mut rs = NumpyRandomState::new(*seed).map_err(PromptError::ImageSeed)?;
+            Ok(rs
+                .randint(0, THESIS_SEED_HIGH, count)
+                .into_iter()
+                .map(|s| s as u64)
+                .collect())
         }
-        let start_line = line;
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let mut quoted_field = false;
-        let mut in_quotes = false;
-        let mut ended_line = false;
-        while let Some(c) = chars.next() {
-            if in_quotes {
-                match c {
-                    '"' if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    '"' => in_quotes = false,
-                    '\n' => {
-                        line += 1;
-                        field.push(c);
-                    }
-                    '\r' => {
-                        if chars.peek() != Some(&'\n') {
-                            line += 1;
-                        }
-                        field.push(c);
-                    }
-                    _ => field.push(c),
-                }
-                continue;
+        SeedSource::Listed(list) => {
+            if list.is_empty() && count > 0 {
+                return Err(PromptError::NoSeeds);
             }
-            match c {
-                ',' => {
-                    fields.push(std::mem::take(&mut field));
-                    quoted_field = false;
-                }
-                '"' if field.is_empty() && !quoted_field => {
-                    in_quotes = true;
-                    quoted_field = true;
-                }
-                '\n' | '\r' => {
-                    if c == '\r' && chars.peek() == Some(&'\n') {
-                        chars.next();
-                    }
-                    line += 1;
-                    ended_line = true;
-                    break;
-                }
-                // text after a closing quote, or a quote inside an unquoted
-                // field, is kept as it is (pandas' C parser does the same)
-                _ => field.push(c),
-            }
-        }
-        if in_quotes {
-            return Err((start_line, "a quoted field is not closed".to_string()));
-        }
-        let blank = fields.is_empty() && field.is_empty() && !quoted_field;
-        fields.push(field);
-        if !blank {
-            records.push((start_line, fields));
-        }
-        if !ended_line {
-            break;
+            Ok((0..count).map(|i| list[i % list.len()]).collect())
         }
     }
-    Ok(records)
 }
 
-/// The values of `column` in the CSV file at `path`, one per data row.
-pub fn read_column(path: &Path, column: &str) -> Result<Vec<String>, PromptError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PromptError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    column_of(&text, column).map_err(|e| match e {
-        ColumnError::Csv(line, reason) => PromptError::Csv {
-            path: path.to_path_buf(),
-            line,
-            reason,
-        },
-        ColumnError::NoHeader => PromptError::NoHeader {
-            path: path.to_path_buf(),
-        },
-        ColumnError::NoColumn(available) => PromptError::NoColumn {
-            path: path.to_path_buf(),
-            column: column.to_string(),
-            available,
-        },
-    })
-}
-
-enum ColumnError {
-    Csv(usize, String),
-    NoHeader,
-    NoColumn(String),
-}
-
-fn column_of(text: &str, column: &str) -> Result<Vec<String>, ColumnError> {
-    let records = parse_csv(text).map_err(|(l, r)| ColumnError::Csv(l, r))?;
-    let mut records = records.into_iter();
-    let (_, header) = records.next().ok_or(ColumnError::NoHeader)?;
-    let idx = header.iter().position(|h| h == column).ok_or_else(|| {
-        ColumnError::NoColumn(
-            header
-                .iter()
-                .map(|h| format!("`{h}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    })?;
-    records
-        .map(|(line, mut fields)| {
-            if fields.len() > header.len() {
-                return Err(ColumnError::Csv(
-                    line,
-                    format!(
-                        "{} fields where the header has {}",
-                        fields.len(),
-                        header.len()
-                    ),
-                ));
-            }
-            Ok(if idx < fields.len() {
-                fields.swap_remove(idx)
-            } else {
-                String::new()
-            })
-        })
-        .collect()
-}
-
-/// The experiment's prompts and seeds from all the prompts of its file (see the
-/// module docs for the draw).
+/// The experiment's prompts and seeds from every prompt of its file.
 pub fn draw(
     source: &PromptSource,
     seeds: &SeedSource,
     all: &[String],
 ) -> Result<Vec<DrawnPrompt>, PromptError> {
-    let mut sampler = None;
-    let rows: Vec<usize> = match source.sample {
-        Some(n) => {
-            if all.is_empty() && n > 0 {
-                return Err(PromptError::NoPrompts { sample: n });
-            }
-            let mut rs =
-                NumpyRandomState::new(source.sampling_seed).map_err(PromptError::SamplingSeed)?;
-            let rows = rs
-                .randint(0, all.len() as i64, n)
-                .into_iter()
-                .map(|i| i as usize)
-                .collect();
-            sampler = Some(rs);
-            rows
-        }
-        None => (0..all.len()).collect(),
-    };
-    let image_seeds: Vec<u64> = match seeds {
-        SeedSource::Drawn { seed } => {
-            let mut rs = match sampler {
-                Some(rs) if *seed == source.sampling_seed => rs,
-                _ => NumpyRandomState::new(*seed).map_err(PromptError::ImageSeed)?,
-            };
-            rs.randint(0, THESIS_SEED_HIGH, rows.len())
-                .into_iter()
-                .map(|s| s as u64)
-                .collect()
-        }
-        SeedSource::Listed(list) => {
-            if list.is_empty() && !rows.is_empty() {
-                return Err(PromptError::NoSeeds);
-            }
-            (0..rows.len()).map(|i| list[i % list.len()]).collect()
-        }
-    };
+    let rows = sample_rows(source, all.len())?;
+    let seeds = image_seeds(seeds, rows.len())?;
     Ok(rows
         .into_iter()
-        .zip(image_seeds)
+        .zip(seeds)
         .map(|(row, seed)| {
             let text = all[row].clone();
             let prompt = if source.cut_long_prompts {
@@ -279,57 +138,27 @@ pub fn draw(
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn col(text: &str) -> Vec<String> {
-        match column_of(text, "prompt") {
-            Ok(v) => v,
-            Err(_) => panic!("not parsed"),
-        }
+/// The thesis's exact sequence had it called `np.random.seed(seed)` first: rows
+/// `randint(0, n, sample)`, then seeds `randint(0, 4294967295, sample)` from the
+/// same state. (Specs draw the two from separate seeds instead; see the module docs.)
+pub fn thesis_sequence(
+    seed: u64,
+    n: usize,
+    sample: usize,
+) -> Result<(Vec<usize>, Vec<u64>), PromptError> {
+    let mut rs = NumpyRandomState::new(seed).map_err(PromptError::SamplingSeed)?;
+    if n == 0 && sample > 0 {
+        return Err(PromptError::NoPrompts { sample });
     }
-
-    #[test]
-    fn quoted_fields_hold_commas_quotes_and_line_breaks() {
-        let text = "\u{feff}id,prompt\r\n1,\"a cat, \"\"cute\"\", 4k\"\r\n\r\n2,plain\n3,\"two\nlines\"\n4,\n5,ab\"c\n6";
-        assert_eq!(
-            col(text),
-            [
-                "a cat, \"cute\", 4k",
-                "plain",
-                "two\nlines",
-                "",
-                "ab\"c",
-                ""
-            ]
-        );
-    }
-
-    #[test]
-    fn single_column_files_and_blank_lines() {
-        assert_eq!(col("prompt\nx\n\n\ny\n"), ["x", "y"]);
-        assert_eq!(col("prompt\r\"q\"\rz"), ["q", "z"]);
-        assert_eq!(col("prompt\n\"\"\n"), [""]);
-    }
-
-    #[test]
-    fn csv_errors_name_the_line() {
-        assert!(matches!(
-            column_of("prompt\nok\n\"open\n\n", "prompt"),
-            Err(ColumnError::Csv(3, _))
-        ));
-        assert!(matches!(
-            column_of("prompt\na,b\n", "prompt"),
-            Err(ColumnError::Csv(2, _))
-        ));
-        assert!(matches!(
-            column_of("", "prompt"),
-            Err(ColumnError::NoHeader)
-        ));
-        match column_of("Prompt,x\n", "prompt") {
-            Err(ColumnError::NoColumn(a)) => assert_eq!(a, "`Prompt`, `x`"),
-            _ => panic!("expected NoColumn"),
-        }
-    }
+    let rows = rs
+        .randint(0, n as i64, sample)
+        .into_iter()
+        .map(|i| i as usize)
+        .collect();
+    let seeds = rs
+        .randint(0, THESIS_SEED_HIGH, sample)
+        .into_iter()
+        .map(|s| s as u64)
+        .collect();
+    Ok((rows, seeds))
 }
