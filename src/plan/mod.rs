@@ -209,11 +209,7 @@ pub fn expand_drawn(spec: &Spec, model: &ModelIdentity, prompts: &[DrawnPrompt])
         .collect();
     for &ratio in &spec.ratios {
         for config in &spec.configs {
-            let listed = spec
-                .skipped
-                .iter()
-                .any(|s| s.config == config.name && s.ratio == ratio);
-            if listed || ratio > config.tome.max_ratio() {
+            if spec.is_skipped(&config.name, ratio) || ratio > config.tome.max_ratio() {
                 continue;
             }
             let tome = NormalTome::of(&config.tome, ratio);

@@ -8,7 +8,8 @@
 //! * no directory or no file: nobody; the next claim is generation 0;
 //! * head `"state": "claimed"`: its worker holds the job, unless the claim is
 //!   stale; whoever sees it stale claims generation head + 1;
-//! * head `"state": "released"`: nobody; the next claim is head + 1.
+//! * head `"state": "released"`: nobody; the next claim is head + 1;
+//! * head `"state": "completed"`: the job is done; nobody claims it again.
 //!
 //! A claim is stale when its worker is dead: on the same machine (same host name,
 //! boot id and pid namespace) when its process is gone (pid absent, or the pid
@@ -17,9 +18,14 @@
 //! its own file with a fresh heartbeat (write and rename, so readers see the old
 //! or the new text) and checks on every heartbeat, and before completing, that
 //! no later generation exists; if one does, the job was taken over and the claim
-//! is lost. Files are never removed one by one, so a generation, once seen,
-//! stays; the whole directory goes when the job is done (its record is written
-//! first, and every claimer looks at the record again after winning a claim).
+//! is lost. Files are never removed while workers run, so a generation, once
+//! seen, stays, and a worker can only ever win the generation after the true
+//! head. The `completed` entry (written right after the job's record) keeps a
+//! done job from being claimed again even where another host's view of the
+//! object directory lags (NFS attribute caching can hide a new `record.json` for
+//! a while; the `link` that creates a generation always goes to the server).
+//! [`Store::tidy`](super::Store::tidy) removes the logs of done jobs when no
+//! worker runs.
 //!
 //! Why a log rather than one `claims/<key>.json`: taking over a stale claim
 //! means replacing a file that other workers may be replacing at the same
@@ -192,6 +198,7 @@ pub fn rfc3339(ms: u64) -> String {
 pub enum ClaimState {
     Claimed,
     Released,
+    Completed,
 }
 
 /// One generation file of a claim log.
@@ -201,7 +208,7 @@ pub struct ClaimInfo {
     pub key: String,
     pub generation: u64,
     pub state: ClaimState,
-    /// For `released`: `completed`, `failed`, `released`, or `already done`.
+    /// For `released`: `failed`, `released`, or `already done`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     pub worker: String,
@@ -310,6 +317,8 @@ pub(crate) enum Next {
     Claim(u64),
     /// Someone holds the job.
     Held,
+    /// The job is done.
+    Done,
 }
 
 pub(crate) fn next_step(head: &Head, me: &Worker, timeout: Duration) -> Next {
@@ -317,6 +326,7 @@ pub(crate) fn next_step(head: &Head, me: &Worker, timeout: Duration) -> Next {
         Head::Empty => Next::Claim(0),
         Head::Info(info) => match info.state {
             ClaimState::Released => Next::Claim(info.generation + 1),
+            ClaimState::Completed => Next::Done,
             ClaimState::Claimed if is_stale(info, me, timeout) => Next::Claim(info.generation + 1),
             ClaimState::Claimed => Next::Held,
         },
@@ -453,6 +463,15 @@ impl Claim {
     }
 
     pub(crate) fn release_with(&self, reason: &str) -> Result<(), StoreError> {
+        self.end(ClaimState::Released, reason)
+    }
+
+    /// Ends the claim of a job whose record is written.
+    pub(crate) fn complete(&self) -> Result<(), StoreError> {
+        self.end(ClaimState::Completed, "")
+    }
+
+    fn end(&self, state: ClaimState, reason: &str) -> Result<(), StoreError> {
         let mut shared = self.shared.lock().expect("claim lock");
         if shared.released {
             return Ok(());
@@ -460,7 +479,7 @@ impl Claim {
         shared.released = true;
         let mut info = shared.info.clone();
         info.generation += 1;
-        info.state = ClaimState::Released;
+        info.state = state;
         info.reason = reason.to_string();
         let now = now_ms();
         info.heartbeat_unix_ms = now;
@@ -472,16 +491,6 @@ impl Claim {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(&path, e)),
         }
-    }
-
-    /// Marks the claim as ended without writing a generation (the log is about
-    /// to be removed).
-    pub(crate) fn mark_released(&self) {
-        self.shared.lock().expect("claim lock").released = true;
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
@@ -540,8 +549,7 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Removes a finished job's claim log (best effort: a worker racing to claim
-/// the job may add a file meanwhile; it then sees the record and releases).
+/// Removes a claim log (best effort).
 pub(crate) fn remove_log(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }

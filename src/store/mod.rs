@@ -29,9 +29,10 @@
 //!    every winner looks for `record.json` again after winning, so a job that
 //!    finished meanwhile is not run again.
 //! 4. **A dead worker's claim is recoverable.** Killed at any instant, a worker
-//!    leaves each job it touched either done (record written; a leftover claim
-//!    log of a done job is ignored and tidied), or claimed by a process that no
-//!    longer exists: on the same machine that is seen at once (pid gone or
+//!    leaves each job it touched either done (record written; its claim log
+//!    then ends in `completed`, or, killed just before that, in a claim that no
+//!    one takes over because the record is seen first), or claimed by a process
+//!    that no longer exists: on the same machine that is seen at once (pid gone or
 //!    reused), from other machines once its heartbeat is older than the claim
 //!    timeout. The next worker then claims the following generation.
 //!
@@ -211,7 +212,7 @@ impl Store {
             }
             let head = claim::read_head(&dir)?;
             let generation = match claim::next_step(&head, worker, self.claim_timeout) {
-                claim::Next::Held => return Ok(None),
+                claim::Next::Held | claim::Next::Done => return Ok(None),
                 claim::Next::Claim(g) => g,
             };
             let Some(info) = claim::try_create(&dir, key, generation, worker)? else {
@@ -227,8 +228,8 @@ impl Store {
         Ok(None)
     }
 
-    /// Stores the finished job: image, then record, then releases the claim and
-    /// removes its log. Returns the record written.
+    /// Stores the finished job: image, then record, then the claim log's
+    /// `completed` entry. Returns the record written.
     pub fn complete(
         &self,
         claim: Claim,
@@ -275,10 +276,7 @@ impl Store {
         claim.check()?;
         let path = dir.join(RECORD);
         fsx::write_atomic(&path, &to_json(&record)).map_err(|e| StoreError::io(&path, e))?;
-        // done: the claim log has no further use
-        claim.release_with("completed")?;
-        claim::remove_log(claim.dir());
-        claim.mark_released();
+        claim.complete()?;
         Ok(record)
     }
 
@@ -368,9 +366,10 @@ impl Store {
         c
     }
 
-    /// Removes what finished or dead workers left: claim logs of done jobs and
-    /// temporary files in the store's root. Returns the number of claim logs
-    /// removed. Safe while other workers run.
+    /// Removes the claim logs of done jobs; returns how many. Run it when no
+    /// worker is running on the store (e.g. after a run, or before `tar`): a
+    /// log's `completed` entry is what keeps another host whose view of the
+    /// directory lags from claiming a done job.
     pub fn tidy(&self) -> Result<usize, StoreError> {
         let dir = self.root.join("claims");
         let mut removed = 0;
