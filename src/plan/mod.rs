@@ -178,7 +178,7 @@ pub fn model_identity(spec: &Spec, files: Option<&BTreeMap<String, String>>) -> 
 }
 
 /// Expands `spec` over `all_prompts` (every prompt of its prompt file, see
-/// [`prompts::read_column`]): draws the prompts and seeds, then
+/// [`crate::spec::read_prompts`]): draws the prompts and seeds, then
 /// [`expand_drawn`]. `model_files` are the model's file digests (path →
 /// `sha256:<hex>`); without them the keys are provisional.
 pub fn expand(

@@ -5,7 +5,7 @@
 //! * **Seeding.** `np.random.seed(s)` / `RandomState(s)` for an integer
 //!   `0 <= s < 2^32` runs MT19937's classic `init_genrand(s)` (numpy's
 //!   `mt19937_seed`), the same recurrence torch uses, so the engine is
-//!   [`Mt19937`](crate::diffusion::rng::Mt19937). numpy rejects larger seeds
+//!   [`crate::diffusion::rng::Mt19937`]. numpy rejects larger seeds
 //!   ("Seed must be between 0 and 2**32 - 1"), and so does [`NumpyRandomState::new`].
 //!   (Arrays and `None` take other paths, `init_by_array` and OS entropy; the
 //!   thesis passed neither.)

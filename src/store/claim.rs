@@ -1,7 +1,7 @@
 //! Claims: which worker runs which job, as a log of generations per job.
 //!
 //! `claims/<key>/` holds files `00000000.json`, `00000001.json`, … Each is created
-//! with [`create_exclusive`](super::fsx::create_exclusive), so for every
+//! with [`super::fsx::create_exclusive`], so for every
 //! generation number exactly one worker succeeds. The file with the highest
 //! number (the head) says who holds the job:
 //!

@@ -38,6 +38,33 @@
 //!
 //! The claim protocol, and what it assumes of the file system and clocks, is in
 //! [`claim`]; the primitives in [`fsx`].
+//!
+//! # A worker's loop
+//!
+//! ```no_run
+//! use tomex::plan::{Job, Plan, Shard};
+//! use tomex::store::{Measurement, Store, Worker, DEFAULT_HEARTBEAT};
+//!
+//! fn make_image(job: &Job) -> anyhow::Result<(Vec<u8>, Measurement)> {
+//!     unimplemented!()
+//! }
+//!
+//! fn run(plan: &Plan, shard: Shard) -> anyhow::Result<()> {
+//!     let store = Store::open("results")?;
+//!     let me = Worker::current(format!("shard {shard}"));
+//!     for job in plan.shard(shard) {
+//!         // None: done, or held by a live worker
+//!         let Some(claim) = store.try_claim(&job.key, &me)? else { continue };
+//!         let _alive = claim.keep_alive(DEFAULT_HEARTBEAT);
+//!         match make_image(job) {
+//!             Ok((png, measured)) => drop(store.complete(claim, job, &png, measured)?),
+//!             Err(e) => drop(store.fail(claim, job, &format!("{e:#}"))?),
+//!         }
+//!     }
+//!     store.write_manifest_for(plan, None)?;
+//!     Ok(())
+//! }
+//! ```
 
 pub mod claim;
 pub mod fsx;
