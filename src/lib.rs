@@ -11,6 +11,7 @@ pub mod host;
 pub mod model;
 pub mod onnx;
 pub mod plan;
+pub mod runner;
 pub mod spec;
 pub mod store;
 pub mod tome;

@@ -4,7 +4,9 @@
 mod bench;
 mod generate;
 mod models;
+mod plan;
 mod resolve;
+mod run;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,10 @@ struct Cli {
 enum Command {
     /// Generate one image for a prompt and a seed.
     Generate(generate::GenerateArgs),
+    /// Generate, time and store every image an experiment spec needs.
+    Run(run::RunArgs),
+    /// Count a spec's jobs, what is stored, and estimate the time left.
+    Plan(plan::PlanArgs),
     /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
     BenchUnet(bench::BenchUnetArgs),
     /// List, verify and add models in models.lock.
@@ -49,6 +55,8 @@ pub fn main() -> i32 {
         Command::Generate(args) => generate::run(&global, args),
         Command::Models(cmd) => models::run(&global, cmd),
         Command::BenchUnet(args) => bench::run(&global, args),
+        Command::Run(args) => run::run(&global, args),
+        Command::Plan(args) => plan::run(&global, args),
     };
     match result {
         Ok(()) => 0,

@@ -203,16 +203,7 @@ impl ModelsLock {
             path: dir.into(),
             reason: e.to_string(),
         };
-        let mut files = BTreeMap::new();
-        for file in files_under(dir).map_err(read_err)? {
-            let rel = file.strip_prefix(dir).expect("listed under dir");
-            let rel = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            files.insert(rel, cache.digest(&file).map_err(read_err)?);
-        }
+        let files = digest_files(dir, cache).map_err(read_err)?;
         let base = self.base_dir().canonicalize().ok();
         let abs = dir.canonicalize().map_err(read_err)?;
         let path = match base.as_deref().and_then(|b| abs.strip_prefix(b).ok()) {
@@ -248,6 +239,26 @@ impl ModelsLock {
         std::fs::write(&tmp, format!("{HEADER}{body}")).map_err(|e| write_err(e.to_string()))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| write_err(e.to_string()))
     }
+}
+
+/// Every file under `dir` (hidden ones skipped) by its `/`-separated relative path,
+/// with its `sha256:` digest: what `models.lock` pins, and a model's identity in
+/// job keys when it is given as a directory.
+pub fn digest_files(
+    dir: &Path,
+    cache: &mut DigestCache,
+) -> std::io::Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    for file in files_under(dir)? {
+        let rel = file.strip_prefix(dir).expect("listed under dir");
+        let rel = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.insert(rel, cache.digest(&file)?);
+    }
+    Ok(files)
 }
 
 /// Regular files under `dir`, sorted, hidden files skipped.

@@ -7,4 +7,4 @@ mod lock;
 
 pub use digest::{sha256_file, DigestCache};
 pub use layout::{ModelDir, ModelError};
-pub use lock::{LockEntry, LockError, ModelsLock, Problem, LOCK_FILE};
+pub use lock::{digest_files, LockEntry, LockError, ModelsLock, Problem, LOCK_FILE};

@@ -1,0 +1,126 @@
+//! `tomex plan SPEC`: what a run would do, without the model if need be.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Global;
+use crate::plan::{NormalTome, Shard};
+use crate::runner::{prepare, ModelStatus, PromptStatus};
+use crate::store::Store;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Results directory (default: the spec's `store`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// This worker's slice, `i/n` (default: SLURM_ARRAY_TASK_ID/COUNT, else all).
+    #[arg(long)]
+    pub shard: Option<Shard>,
+}
+
+pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
+    let prepared = prepare(&args.spec, global.lock.as_deref(), false)?;
+    let spec = &prepared.spec;
+    for warning in &spec.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let shard = super::run::shard(args.shard)?;
+    println!("spec `{}` ({})", spec.name, spec.path.display());
+    match &prepared.model {
+        ModelStatus::Ready { dir, .. } => println!("  model: {}", dir.root.display()),
+        ModelStatus::Pinned { note, .. } => println!("  model: {note}"),
+        ModelStatus::Missing(note) => println!("  model: {note} (job keys are provisional)"),
+    }
+    match &prepared.prompts {
+        PromptStatus::Read(n) => println!(
+            "  prompts: {} ({n} in column `{}`)",
+            spec.prompts.file.display(),
+            spec.prompts.column
+        ),
+        PromptStatus::Missing(note) => println!("  prompts: {note}"),
+    }
+    let plan = &prepared.plan;
+    let jobs = plan.shard(shard);
+    println!(
+        "jobs: {} unique for {} cells ({} configurations x {} ratios x {} prompts, r = 0 shared){}",
+        plan.len(),
+        plan.cell_count(),
+        spec.configs.len(),
+        spec.ratios.len(),
+        spec.prompts
+            .sample
+            .map_or("all".to_string(), |n| n.to_string()),
+        if shard.count > 1 {
+            format!("; shard {shard}: {}", jobs.len())
+        } else {
+            String::new()
+        }
+    );
+    let store_dir = args.store.clone().unwrap_or_else(|| spec.store.clone());
+    if !store_dir.join("objects").is_dir() {
+        println!(
+            "stored: none yet ({} does not exist); to run: {}",
+            store_dir.display(),
+            jobs.len()
+        );
+        println!("estimate: no timings stored yet");
+        return Ok(());
+    }
+    let store = Store::open(&store_dir)?;
+    let counts = store.counts(jobs.iter().copied());
+    println!(
+        "stored: {}, failed earlier (retried on the next run): {}, to run: {}",
+        counts.done,
+        counts.failed,
+        counts.failed + counts.todo
+    );
+
+    // Mean wall time per ToMe setting among stored jobs of this plan.
+    let mut by_tome: HashMap<String, (f64, usize)> = HashMap::new();
+    for job in &jobs {
+        if let Ok(Some(record)) = store.record(&job.key) {
+            let e = by_tome.entry(tome_key(&job.material.tome)).or_default();
+            e.0 += record.timings.wall_s;
+            e.1 += 1;
+        }
+    }
+    let (all_s, all_n) = by_tome
+        .values()
+        .fold((0.0, 0), |(s, n), (s2, n2)| (s + s2, n + n2));
+    if all_n == 0 {
+        println!("estimate: no timings stored yet");
+        return Ok(());
+    }
+    let mean_all = all_s / all_n as f64;
+    let estimate: f64 = jobs
+        .iter()
+        .filter(|j| !store.is_done(&j.key))
+        .map(|j| {
+            by_tome
+                .get(&tome_key(&j.material.tome))
+                .map_or(mean_all, |(s, n)| s / *n as f64)
+        })
+        .sum();
+    println!(
+        "estimate: {} (from {all_n} stored images, mean {mean_all:.2} s/image)",
+        hms(estimate)
+    );
+    Ok(())
+}
+
+fn tome_key(tome: &Option<NormalTome>) -> String {
+    format!("{tome:?}")
+}
+
+fn hms(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}

@@ -1,0 +1,136 @@
+//! `tomex run SPEC`: generate, time and store every image the spec needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::Global;
+use crate::diffusion::pipeline::StableDiffusion;
+use crate::engine::{Device, Runtime};
+use crate::plan::Shard;
+use crate::runner::{execute, prepare, RunObserver, Summary};
+use crate::store::Store;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Results directory (default: the spec's `store`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// This worker's slice, `i/n` (default: SLURM_ARRAY_TASK_ID/COUNT, else all).
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// No progress bar; only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `--shard`, else SLURM's array variables, else everything.
+pub fn shard(flag: Option<Shard>) -> anyhow::Result<Shard> {
+    Ok(match flag {
+        Some(s) => s,
+        None => Shard::from_env()?.unwrap_or(Shard::ALL),
+    })
+}
+
+pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
+    let prepared = prepare(&args.spec, global.lock.as_deref(), true)?;
+    for warning in &prepared.spec.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let shard = shard(args.shard)?;
+    let store_dir = args
+        .store
+        .clone()
+        .unwrap_or_else(|| prepared.spec.store.clone());
+    let store = Store::open(&store_dir)?;
+    let model = prepared
+        .model_dir()
+        .expect("strict preparation checks the model");
+    let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
+    let mut sd = StableDiffusion::load(&runtime, model)?;
+    let mut observer = Progress::new(args.quiet);
+    let summary = execute(&prepared, &store, shard, &runtime, &mut sd, &mut observer)?;
+    observer.finish();
+    let (manifest, rows) = store.write_manifest_for(&prepared.plan, None)?;
+    print_summary(&prepared.spec.name, shard, &summary);
+    println!(
+        "store: {} (manifest: {}, {rows} rows)",
+        store_dir.display(),
+        manifest.display()
+    );
+    if !summary.failed.is_empty() {
+        bail!(
+            "{} job(s) failed; their errors are in the store and they are retried on the next run",
+            summary.failed.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(spec: &str, shard: Shard, s: &Summary) {
+    let shard = if shard.count > 1 {
+        format!(" (shard {shard})")
+    } else {
+        String::new()
+    };
+    println!(
+        "{spec}{shard}: {} jobs: {} generated, {} already stored, {} held by other workers, {} failed",
+        s.planned,
+        s.generated,
+        s.already_stored,
+        s.held_elsewhere,
+        s.failed.len()
+    );
+    for (key, label, error) in &s.failed {
+        println!("  failed {} ({label}): {error}", &key[..12.min(key.len())]);
+    }
+}
+
+/// A progress bar with ETA and the current configuration and r, on stderr.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        let bar = ProgressBar::hidden();
+        if !quiet {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} images, ETA {eta} | {msg}")
+                    .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(500));
+        }
+        Progress { bar }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RunObserver for Progress {
+    fn start(&mut self, todo: usize) {
+        self.bar.set_length(todo as u64);
+    }
+
+    fn job_started(&mut self, label: &str) {
+        self.bar.set_message(label.to_string());
+    }
+
+    fn job_finished(&mut self, outcome: &Result<f64, String>) {
+        if let Err(e) = outcome {
+            self.bar.println(format!("failed: {e}"));
+        }
+        self.bar.inc(1);
+    }
+}

@@ -1,0 +1,186 @@
+//! From a spec to stored images: resolve the model and prompts, expand the plan,
+//! and run the jobs of a shard that the store does not hold yet, one claimed job at
+//! a time. A killed run resumes with nothing lost and nothing done twice (the
+//! store's claims and atomic writes, see `store`).
+
+mod prepare;
+
+use std::time::Instant;
+
+use crate::diffusion::pipeline::{Request, StableDiffusion};
+use crate::diffusion::scheduler::SchedulerKind;
+use crate::engine::Runtime;
+use crate::plan::{Job, Shard};
+use crate::store::{Measurement, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT};
+
+pub use prepare::{prepare, ModelStatus, Prepared, PromptStatus};
+
+/// What a run tells its observer (the command line's progress bar).
+pub trait RunObserver {
+    /// Before the first job: how many jobs this worker will try.
+    fn start(&mut self, todo: usize);
+    /// A job begins; `label` names its configuration and r.
+    fn job_started(&mut self, label: &str);
+    /// A job ended (`Err` holds the message recorded in the store).
+    fn job_finished(&mut self, outcome: &Result<f64, String>);
+}
+
+/// How a run went.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Jobs of this shard.
+    pub planned: usize,
+    /// Already in the store when the run started.
+    pub already_stored: usize,
+    /// Generated and stored by this run.
+    pub generated: usize,
+    /// Held by another worker when this one reached them.
+    pub held_elsewhere: usize,
+    /// Failed in this run: (key, label, error).
+    pub failed: Vec<(String, String, String)>,
+}
+
+/// The `Request` that makes a job's image.
+pub fn request_for(job: &Job) -> Result<Request, String> {
+    let m = &job.material;
+    if m.batch_size != 1 {
+        return Err(format!(
+            "batch_size {} is not supported yet (1 image per UNet batch)",
+            m.batch_size
+        ));
+    }
+    let scheduler: SchedulerKind = m.scheduler.parse().map_err(|e| format!("{e}"))?;
+    Ok(Request {
+        prompt: m.prompt.clone(),
+        negative_prompt: m.negative_prompt.clone(),
+        seed: m.seed,
+        steps: m.steps,
+        guidance: m.guidance as f32,
+        width: m.width,
+        height: m.height,
+        scheduler,
+        tome: m.tome_config(),
+    })
+}
+
+/// `config, r = 0.3` for progress lines: the job's first cell.
+pub fn label(job: &Job) -> String {
+    match job.cells.first() {
+        Some(c) if c.ratio == 0.0 => "baseline, r = 0".to_string(),
+        Some(c) => format!("{}, r = {}", c.config, c.ratio),
+        None => job.key[..12].to_string(),
+    }
+}
+
+/// Builds the sessions once and makes every ToMe configuration's split once
+/// (a one-step image of each), so the timed images pay for neither.
+pub fn warm_up(sd: &mut StableDiffusion, jobs: &[&Job]) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for job in jobs {
+        let tome = job.material.tome.clone();
+        if seen.contains(&tome) {
+            continue;
+        }
+        seen.push(tome);
+        let mut request = request_for(job)?;
+        request.steps = 1;
+        sd.generate(&request).map_err(|e| format!("warm-up: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the jobs of `shard` that `store` does not hold yet.
+pub fn execute(
+    prepared: &Prepared,
+    store: &Store,
+    shard: Shard,
+    runtime: &Runtime,
+    sd: &mut StableDiffusion,
+    observer: &mut dyn RunObserver,
+) -> Result<Summary, crate::store::StoreError> {
+    let jobs = prepared.plan.shard(shard);
+    let todo: Vec<&Job> = jobs
+        .iter()
+        .copied()
+        .filter(|j| !store.is_done(&j.key))
+        .collect();
+    let mut summary = Summary {
+        planned: jobs.len(),
+        already_stored: jobs.len() - todo.len(),
+        ..Summary::default()
+    };
+    if todo.is_empty() {
+        return Ok(summary);
+    }
+    if let Err(e) = warm_up(sd, &todo) {
+        // Every job would fail the same way; record it on the first and stop.
+        if let Some(claim) = store.try_claim(&todo[0].key, &Worker::current(shard.to_string()))? {
+            store.fail(claim, todo[0], &e)?;
+        }
+        summary
+            .failed
+            .push((todo[0].key.clone(), label(todo[0]), e));
+        return Ok(summary);
+    }
+    let worker = Worker::current(format!("shard {shard}"));
+    observer.start(todo.len());
+    for job in todo {
+        let Some(claim) = store.try_claim(&job.key, &worker)? else {
+            // Done meanwhile, or another live worker holds it.
+            if !store.is_done(&job.key) {
+                summary.held_elsewhere += 1;
+            }
+            continue;
+        };
+        let _alive = claim.keep_alive(DEFAULT_HEARTBEAT);
+        let label = label(job);
+        observer.job_started(&label);
+        match make_image(job, runtime, sd) {
+            Ok((png, measured)) => {
+                let wall = measured.timings.wall_s;
+                store.complete(claim, job, &png, measured)?;
+                summary.generated += 1;
+                observer.job_finished(&Ok(wall));
+            }
+            Err(e) => {
+                store.fail(claim, job, &e)?;
+                summary.failed.push((job.key.clone(), label, e.clone()));
+                observer.job_finished(&Err(e));
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// One image, timed as the thesis timed it (the whole pipeline call), with its
+/// stages and the process's peak memory while it ran.
+fn make_image(
+    job: &Job,
+    runtime: &Runtime,
+    sd: &mut StableDiffusion,
+) -> Result<(Vec<u8>, Measurement), String> {
+    let request = request_for(job)?;
+    let peak_resettable = crate::host::reset_peak_rss();
+    let start = Instant::now();
+    let (image, t) = sd.generate(&request).map_err(|e| e.to_string())?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| format!("encoding the PNG: {e}"))?;
+    let measured = Measurement {
+        timings: Timings {
+            wall_s,
+            text_encoder_s: t.text_encoding.as_secs_f64(),
+            unet_s: t.unet.as_secs_f64(),
+            vae_s: t.vae.as_secs_f64(),
+        },
+        peak_memory: PeakMemory {
+            host_rss_bytes: peak_resettable.then(crate::host::peak_rss_bytes).flatten(),
+            device_bytes: None,
+        },
+        device: runtime.device().to_string(),
+        onnxruntime: runtime.version(),
+    };
+    Ok((png, measured))
+}

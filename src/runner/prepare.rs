@@ -1,0 +1,174 @@
+//! A spec, its model and its prompts, expanded into a plan. `tomex plan` prepares
+//! leniently (a missing model or prompt file is noted and jobs are still counted);
+//! `tomex run` strictly (either is an error that says what to do).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::model::{digest_files, DigestCache, ModelDir, ModelsLock};
+use crate::plan::{self, Plan};
+use crate::spec::{self, ModelRef, Spec};
+
+/// Where the spec's model stands.
+#[derive(Debug)]
+pub enum ModelStatus {
+    /// Present and (for a lock name) matching its digests.
+    Ready {
+        dir: ModelDir,
+        files: BTreeMap<String, String>,
+    },
+    /// Known by its digests (a lock entry) but not checked or not present.
+    Pinned {
+        files: BTreeMap<String, String>,
+        note: String,
+    },
+    /// Unknown: job keys are provisional.
+    Missing(String),
+}
+
+/// Where the spec's prompts stand.
+#[derive(Debug)]
+pub enum PromptStatus {
+    /// The prompt file's column holds this many prompts.
+    Read(usize),
+    /// The file could not be read; jobs are counted on placeholders.
+    Missing(String),
+}
+
+/// A spec expanded into its plan.
+pub struct Prepared {
+    pub spec: Spec,
+    pub plan: Plan,
+    pub model: ModelStatus,
+    pub prompts: PromptStatus,
+}
+
+impl Prepared {
+    /// The model directory, for running.
+    pub fn model_dir(&self) -> Option<&ModelDir> {
+        match &self.model {
+            ModelStatus::Ready { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+}
+
+/// Loads and validates `spec_path` and expands it. `strict`: the model must be
+/// present and match `models.lock`, and the prompt file readable.
+pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::Result<Prepared> {
+    let spec = spec::load(spec_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    if strict {
+        let problems = spec::check_inputs(&spec);
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            bail!("{}", lines.join("\n"));
+        }
+    }
+    let model = model_status(&spec, lock, strict)?;
+    let files = match &model {
+        ModelStatus::Ready { files, .. } | ModelStatus::Pinned { files, .. } => Some(files),
+        ModelStatus::Missing(_) => None,
+    };
+    let (prompts, status) = match spec::read_prompts(&spec.prompts.file, &spec.prompts.column) {
+        Ok(all) => {
+            let n = all.len();
+            (all, PromptStatus::Read(n))
+        }
+        Err(e) if strict => return Err(e).context("reading the prompts"),
+        Err(e) => {
+            let Some(sample) = spec.prompts.sample else {
+                bail!("{e}; without the file or `prompts.sample` the jobs cannot be counted");
+            };
+            let placeholders = (0..sample).map(|i| format!("<prompt {i}>")).collect();
+            (
+                placeholders,
+                PromptStatus::Missing(format!("{e}; jobs counted on {sample} placeholder prompts")),
+            )
+        }
+    };
+    let plan = plan::expand(&spec, files, &prompts)?;
+    Ok(Prepared {
+        spec,
+        plan,
+        model,
+        prompts: status,
+    })
+}
+
+fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Result<ModelStatus> {
+    match &spec.model {
+        ModelRef::Dir(dir) => {
+            if !dir.is_dir() {
+                if strict {
+                    bail!("model directory {} does not exist", dir.display());
+                }
+                return Ok(ModelStatus::Missing(format!(
+                    "model directory {} does not exist",
+                    dir.display()
+                )));
+            }
+            let model = ModelDir::open(dir)?;
+            let mut cache = DigestCache::open_default();
+            let files = digest_files(dir, &mut cache)
+                .with_context(|| format!("reading {}", dir.display()))?;
+            cache.save();
+            Ok(ModelStatus::Ready { dir: model, files })
+        }
+        ModelRef::LockName(name) => {
+            let register = format!("register it with `tomex models add {name} DIR --source TEXT`");
+            let lock_path: Option<PathBuf> = lock
+                .map(Path::to_path_buf)
+                .or_else(ModelsLock::find_default);
+            let Some(lock_path) = lock_path else {
+                if strict {
+                    bail!("no models.lock found for model `{name}`; {register}");
+                }
+                return Ok(ModelStatus::Missing(format!(
+                    "no models.lock found for model `{name}`"
+                )));
+            };
+            let lock = ModelsLock::load(&lock_path)?;
+            let entry = match lock.entry(name) {
+                Ok(entry) => entry,
+                Err(e) if strict => bail!("{e}; {register}"),
+                Err(_) => {
+                    return Ok(ModelStatus::Missing(format!(
+                        "model `{name}` is not in {}; {register}",
+                        lock_path.display()
+                    )))
+                }
+            };
+            let files = entry.files.clone();
+            let dir = lock.model_dir(entry);
+            if !strict {
+                let note = if dir.is_dir() {
+                    format!("model `{name}` at {}", dir.display())
+                } else {
+                    format!(
+                        "model `{name}` is pinned in {} but {} is missing",
+                        lock_path.display(),
+                        dir.display()
+                    )
+                };
+                return Ok(ModelStatus::Pinned { files, note });
+            }
+            let mut cache = DigestCache::open_default();
+            let problems = lock.verify(name, &mut cache)?;
+            cache.save();
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                bail!(
+                    "model `{name}` does not match {}:\n{}",
+                    lock_path.display(),
+                    list.join("\n")
+                );
+            }
+            Ok(ModelStatus::Ready {
+                dir: ModelDir::open(&dir)?,
+                files,
+            })
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `tomex run` and `tomex plan` end to end on the tiny model: resume after `kill -9`,
+//! concurrent workers, shards, and plans of the thesis specs without their model.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tomex() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tomex"));
+    cmd.current_dir(common::repo())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("ORT_DYLIB_PATH");
+    cmd
+}
+
+/// A spec of 12 jobs (6 prompts x r in {0, 0.5}) on the tiny model, in `dir`.
+fn write_spec(dir: &Path, width: usize, steps: usize) -> PathBuf {
+    let prompts = dir.join("prompts.csv");
+    let mut csv = String::from("prompt\n");
+    for p in [
+        "a red fox",
+        "a blue whale",
+        "\"a city, at night\"",
+        "a bowl of soup",
+        "mountains",
+        "a clock",
+    ] {
+        csv.push_str(p);
+        csv.push('\n');
+    }
+    std::fs::write(&prompts, csv).unwrap();
+    let spec = dir.join("test.toml");
+    let model = common::tiny_model();
+    std::fs::write(
+        &spec,
+        format!(
+            r#"name = "test"
+store = "results"
+[model]
+dir = "{}"
+[generation]
+width = {width}
+height = {width}
+steps = {steps}
+[prompts]
+file = "prompts.csv"
+sample = 6
+replace = false
+[sweep]
+ratios = [0.0, 0.5]
+[[configs]]
+name = "self"
+merge = ["self_attn"]
+random = false
+[metrics]
+fid = false
+"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+fn run(spec: &Path, extra: &[&str]) -> Output {
+    tomex()
+        .arg("run")
+        .arg(spec)
+        .arg("--quiet")
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn spawn(spec: &Path, extra: &[&str]) -> Child {
+    tomex()
+        .arg("run")
+        .arg(spec)
+        .arg("--quiet")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "tomex failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `N generated` out of a run's summary line.
+fn generated(out: &str) -> usize {
+    let before = out.split(" generated").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn records(store: &Path) -> Vec<serde_json::Value> {
+    let Ok(dirs) = std::fs::read_dir(store.join("objects")) else {
+        return vec![];
+    };
+    dirs.filter_map(|d| std::fs::read_to_string(d.unwrap().path().join("record.json")).ok())
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_second_run_does_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 64, 4);
+    let first = stdout(&run(&spec, &[]));
+    assert!(
+        first.contains("12 jobs: 12 generated, 0 already stored"),
+        "{first}"
+    );
+    let second = stdout(&run(&spec, &[]));
+    assert!(
+        second.contains("12 jobs: 0 generated, 12 already stored"),
+        "{second}"
+    );
+    let store = dir.path().join("results");
+    assert_eq!(records(&store).len(), 12);
+    let manifest = std::fs::read_to_string(store.join("manifest.csv")).unwrap();
+    assert_eq!(
+        manifest.lines().count(),
+        1 + 12 + 6,
+        "header + one row per cell (r = 0 shared by none here: 1 config)"
+    );
+}
+
+#[test]
+fn resumes_after_kill_9_with_nothing_lost_or_done_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 128, 12);
+    let store = dir.path().join("results");
+    let mut child = spawn(&spec, &[]);
+    let first_pid = child.id() as u64;
+    let start = Instant::now();
+    while records(&store).len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = records(&store).len();
+    assert!(before < 12, "killed too late to test anything");
+
+    let out = stdout(&run(&spec, &[]));
+    let after = records(&store);
+    assert_eq!(after.len(), 12, "nothing lost");
+    let by_first = after
+        .iter()
+        .filter(|r| r["pid"].as_u64() == Some(first_pid))
+        .count();
+    assert_eq!(by_first, before, "the killed run's records are kept");
+    assert_eq!(generated(&out), 12 - before, "nothing done twice: {out}");
+}
+
+#[test]
+fn two_workers_on_one_store_never_run_the_same_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 96, 8);
+    let a = spawn(&spec, &[]);
+    let b = spawn(&spec, &[]);
+    let (pa, pb) = (a.id() as u64, b.id() as u64);
+    let (oa, ob) = (
+        stdout(&a.wait_with_output().unwrap()),
+        stdout(&b.wait_with_output().unwrap()),
+    );
+    let (ga, gb) = (generated(&oa), generated(&ob));
+    assert_eq!(ga + gb, 12, "each job generated once:\n{oa}\n{ob}");
+    let recs = records(&dir.path().join("results"));
+    assert_eq!(recs.len(), 12);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["pid"].as_u64() == Some(pa))
+            .count(),
+        ga
+    );
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["pid"].as_u64() == Some(pb))
+            .count(),
+        gb
+    );
+}
+
+#[test]
+fn shards_cover_every_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 64, 2);
+    let outs: Vec<String> = (0..3)
+        .map(|i| stdout(&run(&spec, &["--shard", &format!("{i}/3")])))
+        .collect();
+    assert_eq!(
+        outs.iter().map(|o| generated(o)).sum::<usize>(),
+        12,
+        "{outs:?}"
+    );
+    assert!(outs.iter().all(|o| generated(o) == 4), "{outs:?}");
+    let last = stdout(&run(&spec, &[]));
+    assert_eq!(generated(&last), 0, "{last}");
+    let slurm = tomex()
+        .args(["run", spec.to_str().unwrap(), "--quiet"])
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&slurm).contains("(shard 1/3): 4 jobs"),
+        "{}",
+        String::from_utf8_lossy(&slurm.stdout)
+    );
+}
+
+#[test]
+fn plan_counts_every_thesis_spec_without_the_model() {
+    let specs = common::repo().join("specs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&specs).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".toml") || name == "smoke.toml" || name.starts_with("base") {
+            continue;
+        }
+        let out = tomex()
+            .args([
+                "plan",
+                path.to_str().unwrap(),
+                "--store",
+                "/nonexistent-store",
+            ])
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        assert!(
+            text.contains("is not in") && text.contains("provisional"),
+            "{name}: {text}"
+        );
+        assert!(text.contains("jobs: "), "{name}: {text}");
+        seen += 1;
+    }
+    assert!(seen >= 7, "only {seen} thesis specs");
+    let out = stdout(
+        &tomex()
+            .args(["plan", "specs/4_all.toml", "--store", "/nonexistent-store"])
+            .output()
+            .unwrap(),
+    );
+    assert!(out.contains("jobs: 18000 unique for 20000 cells"), "{out}");
+}
+
+#[test]
+fn a_bad_spec_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 64, 2);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("steps = 2", "stepz = 2");
+    std::fs::write(&spec, text).unwrap();
+    let out = run(&spec, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("test.toml:8:1: generation.stepz: unknown key `stepz`; did you mean `steps`?"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
