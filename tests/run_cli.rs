@@ -130,8 +130,8 @@ fn a_second_run_does_nothing() {
     let manifest = std::fs::read_to_string(store.join("manifest.csv")).unwrap();
     assert_eq!(
         manifest.lines().count(),
-        1 + 12 + 6,
-        "header + one row per cell (r = 0 shared by none here: 1 config)"
+        1 + 12,
+        "header + one row per cell"
     );
 }
 
