@@ -206,3 +206,55 @@ fn generate_writes_a_png_and_reports_its_time() {
     let image = image::open(&out).unwrap();
     assert_eq!((image.width(), image.height()), (64, 48));
 }
+
+#[test]
+fn tome_ratio_above_the_maximum_names_it() {
+    generate_fails(
+        &[("--tome-ratio", "0.8")],
+        "ToMe ratio 0.8 is out of range: it must be between 0 and 0.75",
+    );
+    generate_fails(
+        &[("--tome-ratio", "0.6"), ("--tome-sx", "1")],
+        "it must be between 0 and 0.5",
+    );
+}
+
+#[test]
+fn unknown_tome_target() {
+    generate_fails(
+        &[("--tome-ratio", "0.5"), ("--tome-merge", "self_attn,attn3")],
+        "attn3",
+    );
+}
+
+#[test]
+fn generate_with_tome_writes_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tome.png");
+    let output = tomex(&[
+        "generate",
+        "--prompt",
+        "a cat",
+        "--seed",
+        "7",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--tome-ratio",
+        "0.5",
+        "--tome-merge",
+        "self_attn,mlp",
+        "--tome-no-rand",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(image::open(&out).is_ok());
+}
