@@ -436,14 +436,6 @@ impl Scheduler for DpmSolverMultistep {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &ArrayD<f32>, _step: usize) -> ArrayD<f32> {
-        sample.clone()
-    }
-
     fn step(
         &mut self,
         model_output: &ArrayD<f32>,

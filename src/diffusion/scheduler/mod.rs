@@ -155,10 +155,14 @@ pub trait Scheduler {
     /// `num_inference_steps` (PNDM runs one extra step; `trailing` spacing sometimes
     /// yields one extra, as in diffusers).
     fn timesteps(&self) -> &[f32];
-    /// The standard deviation of the initial noise.
-    fn init_noise_sigma(&self) -> f32;
+    /// The standard deviation of the initial noise (1 except for Euler).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
     /// The UNet input for step `step` (identity except for Euler).
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step: usize) -> ArrayD<f32>;
+    fn scale_model_input(&self, sample: &ArrayD<f32>, _step: usize) -> ArrayD<f32> {
+        sample.clone()
+    }
     /// One denoising step; returns diffusers' `prev_sample`.
     fn step(
         &mut self,
