@@ -5,6 +5,7 @@ mod bench;
 mod generate;
 mod models;
 mod plan;
+mod report;
 mod resolve;
 mod run;
 
@@ -37,6 +38,8 @@ enum Command {
     Run(run::RunArgs),
     /// Count a spec's jobs, what is stored, and estimate the time left.
     Plan(plan::PlanArgs),
+    /// Tables, figure, image grids and summaries of a spec from the store alone.
+    Report(report::ReportArgs),
     /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
     BenchUnet(bench::BenchUnetArgs),
     /// List, verify and add models in models.lock.
@@ -57,6 +60,7 @@ pub fn main() -> i32 {
         Command::BenchUnet(args) => bench::run(&global, args),
         Command::Run(args) => run::run(&global, args),
         Command::Plan(args) => plan::run(&global, args),
+        Command::Report(args) => report::run(&global, args),
     };
     match result {
         Ok(()) => 0,

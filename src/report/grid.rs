@@ -1,0 +1,77 @@
+//! Image grids like the thesis's image tables: one row per prompt, one column
+//! per r (ascending), for one configuration. Missing images are mid-grey tiles;
+//! tiles are separated by a white gutter. The row and column keys are in the
+//! summary (no text is drawn into the image).
+
+use std::path::Path;
+
+use anyhow::Context;
+use image::{imageops, Rgb, RgbImage};
+
+use super::model::Grid;
+
+/// White space between tiles, in pixels.
+pub const GUTTER: u32 = 4;
+/// Tiles larger than this are scaled down (triangle filter) to keep grids small.
+pub const MAX_TILE: u32 = 256;
+
+/// The grid as one image; `None` when it has no rows or columns.
+pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
+    let cols = grid.ratios.len() as u32;
+    let rows = grid.prompts.len() as u32;
+    if cols == 0 || rows == 0 {
+        return Ok(None);
+    }
+    let mut tiles = Vec::new();
+    for cell in &grid.cells {
+        let tile = match &cell.image {
+            Some(p) => Some(
+                image::open(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .to_rgb8(),
+            ),
+            None => None,
+        };
+        tiles.push(tile);
+    }
+    let (w, h) = tiles
+        .iter()
+        .flatten()
+        .map(|t| t.dimensions())
+        .next()
+        .unwrap_or((64, 64));
+    let scale = (MAX_TILE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (
+        ((w as f64 * scale).round() as u32).max(1),
+        ((h as f64 * scale).round() as u32).max(1),
+    );
+    let mut out = RgbImage::from_pixel(
+        cols * tw + (cols + 1) * GUTTER,
+        rows * th + (rows + 1) * GUTTER,
+        Rgb([255, 255, 255]),
+    );
+    for (i, tile) in tiles.into_iter().enumerate() {
+        let (row, col) = (i as u32 / cols, i as u32 % cols);
+        let tile = match tile {
+            Some(t) if t.dimensions() == (tw, th) => t,
+            Some(t) => imageops::resize(&t, tw, th, imageops::FilterType::Triangle),
+            None => RgbImage::from_pixel(tw, th, Rgb([128, 128, 128])),
+        };
+        let x = GUTTER + col * (tw + GUTTER);
+        let y = GUTTER + row * (th + GUTTER);
+        imageops::replace(&mut out, &tile, x as i64, y as i64);
+    }
+    Ok(Some(out))
+}
+
+/// Writes the grid as PNG to `path`; false when the grid is empty.
+pub fn write_grid(grid: &Grid, path: &Path) -> anyhow::Result<bool> {
+    match grid_image(grid)? {
+        Some(img) => {
+            img.save(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}

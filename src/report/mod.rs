@@ -1,0 +1,130 @@
+//! Reports from the store alone: one [`ReportModel`] per spec, and small
+//! renderers that each write one kind of output from it (as hyperfine's
+//! exporters do):
+//!
+//! * [`table`]: the thesis's data table (Tables 7–13) as text cells, written by
+//!   [`markdown`], [`csv`] and [`latex`] behind [`table::TableRenderer`];
+//! * [`figure`]: the two-panel figure (Figures 5–11), PNG and SVG;
+//! * [`grid`]: image grids, prompts × r, per configuration (PNG);
+//! * [`summary`]: paired metrics (PSNR, SSIM), memory, worst prompts, what is missing.
+//!
+//! [`thesis`] turns the thesis's own numbers into the same model.
+//! [`render_spec`] is what `tomex report` and the end of `tomex run` call.
+
+pub mod csv;
+pub mod figure;
+pub mod grid;
+pub mod latex;
+pub mod markdown;
+pub mod model;
+pub mod summary;
+pub mod table;
+pub mod thesis;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use model::{FidValues, ReportModel};
+pub use table::{Table, TableRenderer};
+
+use crate::runner::Prepared;
+use crate::store::Store;
+
+/// The file FID values are read from, in a report folder: `config,r,fid` lines
+/// written by the metrics step (absent: FID `n/a`).
+pub const FID_FILE: &str = "fid.csv";
+
+/// The default report folder of a spec: `<store>/reports/<spec name>/`.
+pub fn default_dir(store: &Store, spec_name: &str) -> PathBuf {
+    store.root().join("reports").join(spec_name)
+}
+
+/// Which outputs to write (file extensions: png, svg, md, csv, tex).
+pub fn wants(formats: &[String], ext: &str) -> bool {
+    formats.is_empty() || formats.iter().any(|f| f == ext)
+}
+
+/// Writes every output of `model` into `dir` (created); returns the paths
+/// written. `formats` as the spec's `[report] formats` (empty: all).
+pub fn render_model(
+    model: &ReportModel,
+    dir: &Path,
+    formats: &[String],
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    let table = Table::of(model);
+    for r in table::renderers() {
+        if wants(formats, r.extension()) {
+            let path = dir.join(format!("table.{}", r.extension()));
+            std::fs::write(&path, r.render(&table))
+                .with_context(|| format!("writing {}", path.display()))?;
+            written.push(path);
+        }
+    }
+    if wants(formats, "csv") {
+        let path = dir.join("results.csv");
+        std::fs::write(&path, csv::long_csv(model))
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    if wants(formats, "png") {
+        let path = dir.join("figure.png");
+        figure::write_png(model, &path)?;
+        written.push(path);
+    }
+    if wants(formats, "svg") {
+        let path = dir.join("figure.svg");
+        figure::write_svg(model, &path)?;
+        written.push(path);
+    }
+    for g in &model.grids {
+        let path = dir.join(format!("grid_{}.png", g.config));
+        if grid::write_grid(g, &path)? {
+            written.push(path);
+        }
+    }
+    let path = dir.join("summary.md");
+    std::fs::write(&path, summary::summary_markdown(model))
+        .with_context(|| format!("writing {}", path.display()))?;
+    written.push(path);
+    Ok(written)
+}
+
+/// What [`render_spec`] did.
+#[derive(Debug)]
+pub struct Rendered {
+    pub dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    /// Images planned but not stored (unique jobs).
+    pub missing: usize,
+}
+
+/// Builds the report of `prepared` from `store` and writes it into `out` (default
+/// [`default_dir`]); FID values from `<out>/fid.csv` when present. The end of
+/// `tomex run` calls this.
+pub fn render_spec(
+    prepared: &Prepared,
+    store: &Store,
+    out: Option<&Path>,
+) -> anyhow::Result<Rendered> {
+    let dir = out.map_or_else(
+        || default_dir(store, &prepared.spec.name),
+        Path::to_path_buf,
+    );
+    let fid_path = dir.join(FID_FILE);
+    let fid = match std::fs::read_to_string(&fid_path) {
+        Ok(text) => {
+            FidValues::from_csv(&text).with_context(|| format!("reading {}", fid_path.display()))?
+        }
+        Err(_) => FidValues::new(),
+    };
+    let model = ReportModel::from_store(prepared, store, &fid)?;
+    let files = render_model(&model, &dir, &prepared.spec.report.formats)?;
+    Ok(Rendered {
+        dir,
+        files,
+        missing: model.missing_images(),
+    })
+}

@@ -1,0 +1,435 @@
+//! The report model: everything the renderers show, built from the store alone
+//! (or from the thesis's `tables.csv`), so every renderer reads one structure.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use rayon::prelude::*;
+
+use crate::metrics::paired::paired;
+use crate::plan::{Job, Plan};
+use crate::runner::Prepared;
+use crate::spec::Spec;
+use crate::store::Store;
+
+/// How many of the lowest-SSIM prompts a cell lists.
+pub const WORST_PROMPTS: usize = 3;
+
+/// A ratio as an exact key: r in thousandths.
+pub fn ratio_key(r: f64) -> i64 {
+    (r * 1000.0).round() as i64
+}
+
+/// r as the thesis writes it: a percentage, without decimals where it has none.
+pub fn ratio_pct(r: f64) -> String {
+    let p = (r * 1000.0).round() / 10.0;
+    if p.fract() == 0.0 {
+        format!("{}", p as i64)
+    } else {
+        format!("{p}")
+    }
+}
+
+/// FID per (configuration, r), from the metrics step; missing entries render as `n/a`.
+#[derive(Debug, Clone, Default)]
+pub struct FidValues {
+    values: BTreeMap<(String, i64), f64>,
+}
+
+impl FidValues {
+    pub fn new() -> FidValues {
+        FidValues::default()
+    }
+
+    pub fn insert(&mut self, config: &str, ratio: f64, fid: f64) {
+        self.values
+            .insert((config.to_string(), ratio_key(ratio)), fid);
+    }
+
+    pub fn get(&self, config: &str, ratio: f64) -> Option<f64> {
+        self.values
+            .get(&(config.to_string(), ratio_key(ratio)))
+            .copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Reads `config,r,fid` lines (a header line first; r as a fraction, e.g. 0.3).
+    pub fn from_csv(text: &str) -> anyhow::Result<FidValues> {
+        let mut out = FidValues::new();
+        for (i, line) in text.lines().enumerate().skip(1) {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            anyhow::ensure!(f.len() == 3, "line {}: want config,r,fid", i + 1);
+            let r: f64 = f[1].parse().with_context(|| format!("line {}: r", i + 1))?;
+            let v: f64 = f[2]
+                .parse()
+                .with_context(|| format!("line {}: fid", i + 1))?;
+            out.insert(f[0], r, v);
+        }
+        Ok(out)
+    }
+}
+
+/// A configuration as the report shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigInfo {
+    pub name: String,
+    /// Legend and column text.
+    pub label: String,
+    /// `#rrggbb`.
+    pub color: String,
+}
+
+/// One prompt's paired metrics against its r = 0 twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptScore {
+    pub prompt_index: usize,
+    pub prompt: String,
+    pub seed: u64,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+/// Mean and worst of one paired metric over a set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeanWorst {
+    pub mean: f64,
+    /// Lowest value (worst for both PSNR and SSIM).
+    pub worst: f64,
+}
+
+impl MeanWorst {
+    fn of(values: impl Iterator<Item = f64>) -> Option<MeanWorst> {
+        let v: Vec<f64> = values.collect();
+        if v.is_empty() {
+            return None;
+        }
+        // Equal images give an infinite PSNR; the mean then stays infinite, honestly.
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let worst = v.iter().copied().fold(f64::INFINITY, f64::min);
+        Some(MeanWorst { mean, worst })
+    }
+}
+
+/// Everything measured for one (configuration, r).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellStats {
+    pub config: String,
+    pub ratio: f64,
+    /// False where r exceeds the configuration's maximum (rendered `-`).
+    pub possible: bool,
+    /// Images the plan wants, and how many are stored.
+    pub planned: usize,
+    pub done: usize,
+    pub fid: Option<f64>,
+    /// Mean `wall_s` over the stored images.
+    pub s_per_image: Option<f64>,
+    /// `s_per_image` as a percentage of the configuration's r = 0.
+    pub rel_time_pct: Option<f64>,
+    /// Mean peak resident memory (bytes).
+    pub peak_host_bytes: Option<f64>,
+    /// Mean peak device memory (bytes), where the execution provider reports it.
+    pub peak_device_bytes: Option<f64>,
+    pub psnr: Option<MeanWorst>,
+    pub ssim: Option<MeanWorst>,
+    /// Lowest SSIM first, at most [`WORST_PROMPTS`].
+    pub worst: Vec<PromptScore>,
+}
+
+impl CellStats {
+    fn empty(config: &str, ratio: f64, possible: bool) -> CellStats {
+        CellStats {
+            config: config.to_string(),
+            ratio,
+            possible,
+            planned: 0,
+            done: 0,
+            fid: None,
+            s_per_image: None,
+            rel_time_pct: None,
+            peak_host_bytes: None,
+            peak_device_bytes: None,
+            psnr: None,
+            ssim: None,
+            worst: vec![],
+        }
+    }
+}
+
+/// An image the report wanted and the store does not have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingImage {
+    pub config: String,
+    pub ratio: f64,
+    pub prompt_index: usize,
+    pub key: String,
+    /// `failed: <error>` or `not run`.
+    pub status: String,
+}
+
+/// One image of a grid: the stored image's path, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    pub prompt_index: usize,
+    pub ratio: f64,
+    pub image: Option<std::path::PathBuf>,
+}
+
+/// A prompts × r grid for one configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub config: String,
+    pub ratios: Vec<f64>,
+    /// (prompt index, prompt text) per row.
+    pub prompts: Vec<(usize, String)>,
+    /// Row-major: `prompts.len() × ratios.len()`.
+    pub cells: Vec<GridCell>,
+}
+
+/// The report of one spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportModel {
+    /// The spec's name (the report folder's name).
+    pub name: String,
+    pub title: String,
+    pub configs: Vec<ConfigInfo>,
+    /// Every r of the sweep, ascending.
+    pub ratios: Vec<f64>,
+    /// One per (config, r), configs in spec order, r ascending.
+    pub cells: Vec<CellStats>,
+    pub missing: Vec<MissingImage>,
+    pub grids: Vec<Grid>,
+    /// Where the numbers come from (e.g. the devices of the records).
+    pub notes: Vec<String>,
+}
+
+impl ReportModel {
+    pub fn cell(&self, config: &str, ratio: f64) -> Option<&CellStats> {
+        self.cells
+            .iter()
+            .find(|c| c.config == config && ratio_key(c.ratio) == ratio_key(ratio))
+    }
+
+    /// Unique images (jobs) planned and not stored; an r = 0 image shared by
+    /// several configurations counts once.
+    pub fn missing_images(&self) -> usize {
+        let keys: std::collections::BTreeSet<&str> =
+            self.missing.iter().map(|m| m.key.as_str()).collect();
+        keys.len()
+    }
+
+    /// True when every planned image is stored.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// Builds the report of `prepared`'s spec from what `store` holds; FID from
+    /// `fid` (absent values render `n/a`).
+    pub fn from_store(
+        prepared: &Prepared,
+        store: &Store,
+        fid: &FidValues,
+    ) -> anyhow::Result<ReportModel> {
+        Self::from_spec_plan(&prepared.spec, &prepared.plan, store, fid)
+    }
+
+    /// As [`ReportModel::from_store`], from a spec and its plan.
+    pub fn from_spec_plan(
+        spec: &Spec,
+        plan: &Plan,
+        store: &Store,
+        fid: &FidValues,
+    ) -> anyhow::Result<ReportModel> {
+        let configs: Vec<ConfigInfo> = spec
+            .configs
+            .iter()
+            .map(|c| ConfigInfo {
+                name: c.name.clone(),
+                label: c.label.clone(),
+                color: c.color.clone(),
+            })
+            .collect();
+        let mut ratios = spec.ratios.clone();
+        ratios.sort_by(f64::total_cmp);
+        ratios.dedup_by_key(|r| ratio_key(*r));
+
+        // (config, r key, prompt index) -> job, for this spec's cells.
+        let mut by_cell: BTreeMap<(String, i64, usize), &Job> = BTreeMap::new();
+        for job in plan.jobs() {
+            for cell in job.cells.iter().filter(|c| c.spec == spec.name) {
+                by_cell.insert(
+                    (
+                        cell.config.clone(),
+                        ratio_key(cell.ratio),
+                        cell.prompt_index,
+                    ),
+                    job,
+                );
+            }
+        }
+
+        let mut cells = Vec::new();
+        let mut missing = Vec::new();
+        let mut devices = BTreeMap::<String, usize>::new();
+        for config in &configs {
+            let mut base_s: Option<f64> = None;
+            for &r in &ratios {
+                let possible = !spec.is_skipped(&config.name, r);
+                let mut stats = CellStats::empty(&config.name, r, possible);
+                stats.fid = fid.get(&config.name, r);
+                let jobs: Vec<(usize, &Job)> = by_cell
+                    .range(
+                        (config.name.clone(), ratio_key(r), 0)
+                            ..=(config.name.clone(), ratio_key(r), usize::MAX),
+                    )
+                    .map(|((_, _, p), j)| (*p, *j))
+                    .collect();
+                stats.planned = jobs.len();
+                let mut walls = Vec::new();
+                let mut hosts = Vec::new();
+                let mut devs = Vec::new();
+                let mut pairs = Vec::new();
+                for (prompt_index, job) in &jobs {
+                    match store.record(&job.key)? {
+                        Some(rec) => {
+                            walls.push(rec.timings.wall_s);
+                            hosts.extend(rec.peak_memory.host_rss_bytes.map(|b| b as f64));
+                            devs.extend(rec.peak_memory.device_bytes.map(|b| b as f64));
+                            *devices.entry(rec.device.clone()).or_default() += 1;
+                            if ratio_key(r) != 0 {
+                                let twin = by_cell
+                                    .get(&(config.name.clone(), 0, *prompt_index))
+                                    .filter(|t| store.is_done(&t.key));
+                                if let Some(twin) = twin {
+                                    pairs.push((*prompt_index, *job, *twin));
+                                }
+                            }
+                        }
+                        None => {
+                            let status = match store.error(&job.key)? {
+                                Some(e) => format!("failed: {}", e.error),
+                                None => "not run".to_string(),
+                            };
+                            missing.push(MissingImage {
+                                config: config.name.clone(),
+                                ratio: r,
+                                prompt_index: *prompt_index,
+                                key: job.key.clone(),
+                                status,
+                            });
+                        }
+                    }
+                }
+                stats.done = walls.len();
+                stats.s_per_image = mean(&walls);
+                stats.peak_host_bytes = mean(&hosts);
+                stats.peak_device_bytes = mean(&devs);
+                if ratio_key(r) == 0 {
+                    base_s = stats.s_per_image;
+                }
+                stats.rel_time_pct = match (stats.s_per_image, base_s) {
+                    (Some(s), Some(b)) if b > 0.0 => Some(100.0 * s / b),
+                    _ => None,
+                };
+                let scores: Vec<PromptScore> = pairs
+                    .par_iter()
+                    .map(|(p, job, twin)| -> anyhow::Result<PromptScore> {
+                        let a = open_rgb(&store.image_path(&twin.key))?;
+                        let b = open_rgb(&store.image_path(&job.key))?;
+                        let m = paired(&a, &b)
+                            .with_context(|| format!("paired metrics of {}", job.key))?;
+                        Ok(PromptScore {
+                            prompt_index: *p,
+                            prompt: job.material.prompt.clone(),
+                            seed: job.material.seed,
+                            psnr: m.psnr,
+                            ssim: m.ssim,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                stats.psnr = MeanWorst::of(scores.iter().map(|s| s.psnr));
+                stats.ssim = MeanWorst::of(scores.iter().map(|s| s.ssim));
+                let mut worst = scores;
+                worst.sort_by(|a, b| a.ssim.total_cmp(&b.ssim));
+                worst.truncate(WORST_PROMPTS);
+                stats.worst = worst;
+                cells.push(stats);
+            }
+        }
+
+        let mut grids = Vec::new();
+        if spec.report.grid_prompts > 0 {
+            for config in &configs {
+                let rs: Vec<f64> = ratios
+                    .iter()
+                    .copied()
+                    .filter(|r| !spec.is_skipped(&config.name, *r))
+                    .collect();
+                let mut prompts = BTreeMap::<usize, String>::new();
+                for ((c, _, p), job) in &by_cell {
+                    if c == &config.name {
+                        prompts
+                            .entry(*p)
+                            .or_insert_with(|| job.material.prompt.clone());
+                    }
+                }
+                let prompts: Vec<(usize, String)> =
+                    prompts.into_iter().take(spec.report.grid_prompts).collect();
+                let mut gcells = Vec::new();
+                for (p, _) in &prompts {
+                    for &r in &rs {
+                        let image = by_cell
+                            .get(&(config.name.clone(), ratio_key(r), *p))
+                            .filter(|j| store.is_done(&j.key))
+                            .map(|j| store.image_path(&j.key));
+                        gcells.push(GridCell {
+                            prompt_index: *p,
+                            ratio: r,
+                            image,
+                        });
+                    }
+                }
+                grids.push(Grid {
+                    config: config.name.clone(),
+                    ratios: rs,
+                    prompts,
+                    cells: gcells,
+                });
+            }
+        }
+
+        let mut notes = Vec::new();
+        for (device, n) in devices {
+            notes.push(format!("{n} stored image(s) made on {device}"));
+        }
+        Ok(ReportModel {
+            name: spec.name.clone(),
+            title: if spec.description.is_empty() {
+                spec.name.clone()
+            } else {
+                spec.description.clone()
+            },
+            configs,
+            ratios,
+            cells,
+            missing,
+            grids,
+            notes,
+        })
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn open_rgb(path: &std::path::Path) -> anyhow::Result<image::RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .to_rgb8())
+}
