@@ -66,6 +66,11 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         store_dir.display(),
         manifest.display()
     );
+    // The report renders whatever is stored, so a shard's run shows its partial view.
+    match crate::report::render_spec(&prepared, &store, None) {
+        Ok(r) => println!("report: {} files in {}", r.files.len(), r.dir.display()),
+        Err(e) => eprintln!("warning: the report could not be rendered: {e:#}"),
+    }
     if !summary.failed.is_empty() {
         bail!(
             "{} job(s) failed; their errors are in the store and they are retried on the next run",
