@@ -274,11 +274,11 @@ fn report_of_a_small_store_partial_then_complete() {
             assert_eq!(ssim_mean, "", "{line}");
         }
     }
-    // Grid: 2 prompts x 3 r for self (64x64 tiles and 4-pixel gutters).
+    // Grid: 2 prompts x 3 r for self (64x64 tiles, 4-pixel gutters, a header band).
     let grid = image::open(out_dir.join("grid_self.png")).unwrap();
     assert_eq!(
         (grid.width(), grid.height()),
-        (3 * 64 + 4 * 4, 2 * 64 + 3 * 4)
+        (3 * 64 + 4 * 4, 24 + 2 * 64 + 3 * 4)
     );
 
     // --out elsewhere, formats all.

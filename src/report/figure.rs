@@ -17,9 +17,11 @@ use super::model::ReportModel;
 /// Figure size in pixels (both formats).
 pub const SIZE: (u32, u32) = (1200, 500);
 
-const FONT: &str = "sans-serif";
+/// The family every text of a report is drawn in.
+pub(crate) const FONT: &str = "sans-serif";
 
-fn register_font() {
+/// Registers DejaVu Sans (from the `dejavu` crate) as plotters' `sans-serif`.
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for style in [FontStyle::Normal, FontStyle::Bold] {
@@ -70,7 +72,8 @@ fn y_range(s: &Series, floor: Option<f64>) -> Range<f64> {
         .flat_map(|(_, _, p)| p.iter().map(|(_, v)| *v))
         .collect();
     if vals.is_empty() {
-        return 0.0..1.0;
+        // Nothing measured: a range that reads as FID's or a percentage's.
+        return 0.0..100.0;
     }
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -92,6 +95,8 @@ where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    // Whole numbers unless the range is too narrow for them to differ.
+    let y_decimals = if y.end - y.start >= 5.0 { 0 } else { 2 };
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 22))
         .margin(12)
@@ -105,7 +110,7 @@ where
         .x_desc("r %")
         .y_desc(y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.y_decimals$}"))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
         .light_line_style(WHITE.mix(0.0))

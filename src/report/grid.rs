@@ -1,7 +1,7 @@
 //! Image grids like the thesis's image tables: one row per prompt, one column
 //! per r (ascending), for one configuration. Missing images are mid-grey tiles;
-//! tiles are separated by a white gutter. The row and column keys are in the
-//! summary (no text is drawn into the image).
+//! tiles are separated by a white gutter. A header band names each column's r
+//! (DejaVu Sans, as the figures); the rows' prompts are listed in the summary.
 
 use std::path::Path;
 
@@ -12,6 +12,8 @@ use super::model::Grid;
 
 /// White space between tiles, in pixels.
 pub const GUTTER: u32 = 4;
+/// Height of the header band that names the columns.
+pub const HEADER: u32 = 24;
 /// Tiles larger than this are scaled down (triangle filter) to keep grids small.
 pub const MAX_TILE: u32 = 256;
 
@@ -47,9 +49,10 @@ pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
     );
     let mut out = RgbImage::from_pixel(
         cols * tw + (cols + 1) * GUTTER,
-        rows * th + (rows + 1) * GUTTER,
+        HEADER + rows * th + (rows + 1) * GUTTER,
         Rgb([255, 255, 255]),
     );
+    draw_header(&mut out, grid, tw)?;
     for (i, tile) in tiles.into_iter().enumerate() {
         let (row, col) = (i as u32 / cols, i as u32 % cols);
         let tile = match tile {
@@ -58,10 +61,35 @@ pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
             None => RgbImage::from_pixel(tw, th, Rgb([128, 128, 128])),
         };
         let x = GUTTER + col * (tw + GUTTER);
-        let y = GUTTER + row * (th + GUTTER);
+        let y = HEADER + GUTTER + row * (th + GUTTER);
         imageops::replace(&mut out, &tile, x as i64, y as i64);
     }
     Ok(Some(out))
+}
+
+/// Writes `r = …%` above each column.
+fn draw_header(out: &mut RgbImage, grid: &Grid, tile_w: u32) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    super::figure::register_font();
+    let (w, h) = out.dimensions();
+    let root = BitMapBackend::with_buffer(out.as_mut(), (w, h)).into_drawing_area();
+    let style = TextStyle::from((super::figure::FONT, 15).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    for (i, r) in grid.ratios.iter().enumerate() {
+        let x = GUTTER + i as u32 * (tile_w + GUTTER) + tile_w / 2;
+        let text = format!("r = {}%", super::model::ratio_pct(*r));
+        root.draw(&Text::new(
+            text,
+            (x as i32, (HEADER / 2 + 2) as i32),
+            &style,
+        ))
+        .map_err(|e| anyhow::anyhow!("drawing the grid header: {e:?}"))?;
+    }
+    root.present()
+        .map_err(|e| anyhow::anyhow!("drawing the grid header: {e:?}"))?;
+    Ok(())
 }
 
 /// Writes the grid as PNG to `path`; false when the grid is empty.
