@@ -109,6 +109,8 @@ fn thesis_tables_in_every_format_and_figures() {
             svg.contains("<svg") && svg.contains(&model.configs[0].label.replace('&', "&amp;"))
         );
     }
+    // The copy carried in the binary is the project's copy.
+    assert_eq!(tomex::report::THESIS_TABLES, csv);
     // Table 12: the 1x2 configuration cannot reach r = 60%.
     let md = std::fs::read_to_string(root.join("table_12/table.md")).unwrap();
     let last = md.lines().last().unwrap();
@@ -179,6 +181,7 @@ fid = false
 paired = true
 [report]
 grid_prompts = 2
+thesis_table = 12
 "##,
             common::tiny_model().display()
         ),
@@ -280,6 +283,11 @@ fn report_of_a_small_store_partial_then_complete() {
         (grid.width(), grid.height()),
         (3 * 64 + 4 * 4, 24 + 2 * 64 + 3 * 4)
     );
+
+    // The thesis's Table 12 beside ours.
+    let theirs = std::fs::read_to_string(out_dir.join("thesis/table.md")).unwrap();
+    assert!(theirs.contains("| 60 | 65.99 | 68.69 | - | 60 |"), "{theirs}");
+    assert!(out_dir.join("thesis/figure.png").is_file());
 
     // --out elsewhere, formats all.
     let other = dir.path().join("elsewhere");

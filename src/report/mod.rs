@@ -35,6 +35,10 @@ use crate::store::Store;
 /// written by the metrics step (absent: FID `n/a`).
 pub const FID_FILE: &str = "fid.csv";
 
+/// The thesis's data tables (`thesis/tables.csv`, copied to `golden/thesis/`),
+/// carried in the binary so any report can set them beside its own numbers.
+pub const THESIS_TABLES: &str = include_str!("../../golden/thesis/tables.csv");
+
 /// The default report folder of a spec: `<store>/reports/<spec name>/`.
 pub fn default_dir(store: &Store, spec_name: &str) -> PathBuf {
     store.root().join("reports").join(spec_name)
@@ -102,8 +106,9 @@ pub struct Rendered {
 }
 
 /// Builds the report of `prepared` from `store` and writes it into `out` (default
-/// [`default_dir`]); FID values from `<out>/fid.csv` when present. The end of
-/// `tomex run` calls this.
+/// [`default_dir`]); FID values from `<out>/fid.csv` when present. Where the spec
+/// names a thesis table (`[report] thesis_table`), the thesis's own numbers are
+/// rendered beside ours in `<out>/thesis/`. The end of `tomex run` calls this.
 pub fn render_spec(
     prepared: &Prepared,
     store: &Store,
@@ -121,7 +126,16 @@ pub fn render_spec(
         Err(_) => FidValues::new(),
     };
     let model = ReportModel::from_store(prepared, store, &fid)?;
-    let files = render_model(&model, &dir, &prepared.spec.report.formats)?;
+    let mut files = render_model(&model, &dir, &prepared.spec.report.formats)?;
+    if let Some(n) = prepared.spec.report.thesis_table {
+        // The thesis's own numbers for this experiment, beside ours.
+        let theirs = thesis::thesis_model(THESIS_TABLES, n)?;
+        files.extend(render_model(
+            &theirs,
+            &dir.join("thesis"),
+            &prepared.spec.report.formats,
+        )?);
+    }
     Ok(Rendered {
         dir,
         files,
