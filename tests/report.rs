@@ -284,9 +284,22 @@ fn report_of_a_small_store_partial_then_complete() {
         (3 * 64 + 4 * 4, 24 + 2 * 64 + 3 * 4)
     );
 
+    // Paired metrics are cached by image keys; a second report reuses them and
+    // renders the same numbers.
+    let cache = std::fs::read_to_string(out_dir.join("paired.csv")).unwrap();
+    assert_eq!(cache.lines().count(), 1 + 3 * 3, "{cache}");
+    report(&spec, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("results.csv")).unwrap(),
+        long
+    );
+
     // The thesis's Table 12 beside ours.
     let theirs = std::fs::read_to_string(out_dir.join("thesis/table.md")).unwrap();
-    assert!(theirs.contains("| 60 | 65.99 | 68.69 | - | 60 |"), "{theirs}");
+    assert!(
+        theirs.contains("| 60 | 65.99 | 68.69 | - | 60 |"),
+        "{theirs}"
+    );
     assert!(out_dir.join("thesis/figure.png").is_file());
 
     // --out elsewhere, formats all.

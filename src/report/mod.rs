@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-pub use model::{FidValues, ReportModel};
+pub use model::{FidValues, PairedCache, ReportModel};
 pub use table::{Table, TableRenderer};
 
 use crate::runner::Prepared;
@@ -34,6 +34,9 @@ use crate::store::Store;
 /// The file FID values are read from, in a report folder: `config,r,fid` lines
 /// written by the metrics step (absent: FID `n/a`).
 pub const FID_FILE: &str = "fid.csv";
+
+/// The paired-metric cache in a report folder (see [`PairedCache`]).
+pub const PAIRED_FILE: &str = "paired.csv";
 
 /// The thesis's data tables (`thesis/tables.csv`, copied to `golden/thesis/`),
 /// carried in the binary so any report can set them beside its own numbers.
@@ -125,7 +128,15 @@ pub fn render_spec(
         }
         Err(_) => FidValues::new(),
     };
-    let model = ReportModel::from_store(prepared, store, &fid)?;
+    let cache_path = dir.join(PAIRED_FILE);
+    let mut cache = std::fs::read_to_string(&cache_path)
+        .map(|t| PairedCache::from_csv(&t))
+        .unwrap_or_default();
+    let model =
+        ReportModel::from_spec_plan(&prepared.spec, &prepared.plan, store, &fid, &mut cache)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&cache_path, cache.to_csv())
+        .with_context(|| format!("writing {}", cache_path.display()))?;
     let mut files = render_model(&model, &dir, &prepared.spec.report.formats)?;
     if let Some(n) = prepared.spec.report.thesis_table {
         // The thesis's own numbers for this experiment, beside ours.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use rayon::prelude::*;
 
-use crate::metrics::paired::paired;
+use crate::metrics::paired::{paired, Paired};
 use crate::plan::{Job, Plan};
 use crate::runner::Prepared;
 use crate::spec::Spec;
@@ -72,6 +72,60 @@ impl FidValues {
             out.insert(f[0], r, v);
         }
         Ok(out)
+    }
+}
+
+/// Paired metrics already computed, by (r = 0 image key, r > 0 image key): store
+/// keys name image content, so a pair's values never change. Kept as
+/// `paired.csv` in the report folder so a report after a run only computes the
+/// new pairs.
+#[derive(Debug, Clone, Default)]
+pub struct PairedCache {
+    values: BTreeMap<(String, String), Paired>,
+}
+
+impl PairedCache {
+    pub fn get(&self, reference: &str, test: &str) -> Option<Paired> {
+        self.values
+            .get(&(reference.to_string(), test.to_string()))
+            .copied()
+    }
+
+    pub fn insert(&mut self, reference: &str, test: &str, value: Paired) {
+        self.values
+            .insert((reference.to_string(), test.to_string()), value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Reads `reference,test,psnr,ssim` lines (header first); malformed lines are
+    /// skipped (they are recomputed).
+    pub fn from_csv(text: &str) -> PairedCache {
+        let mut cache = PairedCache::default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            if let [a, b, p, s] = f[..] {
+                if let (Ok(psnr), Ok(ssim)) = (p.parse(), s.parse()) {
+                    cache.insert(a, b, Paired { psnr, ssim });
+                }
+            }
+        }
+        cache
+    }
+
+    /// The cache as CSV (full precision; `inf` for equal images' PSNR).
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("reference,test,psnr,ssim\n");
+        for ((a, b), m) in &self.values {
+            out.push_str(&format!("{a},{b},{},{}\n", m.psnr, m.ssim));
+        }
+        out
     }
 }
 
@@ -235,15 +289,18 @@ impl ReportModel {
         store: &Store,
         fid: &FidValues,
     ) -> anyhow::Result<ReportModel> {
-        Self::from_spec_plan(&prepared.spec, &prepared.plan, store, fid)
+        let mut cache = PairedCache::default();
+        Self::from_spec_plan(&prepared.spec, &prepared.plan, store, fid, &mut cache)
     }
 
-    /// As [`ReportModel::from_store`], from a spec and its plan.
+    /// As [`ReportModel::from_store`], from a spec and its plan; paired metrics
+    /// already in `cache` are reused and new ones added to it.
     pub fn from_spec_plan(
         spec: &Spec,
         plan: &Plan,
         store: &Store,
         fid: &FidValues,
+        cache: &mut PairedCache,
     ) -> anyhow::Result<ReportModel> {
         let configs: Vec<ConfigInfo> = spec
             .configs
@@ -336,13 +393,19 @@ impl ReportModel {
                     (Some(s), Some(b)) if b > 0.0 => Some(100.0 * s / b),
                     _ => None,
                 };
+                let known: &PairedCache = cache;
                 let scores: Vec<PromptScore> = pairs
                     .par_iter()
                     .map(|(p, job, twin)| -> anyhow::Result<PromptScore> {
-                        let a = open_rgb(&store.image_path(&twin.key))?;
-                        let b = open_rgb(&store.image_path(&job.key))?;
-                        let m = paired(&a, &b)
-                            .with_context(|| format!("paired metrics of {}", job.key))?;
+                        let m = match known.get(&twin.key, &job.key) {
+                            Some(m) => m,
+                            None => {
+                                let a = open_rgb(&store.image_path(&twin.key))?;
+                                let b = open_rgb(&store.image_path(&job.key))?;
+                                paired(&a, &b)
+                                    .with_context(|| format!("paired metrics of {}", job.key))?
+                            }
+                        };
                         Ok(PromptScore {
                             prompt_index: *p,
                             prompt: job.material.prompt.clone(),
@@ -352,6 +415,16 @@ impl ReportModel {
                         })
                     })
                     .collect::<anyhow::Result<_>>()?;
+                for ((_, job, twin), score) in pairs.iter().zip(&scores) {
+                    cache.insert(
+                        &twin.key,
+                        &job.key,
+                        Paired {
+                            psnr: score.psnr,
+                            ssim: score.ssim,
+                        },
+                    );
+                }
                 stats.psnr = MeanWorst::of(scores.iter().map(|s| s.psnr));
                 stats.ssim = MeanWorst::of(scores.iter().map(|s| s.ssim));
                 let mut worst = scores;
