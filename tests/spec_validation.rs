@@ -328,7 +328,7 @@ fn grid_prompts_at_most_the_sample() {
 #[test]
 fn a_table_where_a_value_belongs_and_back() {
     assert_errors(
-        &format!("model = \"tiny\"\n[prompts]\nfile = \"p.csv\"\n[[configs]]\nname = \"a\"\n[generation.width]\nx = 1\n"),
+        "model = \"tiny\"\n[prompts]\nfile = \"p.csv\"\n[[configs]]\nname = \"a\"\n[generation.width]\nx = 1\n",
         &[
             "{f}:1:9: model: expected a table, found a string",
             "{f}:6:1: generation.width: expected an integer, found a table",
