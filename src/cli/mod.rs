@@ -2,6 +2,7 @@
 //! Errors come back as located, human messages; nothing here panics on bad input.
 
 mod bench;
+mod fid;
 mod generate;
 mod models;
 mod plan;
@@ -42,6 +43,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
     BenchUnet(bench::BenchUnetArgs),
+    /// FID of two image folders (or .npz statistics), as `python -m pytorch_fid`.
+    Fid(fid::FidArgs),
     /// List, verify and add models in models.lock.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -61,6 +64,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(&global, args),
         Command::Plan(args) => plan::run(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Fid(args) => fid::run(&global, args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,211 @@
+//! Inception features through ONNX Runtime, and the statistics of a folder of images as
+//! pytorch-fid's `compute_statistics_of_path` computes them.
+//!
+//! The network is a black box with input `images` `[n, 3, 299, 299]` (already
+//! preprocessed, see [`super::preprocess`]) and outputs `features_64`, `features_192`,
+//! `features_768`, `features_2048` `[n, d]`: pytorch-fid's four blocks, globally
+//! average-pooled as its `get_activations` does. `tools/export_inception.py` writes it.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array4, ArrayViewMut3};
+use ort::session::Session;
+use ort::value::TensorRef;
+use rayon::prelude::*;
+
+use super::preprocess::{load_rgb, preprocess_into, INCEPTION_SIZE};
+use super::{frechet_distance, FidError, Statistics, IMAGE_EXTENSIONS};
+use crate::engine::{EngineError, Runtime};
+
+/// pytorch-fid's feature sizes (`InceptionV3.BLOCK_INDEX_BY_DIM`).
+pub const FID_DIMS: [usize; 4] = [64, 192, 768, 2048];
+
+/// The exported FID Inception on an ONNX Runtime session.
+pub struct Inception {
+    session: Session,
+    path: PathBuf,
+    input: String,
+}
+
+impl Inception {
+    /// Opens `path` and checks that it has the four feature outputs.
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Inception, FidError> {
+        let session = runtime.session(path)?;
+        let unexpected = |reason: String| EngineError::Unexpected {
+            model: path.to_path_buf(),
+            reason,
+        };
+        let input = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == "images")
+            .or_else(|| session.inputs().first())
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| unexpected("it has no input".into()))?;
+        let outputs: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        for dims in FID_DIMS {
+            if !outputs.iter().any(|o| *o == output_name(dims)) {
+                return Err(unexpected(format!(
+                    "it has no output `{}` (outputs: {}); export it with tools/export_inception.py",
+                    output_name(dims),
+                    outputs.join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(Inception {
+            session,
+            path: path.to_path_buf(),
+            input,
+        })
+    }
+
+    /// Features `[n, dims]` of a preprocessed batch `[n, 3, 299, 299]`.
+    pub fn features(&mut self, batch: &Array4<f32>, dims: usize) -> Result<Array2<f32>, FidError> {
+        if !FID_DIMS.contains(&dims) {
+            return Err(FidError::Dims(dims));
+        }
+        let run_err = |e: ort::Error| EngineError::Run {
+            model: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let input = TensorRef::from_array_view(batch.view()).map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => input])
+            .map_err(run_err)?;
+        let name = output_name(dims);
+        let array = outputs[name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(run_err)?;
+        let n = batch.dim().0;
+        array
+            .to_owned()
+            .into_shape_with_order((n, dims))
+            .map_err(|e| {
+                EngineError::Unexpected {
+                    model: self.path.clone(),
+                    reason: format!("`{name}` is not [{n}, {dims}]: {e}"),
+                }
+                .into()
+            })
+    }
+
+    /// Features `[files, dims]` in f64 of image files, `batch_size` at a time (pytorch-fid's
+    /// `get_activations`); `progress` gets the number of images done after each batch.
+    pub fn features_of_files(
+        &mut self,
+        files: &[PathBuf],
+        dims: usize,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Array2<f64>, FidError> {
+        let batch_size = batch_size.clamp(1, files.len().max(1));
+        let mut out = Array2::<f64>::zeros((files.len(), dims));
+        let plane = 3 * INCEPTION_SIZE * INCEPTION_SIZE;
+        for (b, chunk) in files.chunks(batch_size).enumerate() {
+            let images = chunk
+                .par_iter()
+                .map(|path| load_rgb(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut batch = Array4::<f32>::zeros((chunk.len(), 3, INCEPTION_SIZE, INCEPTION_SIZE));
+            batch
+                .as_slice_mut()
+                .expect("a new array is contiguous")
+                .par_chunks_mut(plane)
+                .zip(images.par_iter())
+                .for_each(|(dst, img)| {
+                    let view = ArrayViewMut3::from_shape((3, INCEPTION_SIZE, INCEPTION_SIZE), dst)
+                        .expect("one image's plane");
+                    preprocess_into(img, view);
+                });
+            let features = self.features(&batch, dims)?;
+            let start = b * batch_size;
+            out.slice_mut(ndarray::s![start..start + chunk.len(), ..])
+                .zip_mut_with(&features, |o, &f| *o = f64::from(f));
+            progress(start + chunk.len());
+        }
+        Ok(out)
+    }
+}
+
+fn output_name(dims: usize) -> String {
+    format!("features_{dims}")
+}
+
+/// The image files of `dir` in pytorch-fid's order: the files ending in one of
+/// [`IMAGE_EXTENSIONS`] (lower case), sorted by path.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, FidError> {
+    let io = |e: std::io::Error| FidError::Io {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if IMAGE_EXTENSIONS.contains(&ext) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Statistics of `path`: a pytorch-fid `.npz` file, else a folder of images featurised by
+/// `inception` (which only a folder needs). Fewer than 2 images is an error.
+pub fn statistics_of_path(
+    path: &Path,
+    inception: Option<&mut Inception>,
+    dims: usize,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Statistics, FidError> {
+    if !FID_DIMS.contains(&dims) {
+        return Err(FidError::Dims(dims));
+    }
+    if path.extension().is_some_and(|e| e == "npz") {
+        return Statistics::load_npz(path);
+    }
+    if !path.is_dir() {
+        return Err(FidError::Io {
+            path: path.to_path_buf(),
+            reason: "not a folder of images nor an .npz statistics file".into(),
+        });
+    }
+    let files = image_files(path)?;
+    if files.is_empty() {
+        return Err(FidError::NoImages {
+            path: path.to_path_buf(),
+        });
+    }
+    let what = path.display().to_string();
+    if files.len() < 2 {
+        return Err(FidError::TooFewImages {
+            what,
+            n: files.len(),
+        });
+    }
+    let inception = inception.ok_or_else(|| FidError::NoInception {
+        path: path.to_path_buf(),
+    })?;
+    let features = inception.features_of_files(&files, dims, batch_size, progress)?;
+    Statistics::from_features(features.view(), &what)
+}
+
+/// pytorch-fid's `calculate_fid_given_paths`: the FID between two folders or `.npz` files.
+pub fn fid_of_paths(
+    a: &Path,
+    b: &Path,
+    mut inception: Option<&mut Inception>,
+    dims: usize,
+    batch_size: usize,
+) -> Result<f64, FidError> {
+    let sa = statistics_of_path(a, inception.as_deref_mut(), dims, batch_size, &mut |_| {})?;
+    let sb = statistics_of_path(b, inception, dims, batch_size, &mut |_| {})?;
+    frechet_distance(&sa, &sb)
+}
