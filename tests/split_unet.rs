@@ -9,17 +9,22 @@ use std::path::{Path, PathBuf};
 use ndarray::{s, Array3, Array4, ArrayView3, Axis};
 use tomex::engine::{transformer_blocks, NoHooks, SplitUnet, TokenHooks, Unet};
 use tomex::onnx::{
-    self, BlockId, CacheStatus, ComponentId, ComponentKind, SplitOptions, TransformerBlock,
+    self, Attention, BlockId, CacheStatus, ComponentId, ComponentKind, SplitOptions,
+    TransformerBlock,
 };
 
 fn tiny_unet() -> PathBuf {
     common::tiny_model().join("unet/model.onnx")
 }
 
+/// Attention as exported: these tests check the cut itself (shape values recomputed
+/// across it, bit-exact outputs) on the graph as exported, whose attention carries the
+/// shape arithmetic; tests/fused_attention.rs covers cuts of the fused graph.
 fn options(cache: &Path) -> SplitOptions {
     SplitOptions {
         cache_root: cache.to_path_buf(),
         model_digest: None,
+        attention: Attention::Exported,
     }
 }
 

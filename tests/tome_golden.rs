@@ -66,6 +66,7 @@ fn split_options(dir: &Path) -> SplitOptions {
     SplitOptions {
         cache_root: dir.to_path_buf(),
         model_digest: None,
+        ..Default::default()
     }
 }
 
@@ -258,8 +259,10 @@ fn zero_ratio_is_the_uncut_unet_exactly() {
             cut,
         )
         .unwrap();
-    let whole = Unet::load(&runtime, &unet_path)
+    // The whole graph as the pipeline runs it (attention fused, as in the parts).
+    let whole = Unet::prepare(&runtime, &unet_path, &split_options(cache.path()))
         .unwrap()
+        .0
         .predict(&sample, 500.0, &hidden)
         .unwrap();
     assert_eq!(split, whole);

@@ -6,21 +6,25 @@ tools/make_bench_unet.py.
 For each latent size (batch 2, as with classifier-free guidance; timestep 500;
 encoder_hidden_states [2, 77, 768]) and each case
 
-  uncut        tomex runs the whole UNet graph as one ONNX Runtime session (tomex only;
-               torch's r = 0 run is shown in this row too)
+  exported     tomex runs the whole UNet graph as exported (attention spelt out, the
+               N x N scores materialised: `--attention exported`), tomex only; run at
+               latents up to --exported-max (default 64: at 96x96 it peaks near 23 GB)
+  uncut        tomex runs the whole UNet graph as one ONNX Runtime session, attention
+               fused into MultiHeadAttention (tomex only; torch's r = 0 run is shown in
+               this row too)
   cuts         tomex runs the UNet split at the transformer blocks, r = 0;
                torch runs the unpatched UNet
   self         r = 0.5, merging for self-attention only
   self+cross   r = 0.5, merging for self- and cross-attention
 
-it runs, one process at a time (never two at once: ONNX Runtime materialises the full
-attention matrix, and the uncut UNet at 96x96 peaks near 23 GB):
+it runs, one process at a time (never two at once, so peaks and times are each
+process's own):
 
   torch  `python tools/bench_unet.py --torch-worker ...`: loads DIR/torch, for r > 0
          tomesd.apply_patch(unet, ratio=r, merge_attn=..., merge_crossattn=..., use_rand=False)
          (tomesd's defaults otherwise: max_downsample=1, sx=sy=2), torch.set_num_threads(T),
          under torch.no_grad() one warm-up evaluation and `--repeats` timed ones;
-  tomex  `target/release/tomex bench-unet --unet DIR/onnx/unet/model.onnx --latent H,W
+  tomex  `target/release/tomex [--attention exported] bench-unet --unet DIR/onnx/unet/model.onnx --latent H,W
          --batch 2 --repeats N --threads T [--uncut]
          [--tome-ratio R --tome-merge self_attn[,cross_attn] --tome-no-rand]`
          (the "cuts" case passes neither --uncut nor --tome-*), which prints one JSON line
@@ -66,6 +70,7 @@ TEXT_LEN = 77
 
 # name, label, ratio, merge targets, uncut (tomex), torch runs this case itself
 CASES = [
+    ("exported", "uncut, r = 0, exported attention", 0.0, (), True, False),
     ("uncut", "uncut, r = 0", 0.0, (), True, False),
     ("cuts", "cuts, r = 0", 0.0, (), False, True),
     ("self", "r = 0.5, self-attn", 0.5, ("self_attn",), False, True),
@@ -201,8 +206,8 @@ def torch_cmd(a, hw, ratio, merge) -> list[str]:
             "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge)]
 
 
-def tomex_cmd(a, hw, ratio, merge, uncut) -> list[str]:
-    cmd = [str(a.tomex), "bench-unet", "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
+def tomex_cmd(a, hw, ratio, merge, uncut, attention="fused") -> list[str]:
+    cmd = [str(a.tomex), "--attention", attention, "bench-unet", "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
            "--threads", str(a.threads)]
     if uncut:
@@ -309,7 +314,9 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
              "merge_crossattn=<self+cross>, use_rand=False)` (max_downsample=1, sx=sy=2: merging in the "
              "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime CPU); "
              "\"uncut\" is the whole graph in one session, the other rows the graph cut at the transformer "
-             "blocks with Rust token ops in between (`--tome-no-rand`).")
+             "blocks with Rust token ops in between (`--tome-no-rand`); attention is fused into ONNX Runtime's "
+             "`MultiHeadAttention` except in the \"exported attention\" row (the graph as exported, which "
+             "materialises the N×N scores).")
     v = facts.get("versions", {})
     mach = (f"* Machine: {facts.get('cpu', '?')} ({facts.get('logical_cpus', '?')} logical CPUs"
             + (f", {', '.join(facts['isa'])}" if facts.get("isa") else "")
@@ -336,7 +343,7 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
         key = f"{lat[0]}x{lat[1]}"
         rows = results.get(key, {})
         for name, label, *_ in CASES:
-            if name not in a.cases:
+            if name not in a.cases or name not in rows:
                 continue
             r = rows.get(name, {})
             tr, xr = r.get("torch"), r.get("tomex")
@@ -351,7 +358,7 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
             L.append(f"| {lat[0]}×{lat[1]} | {label} | {fmt_s(tr)} | {fmt_s(xr)} | {sp} | {fmt_mib(tr)} "
                      f"| {fmt_mib(xr)} | {share} | {parts} |")
     L.append("")
-    L.append("Torch has no cuts: its r = 0 run (unpatched UNet) appears in both r = 0 rows.")
+    L.append("Torch has no cuts: its r = 0 run (unpatched UNet) appears in every r = 0 row.")
     imp = [r["json"]["peak_rss_after_import_mb"] for rows in results.values() for r in
            (c.get("torch") for c in rows.values()) if ok(r) and "peak_rss_after_import_mb" in r["json"]]
     if imp:
@@ -373,7 +380,15 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
             tr, xr = r.get("torch"), r.get("tomex")
             if ok(tr) and ok(xr):
                 L.append(f"* {lat[0]}×{lat[1]}: r = 0.5 {name}: tomex {med(xr):.3f} s vs torch + tomesd "
-                         f"{med(tr):.3f} s (target tomex ≤ torch: {'met' if med(xr) <= med(tr) else 'NOT met'})")
+                         f"{med(tr):.3f} s, {med(tr) / med(xr):.2f}× (target tomex ≤ torch: "
+                         f"{'met' if med(xr) <= med(tr) else 'NOT met'}; issue 6's ≥ 1.2×: "
+                         f"{'met' if med(tr) >= 1.2 * med(xr) else 'NOT met'})")
+        tr, xr = rows.get("cuts", {}).get("torch"), u
+        if ok(tr) and ok(xr):
+            L.append(f"* {lat[0]}×{lat[1]}: r = 0 uncut: tomex {med(xr):.3f} s vs torch {med(tr):.3f} s, "
+                     f"{med(tr) / med(xr):.2f}× (issue 6's ≥ 1.2×: {'met' if med(tr) >= 1.2 * med(xr) else 'NOT met'}); "
+                     f"peak {fmt_mib(xr)} vs {fmt_mib(tr)} MiB (issue 6's tomex ≤ torch: "
+                     f"{'met' if xr['wait4_maxrss_mib'] <= tr['wait4_maxrss_mib'] else 'NOT met'})")
     if L[-1] == "":
         L.append("* (no tomex/torch pairs measured in this run)")
     L.append("")
@@ -383,7 +398,7 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
         key = f"{lat[0]}x{lat[1]}"
         for name, label, *_ in CASES:
             for side in ("torch", "tomex"):
-                if side == "torch" and name == "uncut" and "cuts" in a.cases:
+                if side == "torch" and name in ("uncut", "exported") and "cuts" in a.cases:
                     continue  # the same run as the cuts row
                 r = results.get(key, {}).get(name, {}).get(side)
                 if ok(r):
@@ -438,6 +453,8 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="subset of " + ",".join(c[0] for c in CASES))
     ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
+    ap.add_argument("--exported-max", type=int, default=64,
+                    help="run the exported-attention case only at latents up to this side (default 64)")
     ap.add_argument("--tomex", type=Path, default=DEFAULT_TOMEX, help="tomex binary (default target/release/tomex)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
     ap.add_argument("--write", action="store_true", help="replace the section in --benchmarks")
@@ -486,6 +503,8 @@ def main() -> None:
         for name, label, ratio, merge, uncut, torch_runs in CASES:
             if name not in a.cases:
                 continue
+            if name == "exported" and max(lat) > a.exported_max:
+                continue
             row = rows.setdefault(name, {})
             print(f"== {key} {label}", file=sys.stderr, flush=True)
             if run_torch and torch_runs:
@@ -498,14 +517,16 @@ def main() -> None:
                     if v:
                         facts["versions"] = v
             if run_tomex:
-                cmd = tomex_cmd(a, lat, ratio, merge, uncut)
+                cmd = tomex_cmd(a, lat, ratio, merge, uncut,
+                                "exported" if name == "exported" else "fused")
                 if a.dry_run:
                     print(shlex.join(cmd))
                 else:
                     row["tomex"] = run_child(cmd, env, a.timeout)
-        # torch's unpatched r = 0 run serves both r = 0 rows
-        if "cuts" in rows and "uncut" in rows and "torch" in rows["cuts"]:
-            rows["uncut"]["torch"] = rows["cuts"]["torch"]
+        # torch's unpatched r = 0 run serves every r = 0 row
+        for other in ("uncut", "exported"):
+            if "cuts" in rows and other in rows and "torch" in rows["cuts"]:
+                rows[other]["torch"] = rows["cuts"]["torch"]
     if a.dry_run:
         return
     facts["loadavg_end"] = loadavg()

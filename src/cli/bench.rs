@@ -13,7 +13,6 @@ use super::generate::TomeArgs;
 use super::Global;
 use crate::diffusion::rng::randn;
 use crate::engine::{Device, Runtime, TomeUnet, Unet};
-use crate::onnx::SplitOptions;
 use crate::tome::PartitionRng;
 
 #[derive(Args)]
@@ -64,8 +63,10 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
 
     let mut times = Vec::with_capacity(args.repeats);
     let mut token_ops = Vec::with_capacity(args.repeats);
+    let mut fused = None;
     let parts = if args.uncut {
-        let mut unet = Unet::load(&runtime, &args.unet)?;
+        let (mut unet, fusion) = Unet::prepare(&runtime, &args.unet, &global.unet_options())?;
+        fused = Some(fusion.fused.len());
         for i in 0..=args.repeats {
             let start = Instant::now();
             unet.predict(&sample, timestep, &hidden)?;
@@ -79,7 +80,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         // the levels it may merge, all passed through unmerged.
         let cfg = args.tome.config_or_zero();
         cfg.validate()?;
-        let mut unet = TomeUnet::load(&runtime, &args.unet, SplitOptions::default())?;
+        let mut unet = TomeUnet::load(&runtime, &args.unet, global.unet_options())?;
         let cut = unet.cut_ignoring_ratio((h, w), &cfg)?;
         for i in 0..=args.repeats {
             let mut rng = PartitionRng::new(cfg.seed);
@@ -101,6 +102,8 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         "tome_ops_s": if token_ops.is_empty() { 0.0 } else { median(&token_ops) },
         "peak_rss_mb": crate::host::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         "parts": parts,
+        "attention": global.attention.name(),
+        "fused_attentions": fused,
         "onnxruntime": runtime.version(),
     });
     println!("{json}");

@@ -11,6 +11,7 @@ use crate::diffusion::pipeline::{Request, StableDiffusion};
 use crate::diffusion::prompt::{cut_prompt, THESIS_MAX_CHARS};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::engine::{Device, Runtime};
+use crate::onnx::{Attention, Fusion};
 use crate::tome::{Targets, TomeConfig};
 
 #[derive(Args)]
@@ -134,20 +135,33 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     check_writable(&args.out)?;
     let model = model_dir(global, &args.model)?;
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-    let mut sd = StableDiffusion::load(&runtime, &model)?;
+    let mut sd = StableDiffusion::load_with(&runtime, &model, global.unet_options())?;
     let (image, timings) = sd.generate(&request)?;
     write_png_atomically(&image, &args.out)?;
     println!(
-        "{}: {:.3} s (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}",
+        "{}: {:.3} s (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}",
         args.out.display(),
         timings.total.as_secs_f64(),
         timings.text_encoding.as_secs_f64(),
         timings.unet.as_secs_f64(),
         timings.vae.as_secs_f64(),
         runtime.device(),
-        runtime.version()
+        runtime.version(),
+        attention_summary(sd.attention(), sd.fusion())
     );
     Ok(())
+}
+
+/// `fused attention (14 of 14)`, `exported attention`: what the UNet ran.
+pub(crate) fn attention_summary(attention: Attention, fusion: &Fusion) -> String {
+    match attention {
+        Attention::Exported => "exported attention".into(),
+        Attention::Fused => format!(
+            "fused attention ({} of {})",
+            fusion.fused.len(),
+            fusion.fused.len() + fusion.skipped.len()
+        ),
+    }
 }
 
 /// Fails before any work when the image could not be written afterwards.

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::onnx::{Attention, SplitOptions};
+
 #[derive(Parser)]
 #[command(
     name = "tomex",
@@ -27,6 +29,15 @@ struct Cli {
     /// models.lock to read model names from (else ./models.lock or the project's).
     #[arg(long, global = true, value_name = "PATH")]
     lock: Option<PathBuf>,
+    /// How the UNet computes attention: `fused` (ONNX Runtime's MultiHeadAttention,
+    /// which never holds the N x N scores) or `exported` (the graph as exported).
+    #[arg(
+        long,
+        global = true,
+        value_name = "fused|exported",
+        default_value = "fused"
+    )]
+    attention: Attention,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +67,7 @@ pub fn main() -> i32 {
     let global = Global {
         ort_lib: cli.ort_lib,
         lock: cli.lock,
+        attention: cli.attention,
     };
     let result = match cli.command {
         Command::Generate(args) => generate::run(&global, args),
@@ -79,4 +91,15 @@ pub fn main() -> i32 {
 pub(crate) struct Global {
     pub ort_lib: Option<PathBuf>,
     pub lock: Option<PathBuf>,
+    pub attention: Attention,
+}
+
+impl Global {
+    /// Where and how the UNet's graphs are made (fused attention, cuts).
+    pub fn unet_options(&self) -> SplitOptions {
+        SplitOptions {
+            attention: self.attention,
+            ..SplitOptions::default()
+        }
+    }
 }

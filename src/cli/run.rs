@@ -55,7 +55,10 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         .model_dir()
         .expect("strict preparation checks the model");
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-    let mut sd = StableDiffusion::load(&runtime, model)?;
+    let mut sd = StableDiffusion::load_with(&runtime, model, global.unet_options())?;
+    for (softmax, why) in &sd.fusion().skipped {
+        eprintln!("note: attention at `{softmax}` runs as exported: {why}");
+    }
     let mut observer = Progress::new(args.quiet);
     let summary = execute(&prepared, &store, shard, &runtime, &mut sd, &mut observer)?;
     observer.finish();

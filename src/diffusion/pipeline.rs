@@ -12,7 +12,7 @@ use super::scheduler::{self, SchedulerConfig, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 use crate::engine::{EngineError, Runtime, TextEncoder, TomeUnet, Unet, VaeDecoder};
 use crate::model::{ModelDir, ModelError};
-use crate::onnx::SplitOptions;
+use crate::onnx::{Attention, Fusion, SplitOptions};
 use crate::tome::{PartitionRng, TomeConfig, TomeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,10 @@ pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: TextEncoder,
     unet: Unet,
+    /// How the UNet graphs compute attention, and where their rewrites are cached.
+    unet_options: SplitOptions,
+    /// What the attention rewrite did to the whole UNet.
+    fusion: Fusion,
     /// The split UNet for ToMe, opened on the first request that merges.
     tome_unet: Option<TomeUnet>,
     runtime: Runtime,
@@ -101,7 +105,18 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// The model with the UNet's attention fused (cached under the default cache root).
     pub fn load(runtime: &Runtime, model: &ModelDir) -> Result<StableDiffusion, PipelineError> {
+        Self::load_with(runtime, model, SplitOptions::default())
+    }
+
+    /// The model with the UNet's graphs made as `unet_options` say.
+    pub fn load_with(
+        runtime: &Runtime,
+        model: &ModelDir,
+        unet_options: SplitOptions,
+    ) -> Result<StableDiffusion, PipelineError> {
+        let (unet, fusion) = Unet::prepare(runtime, &model.unet, &unet_options)?;
         let scheduler_config = SchedulerConfig::from_json(&model.scheduler_config_text()?)
             .map_err(|e| {
                 PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
@@ -109,7 +124,9 @@ impl StableDiffusion {
         Ok(StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
             text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
-            unet: Unet::load(runtime, &model.unet)?,
+            unet,
+            unet_options,
+            fusion,
             tome_unet: None,
             runtime: *runtime,
             unet_path: model.unet.clone(),
@@ -117,6 +134,16 @@ impl StableDiffusion {
             scheduler_config,
             vae_scaling_factor: model.vae_scaling_factor()?,
         })
+    }
+
+    /// How the UNet computes attention.
+    pub fn attention(&self) -> Attention {
+        self.unet_options.attention
+    }
+
+    /// What the attention rewrite did to the whole UNet (nothing with `Exported`).
+    pub fn fusion(&self) -> &Fusion {
+        &self.fusion
     }
 
     pub fn generate(&mut self, req: &Request) -> Result<(RgbImage, Timings), PipelineError> {
@@ -142,7 +169,7 @@ impl StableDiffusion {
 
         let tome = req.merging();
         if tome.is_some() && self.tome_unet.is_none() {
-            let options = SplitOptions::default();
+            let options = self.unet_options.clone();
             self.tome_unet = Some(TomeUnet::load(&self.runtime, &self.unet_path, options)?);
         }
         // A fresh partition generator per image: the same seed gives the same image.

@@ -8,6 +8,7 @@ use ort::value::{DynValue, Tensor, TensorElementType, TensorRef};
 
 use super::io::{input_spec, output_name, run_error, unexpected, InputSpec};
 use super::runtime::{EngineError, Runtime};
+use crate::onnx::{self, Fusion, SplitOptions};
 
 pub struct Unet {
     session: Session,
@@ -94,6 +95,20 @@ impl UnetInputs {
 }
 
 impl Unet {
+    /// The UNet at `path` as `options` say: with its attention fused (the rewritten graph
+    /// from the cache, made on first use) or as exported. Errors name `path`.
+    pub fn prepare(
+        runtime: &Runtime,
+        path: &Path,
+        options: &SplitOptions,
+    ) -> Result<(Unet, Fusion), EngineError> {
+        let whole = onnx::prepare_whole(path, options).map_err(|e| unexpected(path, e.detail()))?;
+        let mut unet = Self::load(runtime, &whole.path)?;
+        unet.path = path.to_path_buf();
+        Ok((unet, whole.fusion))
+    }
+
+    /// The UNet graph at `path` exactly as it is.
     pub fn load(runtime: &Runtime, path: &Path) -> Result<Unet, EngineError> {
         let session = runtime.session(path)?;
         let inputs = UnetInputs::new(

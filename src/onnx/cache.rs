@@ -10,7 +10,13 @@
 //!     ...
 //!     <location>                      external data of the model, hard-linked
 //!     tomex-embedded-weights.bin      weights that were embedded in the model, written once
+//!     <whole key>-whole.json          the whole graph with fused attention: its record
+//!     <whole key>-whole.onnx          and the graph (when any attention was fused)
 //! ```
+//!
+//! Cuts and whole graphs are made with the attention rewritten into ONNX Runtime's
+//! `MultiHeadAttention` (see [`super::attention`]) unless `SplitOptions::attention` says
+//! `Exported`; the keys include the choice.
 //!
 //! ONNX Runtime (1.31) only reads external data from inside the folder of the model
 //! file: it rejects absolute `location`s and ones that leave the folder, and it resolves
@@ -24,8 +30,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::attention::{fuse_attention, Attention, Fusion};
 use super::proto::tensor_proto::DataLocation;
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use super::split::{finish, plan, DataFile, ShapeProbe, SplitManifest, TensorInfo, FORMAT};
@@ -38,7 +46,7 @@ const EXTERNALIZE_BYTES: usize = 1024;
 const ALIGN: u64 = 4096;
 const EMBEDDED_WEIGHTS: &str = "tomex-embedded-weights.bin";
 
-/// Where and how to cache a cut.
+/// Where to cache cuts and rewritten graphs, and how to make them.
 #[derive(Clone, Debug)]
 pub struct SplitOptions {
     /// The cache root; cuts go to `<cache_root>/splits/`.
@@ -46,6 +54,8 @@ pub struct SplitOptions {
     /// `sha256:<hex>` of the model file when the caller knows it (e.g. from
     /// `models.lock`); otherwise the file is hashed.
     pub model_digest: Option<String>,
+    /// Whether the graphs compute attention fused (the default) or as exported.
+    pub attention: Attention,
 }
 
 impl Default for SplitOptions {
@@ -53,6 +63,7 @@ impl Default for SplitOptions {
         SplitOptions {
             cache_root: default_cache_root(),
             model_digest: None,
+            attention: Attention::default(),
         }
     }
 }
@@ -78,13 +89,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cut key: a digest of the cut format, the model digest and the sorted cut set.
-fn cut_key(model_digest: &str, components: &[ComponentId]) -> String {
+/// The cut key: a digest of the cut format, the model digest, the attention and the
+/// sorted cut set.
+fn cut_key(model_digest: &str, attention: Attention, components: &[ComponentId]) -> String {
     let mut names: Vec<String> = components.iter().map(|c| c.to_string()).collect();
     names.sort();
     names.dedup();
     let mut h = Sha256::new();
     h.update(format!("tomex split format {FORMAT}\n{model_digest}\n").as_bytes());
+    if attention != Attention::Exported {
+        h.update(format!("attention {attention}\n").as_bytes());
+    }
     for n in names {
         h.update(n.as_bytes());
         h.update(b"\n");
@@ -104,18 +119,8 @@ pub fn prepare_split(
     options: &SplitOptions,
     probe: Option<&mut dyn ShapeProbe>,
 ) -> Result<(SplitManifest, CacheStatus), OnnxError> {
-    let digest = match &options.model_digest {
-        Some(d) => d.clone(),
-        None => crate::model::sha256_file(model_path).map_err(io_error(model_path))?,
-    };
-    let model_hex: String = digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(32)
-        .collect();
-    let dir = options.cache_root.join("splits").join(&model_hex);
-    let key = cut_key(&digest, components);
+    let (digest, dir) = model_folder(model_path, options)?;
+    let key = cut_key(&digest, options.attention, components);
     let manifest_path = dir.join(format!("{key}.json"));
     if let Some(manifest) = cached(&manifest_path, &dir, &digest)? {
         if manifest.probed || probe.is_none() {
@@ -125,6 +130,9 @@ pub fn prepare_split(
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
     let data_files = externalize(&mut model, model_path, &dir)?;
+    if options.attention == Attention::Fused {
+        fuse_attention(&mut model);
+    }
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
     if let Some(probe) = probe {
@@ -148,6 +156,120 @@ pub fn prepare_split(
     let text = serde_json::to_string_pretty(&made.manifest).expect("manifest serializes");
     write_atomic(&manifest_path, text.as_bytes())?;
     Ok((made.manifest, CacheStatus::Built))
+}
+
+/// The model's digest and its cache folder.
+fn model_folder(model_path: &Path, options: &SplitOptions) -> Result<(String, PathBuf), OnnxError> {
+    let digest = match &options.model_digest {
+        Some(d) => d.clone(),
+        None => crate::model::sha256_file(model_path).map_err(io_error(model_path))?,
+    };
+    let model_hex: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    let dir = options.cache_root.join("splits").join(&model_hex);
+    Ok((digest, dir))
+}
+
+/// The whole graph the engine runs, from [`prepare_whole`].
+#[derive(Clone, Debug)]
+pub struct Whole {
+    /// The graph file: the model's own where nothing was rewritten.
+    pub path: PathBuf,
+    /// What the attention rewrite did (empty with `Attention::Exported`).
+    pub fusion: Fusion,
+    /// `None` where the model's own file is used as it is.
+    pub status: Option<CacheStatus>,
+}
+
+/// The record of a rewritten whole graph, written after the graph.
+#[derive(Serialize, Deserialize)]
+struct WholeRecord {
+    format: u32,
+    model_digest: String,
+    fusion: Fusion,
+    /// The rewritten graph's file name, `None` when nothing matched.
+    file: Option<String>,
+    data_files: Vec<DataFile>,
+}
+
+/// The whole graph at `model_path` with its attention fused (from the cache, or made
+/// now), or the model itself when `options.attention` is `Exported`.
+pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole, OnnxError> {
+    if options.attention == Attention::Exported {
+        return Ok(Whole {
+            path: model_path.to_path_buf(),
+            fusion: Fusion::default(),
+            status: None,
+        });
+    }
+    let (digest, dir) = model_folder(model_path, options)?;
+    let key = {
+        let mut h = Sha256::new();
+        h.update(format!("tomex whole format {FORMAT}\n{digest}\nattention fused\n").as_bytes());
+        hex(&h.finalize())[..16].to_string()
+    };
+    let record_path = dir.join(format!("{key}-whole.json"));
+    let whole = |record: WholeRecord, status| Whole {
+        path: record
+            .file
+            .as_ref()
+            .map_or_else(|| model_path.to_path_buf(), |f| dir.join(f)),
+        fusion: record.fusion,
+        status: Some(status),
+    };
+    if let Some(mut record) = std::fs::read_to_string(&record_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<WholeRecord>(&t).ok())
+        .filter(|r| r.format == FORMAT && r.model_digest == digest)
+    {
+        let file_ok = record.file.as_ref().is_none_or(|f| dir.join(f).is_file());
+        if file_ok && relink(&mut record.data_files, &dir)? {
+            return Ok(whole(record, CacheStatus::Hit));
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let mut model = read_model(model_path)?;
+    let fusion = fuse_attention(&mut model);
+    let (file, data_files) = if fusion.fused.is_empty() {
+        (None, Vec::new())
+    } else {
+        let data_files = externalize(&mut model, model_path, &dir)?;
+        let file = format!("{key}-whole.onnx");
+        write_model(&model, &dir.join(&file))?;
+        (Some(file), data_files)
+    };
+    let record = WholeRecord {
+        format: FORMAT,
+        model_digest: digest,
+        fusion,
+        file,
+        data_files,
+    };
+    let text = serde_json::to_string_pretty(&record).expect("record serializes");
+    write_atomic(&record_path, text.as_bytes())?;
+    Ok(whole(record, CacheStatus::Built))
+}
+
+/// Checks the data files a cached graph references, re-linking those whose source was
+/// replaced; false when one is missing and cannot be restored.
+fn relink(data_files: &mut [DataFile], dir: &Path) -> Result<bool, OnnxError> {
+    for f in data_files {
+        let target = dir.join(&f.location);
+        match &f.source {
+            None if target.is_file() => {}
+            None => return Ok(false),
+            Some(source) => {
+                if !same_data(source, &target, f.copied) {
+                    f.copied = link_or_copy(source, &target)?;
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// A finished cut from the cache, with its data files checked (and re-linked where the
@@ -174,17 +296,8 @@ fn cached(
     {
         return Ok(None);
     }
-    for f in &mut manifest.data_files {
-        let target = dir.join(&f.location);
-        match &f.source {
-            None if target.is_file() => {}
-            None => return Ok(None),
-            Some(source) => {
-                if !same_data(source, &target, f.copied) {
-                    f.copied = link_or_copy(source, &target)?;
-                }
-            }
-        }
+    if !relink(&mut manifest.data_files, dir)? {
+        return Ok(None);
     }
     Ok(Some(manifest))
 }
@@ -404,9 +517,14 @@ mod tests {
             comp(0, ComponentKind::Attn1),
             comp(1, ComponentKind::Ff),
         ];
-        assert_eq!(cut_key("sha256:ab", &a), cut_key("sha256:ab", &b));
-        assert_ne!(cut_key("sha256:ab", &a), cut_key("sha256:cd", &a));
-        assert_ne!(cut_key("sha256:ab", &a), cut_key("sha256:ab", &a[..1]));
+        let key = |d: &str, c: &[ComponentId]| cut_key(d, Attention::Fused, c);
+        assert_eq!(key("sha256:ab", &a), key("sha256:ab", &b));
+        assert_ne!(key("sha256:ab", &a), key("sha256:cd", &a));
+        assert_ne!(key("sha256:ab", &a), key("sha256:ab", &a[..1]));
+        assert_ne!(
+            key("sha256:ab", &a),
+            cut_key("sha256:ab", Attention::Exported, &a)
+        );
     }
 
     #[test]

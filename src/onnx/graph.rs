@@ -239,7 +239,7 @@ pub fn ranks(graph: &GraphProto, nodes: &[NodeProto]) -> HashMap<String, usize> 
 
 /// The values of an INT64 scalar or vector stored in the model itself (`raw_data` or
 /// `int64_data`); `None` for other tensors and for data stored outside the model.
-fn int64_values(t: &TensorProto) -> Option<Vec<i64>> {
+pub(crate) fn int64_values(t: &TensorProto) -> Option<Vec<i64>> {
     if t.data_type != dtype::INT64 || t.dims.len() > 1 {
         return None;
     }

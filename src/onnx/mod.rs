@@ -11,12 +11,15 @@
 //!   variant, so fields have no presence (`Option`) and hold their default when
 //!   absent; [`encode_model`] writes the attribute values that proto3 would drop, so a
 //!   model read and written has the same fields and the same size.
+//! * [`attention`]: the exported attention rewritten into ONNX Runtime's fused
+//!   `MultiHeadAttention`, which never holds the `N × N` score matrix.
 //! * [`unet`]: which `BasicTransformerBlock`s the UNet has, found by node names.
 //! * [`split`]: the cut itself, an ordered list of segment and component graphs.
 //! * [`cache`]: where the cut graphs live on disk, keyed by model digest and cut set.
 //!
 //! This module never opens an ONNX Runtime session and never reads external weights.
 
+pub mod attention;
 pub mod cache;
 mod graph;
 pub use onnx_protobuf as proto;
@@ -30,7 +33,10 @@ use protobuf::{Message, UnknownValue};
 use proto::attribute_proto::AttributeType;
 use proto::{AttributeProto, GraphProto, NodeProto};
 
-pub use cache::{default_cache_root, prepare_split, CacheStatus, SplitOptions};
+pub use attention::{fuse_attention, Attention, Fusion};
+pub use cache::{
+    default_cache_root, prepare_split, prepare_whole, CacheStatus, SplitOptions, Whole,
+};
 pub use proto::ModelProto;
 pub use split::{BlockPart, DataFile, Part, PartKind, ShapeProbe, SplitManifest, TensorInfo};
 pub use unet::{transformer_blocks, BlockId, ComponentId, ComponentKind, Stage, TransformerBlock};

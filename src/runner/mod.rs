@@ -181,6 +181,7 @@ fn make_image(
         },
         device: runtime.device().to_string(),
         onnxruntime: runtime.version(),
+        attention: sd.attention().to_string(),
     };
     Ok((png, measured))
 }

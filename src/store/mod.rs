@@ -279,6 +279,7 @@ impl Store {
             timings: measurement.timings,
             peak_memory: measurement.peak_memory,
             device: measurement.device,
+            attention: measurement.attention,
             tomex: env!("CARGO_PKG_VERSION").to_string(),
             onnxruntime: measurement.onnxruntime,
             host: info.host.clone(),

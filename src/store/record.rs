@@ -37,6 +37,8 @@ pub struct Measurement {
     pub device: String,
     /// ONNX Runtime version.
     pub onnxruntime: String,
+    /// How the UNet computed attention: `fused` or `exported`.
+    pub attention: String,
 }
 
 /// `objects/<key>/record.json`: a finished job.
@@ -51,6 +53,9 @@ pub struct Record {
     pub timings: Timings,
     pub peak_memory: PeakMemory,
     pub device: String,
+    /// `fused` or `exported` (records older than the choice: `exported`).
+    #[serde(default = "exported")]
+    pub attention: String,
     pub tomex: String,
     pub onnxruntime: String,
     pub host: String,
@@ -185,6 +190,11 @@ pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
     }
     line.push('\n');
     line
+}
+
+/// The attention of records made before tomex could fuse it.
+fn exported() -> String {
+    "exported".into()
 }
 
 #[cfg(test)]

@@ -1,0 +1,476 @@
+//! Rewriting the exported attention into ONNX Runtime's fused `MultiHeadAttention`.
+//!
+//! torch's ONNX export of `scaled_dot_product_attention` (what diffusers' default
+//! attention processor calls) spells attention out: per head, `softmax(q·kᵀ)·v` with
+//! the full `batch × heads × N × N` score matrix, which ONNX Runtime materialises (5.4 GB
+//! per attention at a 96×96 latent). `com.microsoft.MultiHeadAttention` computes the
+//! same thing; on the CPU its float kernel is a tiled flash attention (online softmax)
+//! that never holds more than an L2-cache-sized tile of scores, and on CUDA it picks
+//! flash or memory-efficient attention. The rewrite is exact up to float rounding.
+//!
+//! The pattern matched (per `Softmax`), with `B` batch, `S`/`L` query/key tokens, `H`
+//! heads and `D` the head size, and tensors `q`, `k`, `v` of shape `[B, S|L, H·D]`:
+//!
+//! ```text
+//! qh = Transpose[0,2,1,3](Reshape(q, [B, -1, H, D]))      kᵀh = Transpose[0,2,3,1](Reshape(k, …))
+//! scores = MatMul(Mul(qh, √s), Mul(kᵀh, √s))               vh = Transpose[0,2,1,3](Reshape(v, …))
+//! out = Reshape(Transpose[0,2,1,3](MatMul(Softmax(scores, axis=-1), vh)), [B, -1, H·D])
+//! ```
+//!
+//! where `s` is the default `1/√D` (computed from `Shape(qh)` by the exporter) or a
+//! constant. `out` becomes `MultiHeadAttention(q, k, v)` with `num_heads = H` (and
+//! `scale = s` when it is a constant); the nodes left without readers are removed. An
+//! attention that does not match exactly is left as exported, and the reason recorded.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::graph::{self, dtype, node_inputs};
+use super::proto::attribute_proto::AttributeType;
+use super::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+
+/// How the graphs tomex runs compute attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// Rewritten into `MultiHeadAttention` wherever the export matches the pattern.
+    #[default]
+    Fused,
+    /// As exported (the reference the fused graphs are tested against).
+    Exported,
+}
+
+impl Attention {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attention::Fused => "fused",
+            Attention::Exported => "exported",
+        }
+    }
+}
+
+impl std::fmt::Display for Attention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Attention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Attention::Fused),
+            "exported" => Ok(Attention::Exported),
+            other => Err(format!(
+                "unknown attention `{other}`: use `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported)"
+            )),
+        }
+    }
+}
+
+/// ONNX Runtime's contrib operator domain.
+pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// What [`fuse_attention`] did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fusion {
+    /// Names of the `MultiHeadAttention` nodes written, in graph order.
+    pub fused: Vec<String>,
+    /// Each `Softmax` left as exported, with why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// One matched attention.
+struct Match {
+    softmax: usize,
+    /// The final `Reshape`, whose output the fused node takes over.
+    reshape: usize,
+    q: String,
+    k: String,
+    v: String,
+    heads: i64,
+    /// `None`: the default `1/√D`.
+    scale: Option<f32>,
+}
+
+/// Rewrites every attention of `model`'s main graph that matches the exported pattern.
+pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
+    let opset = default_opset(model);
+    let graph = model.graph.mut_or_insert_default();
+    let types = graph::elem_types(graph, &graph.node);
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut fusion = Fusion::default();
+    let matches: Vec<Match> = {
+        let view = View::new(&graph.node, &graph.initializer, &outputs);
+        graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.op_type == "Softmax" && is_default_domain(n))
+            .filter_map(|(i, n)| match view.attention(i, opset, &types) {
+                Ok(m) => Some(m),
+                Err(reason) => {
+                    fusion.skipped.push((n.name.clone(), reason));
+                    None
+                }
+            })
+            .collect()
+    };
+    if matches.is_empty() {
+        return fusion;
+    }
+    for m in &matches {
+        let name = fused_name(&graph.node[m.softmax].name);
+        let out = graph.node[m.reshape].output[0].clone();
+        graph.node[m.reshape] = mha_node(&name, m, &out);
+        fusion.fused.push(name);
+    }
+    remove_dead_nodes(&mut graph.node, &outputs);
+    let live: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
+    graph.value_info.retain(|v| live.contains(&v.name));
+    if !model.opset_import.iter().any(|o| o.domain == MS_DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: MS_DOMAIN.into(),
+            version: 1,
+            ..Default::default()
+        });
+    }
+    fusion
+}
+
+/// The standard domain's opset version (`Softmax`'s default axis depends on it).
+fn default_opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version)
+}
+
+fn is_default_domain(n: &NodeProto) -> bool {
+    n.domain.is_empty() || n.domain == "ai.onnx"
+}
+
+/// `/…/attn1/Softmax` → `/…/attn1/MultiHeadAttention`: the fused node keeps the
+/// component's name prefix, which is how the UNet cut finds a component's nodes.
+fn fused_name(softmax: &str) -> String {
+    match softmax.rfind('/') {
+        Some(i) => format!("{}/MultiHeadAttention", &softmax[..i]),
+        None => format!("{softmax}/MultiHeadAttention"),
+    }
+}
+
+fn mha_node(name: &str, m: &Match, out: &str) -> NodeProto {
+    let mut attribute = vec![AttributeProto {
+        name: "num_heads".into(),
+        type_: AttributeType::INT.into(),
+        i: m.heads,
+        ..Default::default()
+    }];
+    if let Some(scale) = m.scale {
+        attribute.push(AttributeProto {
+            name: "scale".into(),
+            type_: AttributeType::FLOAT.into(),
+            f: scale,
+            ..Default::default()
+        });
+    }
+    NodeProto {
+        name: name.into(),
+        op_type: "MultiHeadAttention".into(),
+        domain: MS_DOMAIN.into(),
+        input: vec![m.q.clone(), m.k.clone(), m.v.clone()],
+        output: vec![out.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// Removes nodes none of whose outputs is read (by a node or as a graph output), until
+/// none is left; the replaced attention's score and shape chains go this way.
+fn remove_dead_nodes(nodes: &mut Vec<NodeProto>, outputs: &HashSet<String>) {
+    loop {
+        let read: HashSet<String> = nodes
+            .iter()
+            .flat_map(|n| node_inputs(n).into_iter().map(str::to_string))
+            .chain(outputs.iter().cloned())
+            .collect();
+        let before = nodes.len();
+        nodes.retain(|n| n.output.iter().any(|o| !o.is_empty() && read.contains(o)));
+        if nodes.len() == before {
+            return;
+        }
+    }
+}
+
+/// Read-only lookups over the graph for matching.
+struct View<'g> {
+    nodes: &'g [NodeProto],
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    initializers: HashMap<&'g str, &'g TensorProto>,
+    outputs: &'g HashSet<String>,
+}
+
+impl<'g> View<'g> {
+    fn new(
+        nodes: &'g [NodeProto],
+        initializers: &'g [TensorProto],
+        outputs: &'g HashSet<String>,
+    ) -> View<'g> {
+        View {
+            nodes,
+            producer: graph::producers(nodes),
+            consumers: graph::consumers(nodes),
+            initializers: initializers.iter().map(|t| (t.name.as_str(), t)).collect(),
+            outputs,
+        }
+    }
+
+    /// The node computing `tensor`, if it is an `op` of the standard domain.
+    fn made_by(&self, tensor: &str, op: &str) -> Result<&'g NodeProto, String> {
+        let node = self
+            .producer
+            .get(tensor)
+            .map(|&i| &self.nodes[i])
+            .ok_or_else(|| format!("`{tensor}` is not computed by a node"))?;
+        if node.op_type == op && is_default_domain(node) {
+            Ok(node)
+        } else {
+            Err(format!(
+                "`{tensor}` comes from {} `{}`, not {op}",
+                node.op_type, node.name
+            ))
+        }
+    }
+
+    /// The one node reading `tensor` (which must not be a graph output).
+    fn only_reader(&self, tensor: &str) -> Result<usize, String> {
+        match self.consumers.get(tensor).map(Vec::as_slice) {
+            Some(&[i]) if !self.outputs.contains(tensor) => Ok(i),
+            _ => Err(format!("`{tensor}` is read by more than the attention")),
+        }
+    }
+
+    /// `Transpose(Reshape(x, shape), perm)`: returns `x` and the head count in `shape`.
+    fn heads_of(&self, tensor: &str, perm: &[i64]) -> Result<(String, i64), String> {
+        let t = self.made_by(tensor, "Transpose")?;
+        if ints_attr(t, "perm").as_deref() != Some(perm) {
+            return Err(format!("`{}` is not a Transpose {perm:?}", t.name));
+        }
+        let r = self.made_by(&t.input[0], "Reshape")?;
+        let shape = r.input.get(1).ok_or("a Reshape without a shape")?;
+        let heads = self
+            .shape_entry(shape, 2)
+            .ok_or_else(|| format!("the head count of `{}` is not a constant", r.name))?;
+        if heads <= 0 {
+            return Err(format!("`{}` has {heads} heads", r.name));
+        }
+        Ok((r.input[0].clone(), heads))
+    }
+
+    /// Entry `k` of a 4-d shape: a constant, or a `Concat` whose `k`th input is one.
+    fn shape_entry(&self, shape: &str, k: usize) -> Option<i64> {
+        if let Some(v) = self.int_constant(shape) {
+            return (v.len() == 4).then(|| v[k]);
+        }
+        let concat = self.made_by(shape, "Concat").ok()?;
+        if concat.input.len() != 4 {
+            return None;
+        }
+        match self.int_constant(&concat.input[k])?.as_slice() {
+            [v] => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn constant_tensor(&self, name: &str) -> Option<&'g TensorProto> {
+        if let Some(t) = self.initializers.get(name) {
+            return Some(t);
+        }
+        let node = self.made_by(name, "Constant").ok()?;
+        node.attribute
+            .iter()
+            .find(|a| a.name == "value")
+            .and_then(|a| a.t.as_ref())
+    }
+
+    fn int_constant(&self, name: &str) -> Option<Vec<i64>> {
+        if let Ok(node) = self.made_by(name, "Constant") {
+            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_ints") {
+                return Some(a.ints.clone());
+            }
+            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_int") {
+                return Some(vec![a.i]);
+            }
+        }
+        graph::int64_values(self.constant_tensor(name)?)
+    }
+
+    fn float_constant(&self, name: &str) -> Option<f32> {
+        if let Ok(node) = self.made_by(name, "Constant") {
+            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_float") {
+                return Some(a.f);
+            }
+        }
+        let t = self.constant_tensor(name)?;
+        if t.data_type != dtype::FLOAT || t.dims.iter().product::<i64>() != 1 {
+            return None;
+        }
+        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
+            (&[v], _) => Some(v),
+            (_, raw) if raw.len() == 4 => Some(f32::from_le_bytes(raw.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
+    /// The tensor behind a chain of `Cast`s.
+    fn through_casts(&self, mut tensor: &'g str) -> &'g str {
+        while let Ok(c) = self.made_by(tensor, "Cast") {
+            tensor = &c.input[0];
+        }
+        tensor
+    }
+
+    /// `x` scaled: `Mul(x, f)` or `Mul(f, x)` with `x` made by a `Transpose`.
+    fn scaled(&self, tensor: &str) -> Result<(&'g str, &'g str), String> {
+        let mul = self.made_by(tensor, "Mul")?;
+        let (a, b) = (mul.input[0].as_str(), mul.input[1].as_str());
+        if self.made_by(a, "Transpose").is_ok() {
+            Ok((a, b))
+        } else if self.made_by(b, "Transpose").is_ok() {
+            Ok((b, a))
+        } else {
+            Err(format!("`{}` does not scale a head tensor", mul.name))
+        }
+    }
+
+    /// The scale `s` given the two factors `√s` applied to q and kᵀ; `Ok(None)` for the
+    /// exporter's `1/√D`, computed from the shape of `qh`.
+    fn scale(&self, fq: &str, fk: &str, qh: &str) -> Result<Option<f32>, String> {
+        let sq = self.made_by(fq, "Sqrt")?;
+        let sk = self.made_by(fk, "Sqrt")?;
+        if sq.input[0] != sk.input[0] {
+            return Err("q and k are scaled by different factors".into());
+        }
+        let s = sq.input[0].as_str();
+        if let Some(c) = self.float_constant(self.through_casts(s)) {
+            return Ok(Some(c));
+        }
+        // s = 1 / √(float(Shape(qh)[-1:])): the default scale.
+        let div = self.made_by(self.through_casts(s), "Div")?;
+        if self.float_constant(self.through_casts(&div.input[0])) != Some(1.0) {
+            return Err(format!("`{}` is not 1 / √D", div.name));
+        }
+        let sqrt = self.made_by(self.through_casts(&div.input[1]), "Sqrt")?;
+        let slice = self.made_by(self.through_casts(&sqrt.input[0]), "Slice")?;
+        let shape = self.made_by(&slice.input[0], "Shape")?;
+        let last = slice.input.get(1).and_then(|s| self.int_constant(s));
+        if shape.input[0] != qh || last.as_deref() != Some(&[-1]) {
+            return Err(format!("`{}` is not the head size of q", slice.name));
+        }
+        Ok(None)
+    }
+
+    /// The attention around the `Softmax` at index `softmax`, if it is the pattern.
+    fn attention(
+        &self,
+        softmax: usize,
+        opset: i64,
+        types: &HashMap<String, i32>,
+    ) -> Result<Match, String> {
+        let sm = &self.nodes[softmax];
+        let axis = attr(sm, "axis").map(|a| a.i);
+        if !(axis == Some(-1) || axis == Some(3) || (axis.is_none() && opset >= 13)) {
+            return Err("the softmax is not over the last axis".into());
+        }
+        let scores = self.made_by(&sm.input[0], "MatMul")?;
+        // Another reader of the scores would keep the N x N matrix alive: no gain.
+        self.only_reader(&sm.input[0])?;
+        let m2 = &self.nodes[self.only_reader(&sm.output[0])?];
+        if m2.op_type != "MatMul" || m2.input[0] != sm.output[0] {
+            return Err("the softmax does not feed a MatMul with v".into());
+        }
+        let (qh, fq) = self.scaled(&scores.input[0])?;
+        let (kh, fk) = self.scaled(&scores.input[1])?;
+        let (q, hq) = self.heads_of(qh, &[0, 2, 1, 3])?;
+        let (k, hk) = self.heads_of(kh, &[0, 2, 3, 1])?;
+        let (v, hv) = self.heads_of(&m2.input[1], &[0, 2, 1, 3])?;
+        if hq != hk || hq != hv {
+            return Err(format!("q, k and v have {hq}, {hk} and {hv} heads"));
+        }
+        let scale = self.scale(fq, fk, qh)?;
+        let back = &self.nodes[self.only_reader(&m2.output[0])?];
+        if back.op_type != "Transpose" || ints_attr(back, "perm").as_deref() != Some(&[0, 2, 1, 3])
+        {
+            return Err("the attention output is not transposed back".into());
+        }
+        let reshape = self.only_reader(&back.output[0])?;
+        if self.nodes[reshape].op_type != "Reshape" {
+            return Err("the attention output is not reshaped back".into());
+        }
+        // ONNX Runtime's CPU kernel is float only.
+        if [&q, &k, &v]
+            .iter()
+            .any(|t| types.get(t.as_str()) != Some(&dtype::FLOAT))
+        {
+            return Err("q, k and v are not all float32".into());
+        }
+        Ok(Match {
+            softmax,
+            reshape,
+            q,
+            k,
+            v,
+            heads: hq,
+            scale,
+        })
+    }
+}
+
+fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn ints_attr(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_node_keeps_the_component_prefix() {
+        assert_eq!(
+            fused_name("/down_blocks.0/attentions.0/transformer_blocks.0/attn1/Softmax"),
+            "/down_blocks.0/attentions.0/transformer_blocks.0/attn1/MultiHeadAttention"
+        );
+        assert_eq!(fused_name("Softmax_3"), "Softmax_3/MultiHeadAttention");
+    }
+
+    #[test]
+    fn dead_chains_are_removed_and_live_ones_kept() {
+        let node = |op: &str, i: &[&str], o: &[&str]| NodeProto {
+            op_type: op.into(),
+            input: i.iter().map(|s| s.to_string()).collect(),
+            output: o.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut nodes = vec![
+            node("Shape", &["x"], &["s"]),
+            node("Sqrt", &["s"], &["r"]), // read by nothing: goes, then Shape goes
+            node("Relu", &["x"], &["y"]),
+            node("Neg", &["y"], &["out"]),
+        ];
+        let outputs: HashSet<String> = ["out".to_string()].into();
+        remove_dead_nodes(&mut nodes, &outputs);
+        let ops: Vec<&str> = nodes.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Relu", "Neg"]);
+    }
+}

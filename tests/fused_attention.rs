@@ -1,0 +1,227 @@
+//! The exported attention rewritten into ONNX Runtime's `MultiHeadAttention`: every
+//! attention of the tiny UNet is found, and the fused graphs (whole and cut, with ToMe
+//! merging) compute what the exported ones compute.
+//!
+//! Tolerance: 1e-4 relative (max abs difference over max abs value), the bound.
+//! The fused kernel accumulates the softmax online over tiles in float32 instead of
+//! materialising it, so outputs differ from the exported graph by float rounding only
+//! (about 1e-6 measured here); a wrong head split, scale or layout gives O(1).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Array4};
+use tomex::engine::{TomeUnet, Unet};
+use tomex::onnx::{self, Attention, CacheStatus, ComponentKind, SplitOptions};
+use tomex::tome::{PartitionRng, Targets, TomeConfig};
+
+fn tiny_unet() -> PathBuf {
+    common::tiny_model().join("unet/model.onnx")
+}
+
+fn options(cache: &Path, attention: Attention) -> SplitOptions {
+    SplitOptions {
+        cache_root: cache.to_path_buf(),
+        model_digest: None,
+        attention,
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn inputs(batch: usize, h: usize, w: usize, dim: usize) -> (Array4<f32>, Array3<f32>) {
+    let sample = Array4::from_shape_vec((batch, 4, h, w), values(batch * 4 * h * w, 3)).unwrap();
+    let hidden = Array3::from_shape_vec((batch, 77, dim), values(batch * 77 * dim, 4)).unwrap();
+    (sample, hidden)
+}
+
+fn relative_difference(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+#[test]
+fn every_attention_of_the_tiny_unet_is_fused() {
+    let mut model = onnx::read_model(&tiny_unet()).unwrap();
+    let fusion = onnx::fuse_attention(&mut model);
+    assert!(fusion.skipped.is_empty(), "{:?}", fusion.skipped);
+    // 7 transformer blocks, each with a self- and a cross-attention.
+    assert_eq!(fusion.fused.len(), 14);
+    let blocks = onnx::transformer_blocks(&model);
+    for block in &blocks {
+        for kind in [ComponentKind::Attn1, ComponentKind::Attn2] {
+            let name = format!(
+                "{}/MultiHeadAttention",
+                block.component(kind).unwrap().node_prefix()
+            );
+            assert!(fusion.fused.contains(&name), "{name} not fused");
+        }
+    }
+    let graph = &model.graph;
+    assert!(!graph.node.iter().any(|n| n.op_type == "Softmax"));
+    let mha: Vec<_> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MultiHeadAttention")
+        .collect();
+    assert_eq!(mha.len(), 14);
+    for n in mha {
+        assert_eq!(n.domain, "com.microsoft");
+        let heads = n.attribute.iter().find(|a| a.name == "num_heads").unwrap();
+        assert_eq!(
+            heads.i, 4,
+            "the tiny UNet's attention_head_dim (= heads) is 4"
+        );
+        // The default scale 1/sqrt(head size) is left to the operator.
+        assert!(!n.attribute.iter().any(|a| a.name == "scale"));
+    }
+    assert!(model
+        .opset_import
+        .iter()
+        .any(|o| o.domain == "com.microsoft" && o.version == 1));
+}
+
+#[test]
+fn the_fused_whole_graph_matches_the_exported_one() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let fused_options = options(cache.path(), Attention::Fused);
+    let (mut fused, fusion) = Unet::prepare(&runtime, &tiny_unet(), &fused_options).unwrap();
+    assert_eq!(fusion.fused.len(), 14);
+    let mut exported = Unet::load(&runtime, &tiny_unet()).unwrap();
+    for (batch, h, w) in [(2, 8, 8), (1, 12, 10), (2, 16, 16)] {
+        let (sample, hidden) = inputs(batch, h, w, 32);
+        let want = exported.predict(&sample, 321.0, &hidden).unwrap();
+        let got = fused.predict(&sample, 321.0, &hidden).unwrap();
+        let diff = relative_difference(&want, &got);
+        eprintln!("whole graph, batch {batch}, {h}x{w}: {diff:.2e}");
+        assert!(diff <= 1e-4, "batch {batch}, {h}x{w}: {diff}");
+    }
+    // The rewrite is cached: the second preparation reads it back.
+    let again = onnx::prepare_whole(&tiny_unet(), &fused_options).unwrap();
+    assert_eq!(again.status, Some(CacheStatus::Hit));
+    assert_eq!(again.fusion.fused.len(), 14);
+    assert!(again.path.starts_with(cache.path()));
+    // Exported attention uses the model file itself.
+    let plain = onnx::prepare_whole(&tiny_unet(), &options(cache.path(), Attention::Exported));
+    assert_eq!(plain.unwrap().path, tiny_unet());
+}
+
+#[test]
+fn the_other_export_conventions_fuse_too() {
+    let variant = common::repo().join("tests/fixtures/tiny_variant/unet/model.onnx");
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let (mut fused, fusion) =
+        Unet::prepare(&runtime, &variant, &options(cache.path(), Attention::Fused)).unwrap();
+    assert_eq!(fusion.fused.len(), 14, "{:?}", fusion.skipped);
+    let mut exported = Unet::load(&runtime, &variant).unwrap();
+    let (sample, hidden) = inputs(2, 8, 8, 32);
+    let want = exported.predict(&sample, 999.0, &hidden).unwrap();
+    let got = fused.predict(&sample, 999.0, &hidden).unwrap();
+    assert!(relative_difference(&want, &got) <= 1e-4);
+}
+
+/// ToMe merging around fused components: the cut parts carry the fused attention, and
+/// the merged evaluation matches the exported graph's merged evaluation.
+#[test]
+fn tome_on_fused_parts_matches_tome_on_exported_parts() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let load = |attention| {
+        TomeUnet::load(&runtime, &tiny_unet(), options(cache.path(), attention)).unwrap()
+    };
+    let (mut fused, mut exported) = (load(Attention::Fused), load(Attention::Exported));
+    let configs = [
+        TomeConfig {
+            ratio: 0.5,
+            random: false,
+            ..TomeConfig::default()
+        },
+        TomeConfig {
+            ratio: 0.6,
+            targets: Targets {
+                self_attn: true,
+                cross_attn: true,
+                mlp: true,
+            },
+            sx: 2,
+            sy: 2,
+            random: true,
+            seed: 7,
+            max_downsample: 2,
+        },
+    ];
+    for cfg in &configs {
+        for (batch, h, w) in [(2, 16, 16), (2, 12, 10)] {
+            let (sample, hidden) = inputs(batch, h, w, 32);
+            let run = |unet: &mut TomeUnet| {
+                let mut rng = PartitionRng::new(cfg.seed);
+                unet.predict(&sample, 401.0, &hidden, cfg, &mut rng)
+                    .unwrap()
+            };
+            let want = run(&mut exported);
+            let got = run(&mut fused);
+            let diff = relative_difference(&want, &got);
+            eprintln!("ToMe r = {}, batch {batch}, {h}x{w}: {diff:.2e}", cfg.ratio);
+            assert!(diff <= 1e-4, "{cfg:?}, batch {batch}, {h}x{w}: {diff}");
+        }
+    }
+}
+
+/// An attention that does not match the pattern is left as exported, with the reason,
+/// and the rest are still fused; the graph computes the same.
+#[test]
+fn an_unfamiliar_attention_is_left_as_exported() {
+    let mut model = onnx::read_model(&tiny_unet()).unwrap();
+    let graph = model.graph.mut_or_insert_default();
+    let softmax = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Softmax")
+        .unwrap();
+    let name = softmax.name.clone();
+    // An extra reader of the scores: fusing would lose it.
+    let scores = softmax.input[0].clone();
+    graph.node.push(onnx::proto::NodeProto {
+        name: "/extra/Identity".into(),
+        op_type: "Identity".into(),
+        input: vec![scores],
+        output: vec!["extra_scores".into()],
+        ..Default::default()
+    });
+    let fusion = onnx::fuse_attention(&mut model);
+    assert_eq!(fusion.fused.len(), 13);
+    assert_eq!(fusion.skipped.len(), 1);
+    assert_eq!(fusion.skipped[0].0, name);
+    assert!(
+        fusion.skipped[0]
+            .1
+            .contains("read by more than the attention"),
+        "{}",
+        fusion.skipped[0].1
+    );
+    let softmaxes = model
+        .graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Softmax")
+        .count();
+    assert_eq!(softmaxes, 1);
+}
