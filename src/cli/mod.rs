@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::engine::TokenOps;
 use crate::onnx::{Attention, SplitOptions};
 
 #[derive(Parser)]
@@ -38,6 +39,10 @@ struct Cli {
         default_value = "fused"
     )]
     attention: Attention,
+    /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's) or `graph` (ONNX
+    /// graphs run by ONNX Runtime beside the UNet's parts: the device path's ops).
+    #[arg(long, global = true, value_name = "host|graph", default_value = "host")]
+    token_ops: TokenOps,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +73,7 @@ pub fn main() -> i32 {
         ort_lib: cli.ort_lib,
         lock: cli.lock,
         attention: cli.attention,
+        token_ops: cli.token_ops,
     };
     let result = match cli.command {
         Command::Generate(args) => generate::run(&global, args),
@@ -92,6 +98,7 @@ pub(crate) struct Global {
     pub ort_lib: Option<PathBuf>,
     pub lock: Option<PathBuf>,
     pub attention: Attention,
+    pub token_ops: TokenOps,
 }
 
 impl Global {

@@ -56,6 +56,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         .expect("strict preparation checks the model");
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
     let mut sd = StableDiffusion::load_with(&runtime, model, global.unet_options())?;
+    sd.set_token_ops(global.token_ops)?;
     for (softmax, why) in &sd.fusion().skipped {
         eprintln!("note: attention at `{softmax}` runs as exported: {why}");
     }

@@ -10,7 +10,7 @@ use super::pixels::to_rgb8;
 use super::rng::randn;
 use super::scheduler::{self, SchedulerConfig, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
-use crate::engine::{EngineError, Runtime, TextEncoder, TomeUnet, Unet, VaeDecoder};
+use crate::engine::{EngineError, Runtime, TextEncoder, TokenOps, TomeUnet, Unet, VaeDecoder};
 use crate::model::{ModelDir, ModelError};
 use crate::onnx::{Attention, Fusion, SplitOptions};
 use crate::tome::{PartitionRng, TomeConfig, TomeError};
@@ -95,6 +95,8 @@ pub struct StableDiffusion {
     unet_options: SplitOptions,
     /// What the attention rewrite did to the whole UNet.
     fusion: Fusion,
+    /// Where ToMe's token ops run.
+    token_ops: TokenOps,
     /// The split UNet for ToMe, opened on the first request that merges.
     tome_unet: Option<TomeUnet>,
     runtime: Runtime,
@@ -127,6 +129,7 @@ impl StableDiffusion {
             unet,
             unet_options,
             fusion,
+            token_ops: TokenOps::Host,
             tome_unet: None,
             runtime: *runtime,
             unet_path: model.unet.clone(),
@@ -139,6 +142,15 @@ impl StableDiffusion {
     /// How the UNet computes attention.
     pub fn attention(&self) -> Attention {
         self.unet_options.attention
+    }
+
+    /// Runs ToMe's token ops on the host (the default) or as ONNX graphs.
+    pub fn set_token_ops(&mut self, ops: TokenOps) -> Result<(), PipelineError> {
+        self.token_ops = ops;
+        if let Some(t) = self.tome_unet.as_mut() {
+            t.set_token_ops(ops)?;
+        }
+        Ok(())
     }
 
     /// What the attention rewrite did to the whole UNet (nothing with `Exported`).
@@ -170,7 +182,9 @@ impl StableDiffusion {
         let tome = req.merging();
         if tome.is_some() && self.tome_unet.is_none() {
             let options = self.unet_options.clone();
-            self.tome_unet = Some(TomeUnet::load(&self.runtime, &self.unet_path, options)?);
+            let mut tome_unet = TomeUnet::load(&self.runtime, &self.unet_path, options)?;
+            tome_unet.set_token_ops(self.token_ops)?;
+            self.tome_unet = Some(tome_unet);
         }
         // A fresh partition generator per image: the same seed gives the same image.
         let mut partition_rng = PartitionRng::new(tome.map_or(0, |t| t.seed));

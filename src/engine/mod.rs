@@ -2,6 +2,7 @@
 //! the three Stable Diffusion graphs, each adapting to its export's input types.
 
 mod device;
+mod graph_token_ops;
 mod io;
 mod library;
 mod runtime;
@@ -12,10 +13,11 @@ mod unet;
 mod vae;
 
 pub use device::Device;
+pub use graph_token_ops::{GraphMerge, GraphTokenOps};
 pub use library::{find_library, LibrarySearch, FETCH_HINT};
 pub use runtime::{EngineError, Runtime};
 pub use split_unet::{transformer_blocks, NoHooks, SplitUnet, TokenHooks};
 pub use text_encoder::TextEncoder;
-pub use tome_unet::TomeUnet;
+pub use tome_unet::{TokenOps, TomeUnet};
 pub use unet::Unet;
 pub use vae::VaeDecoder;

@@ -130,6 +130,27 @@ impl Runtime {
             model: model.to_path_buf(),
             reason: e.to_string(),
         };
+        self.builder(model)?
+            .commit_from_file(model)
+            .map_err(|e| load_err(&e))
+    }
+
+    /// Opens a model held in memory (graphs tomex builds itself); `name` stands for
+    /// it in messages.
+    pub fn session_from_memory(&self, bytes: &[u8], name: &Path) -> Result<Session, EngineError> {
+        self.builder(name)?
+            .commit_from_memory(bytes)
+            .map_err(|e| EngineError::SessionLoad {
+                model: name.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn builder(&self, model: &Path) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+        let load_err = |e: &dyn std::fmt::Display| EngineError::SessionLoad {
+            model: model.to_path_buf(),
+            reason: e.to_string(),
+        };
         // All sessions draw from the environment's one CPU arena (a split UNet has dozens
         // of sessions; one arena each would multiply peak memory). Worker threads spin
         // between the operators of a run (waking a sleeping thread per operator cost
@@ -165,7 +186,7 @@ impl Runtime {
                         reason: e.to_string(),
                     })?;
         }
-        builder.commit_from_file(model).map_err(|e| load_err(&e))
+        Ok(builder)
     }
 }
 

@@ -7,10 +7,35 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array3, Array4, ArrayView3};
 
+use super::graph_token_ops::{GraphMerge, GraphTokenOps};
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::{transformer_blocks, SplitUnet, TokenHooks};
 use crate::onnx::{BlockId, ComponentId, ComponentKind, SplitOptions, TransformerBlock};
 use crate::tome::{self, Component, Merge, PartitionRng, TomeConfig};
+
+/// Where ToMe's token ops run between the UNet's parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenOps {
+    /// The Rust host code ([`crate::tome`]), exactly tomesd's.
+    #[default]
+    Host,
+    /// ONNX graphs run by ONNX Runtime on the UNet's device
+    /// ([`crate::onnx::token_ops`]).
+    Graph,
+}
+
+impl std::str::FromStr for TokenOps {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(TokenOps::Host),
+            "graph" => Ok(TokenOps::Graph),
+            other => Err(format!(
+                "unknown token ops `{other}`: use `host` (Rust, exactly tomesd's) or `graph` (ONNX graphs on the UNet's device)"
+            )),
+        }
+    }
+}
 
 /// The UNet with ToMe: one split per cut set (in practice one per latent size and
 /// configuration), opened on first use and kept.
@@ -22,6 +47,8 @@ pub struct TomeUnet {
     splits: HashMap<Vec<ComponentId>, SplitUnet>,
     /// Host time spent in token ops (matching, merge, unmerge) since the last reset.
     token_ops: Duration,
+    /// The token-op graphs, when [`TokenOps::Graph`] is chosen.
+    graph_ops: Option<GraphTokenOps>,
 }
 
 impl TomeUnet {
@@ -37,7 +64,20 @@ impl TomeUnet {
             options,
             splits: HashMap::new(),
             token_ops: Duration::ZERO,
+            graph_ops: None,
         })
+    }
+
+    /// Runs the token ops on the host (the default) or as graphs.
+    pub fn set_token_ops(&mut self, ops: TokenOps) -> Result<(), EngineError> {
+        self.graph_ops = match ops {
+            TokenOps::Host => None,
+            TokenOps::Graph => match self.graph_ops.take() {
+                Some(g) => Some(g),
+                None => Some(GraphTokenOps::load(&self.runtime)?),
+            },
+        };
+        Ok(())
     }
 
     /// The components ToMe merges for a `latent_hw` latent: the targeted components of
@@ -108,6 +148,23 @@ impl TomeUnet {
             self.splits.insert(cut.clone(), split);
         }
         let split = self.splits.get_mut(&cut).expect("inserted above");
+        if let Some(ops) = self.graph_ops.as_mut() {
+            let mut hooks = GraphHooks {
+                ops,
+                cfg,
+                latent_hw,
+                rng,
+                merges: HashMap::new(),
+                elapsed: Duration::ZERO,
+                error: None,
+            };
+            let out = split.predict(sample, timestep, hidden, &mut hooks);
+            self.token_ops += hooks.elapsed;
+            if let Some(e) = hooks.error {
+                return Err(e);
+            }
+            return out;
+        }
         let mut hooks = MergeHooks {
             cfg,
             latent_hw,
@@ -191,6 +248,65 @@ impl TokenHooks for MergeHooks<'_> {
     fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>> {
         let start = Instant::now();
         let unmerged = self.merges.get(&c.block)?.as_ref().map(|m| m.unmerge(y));
+        self.elapsed += start.elapsed();
+        unmerged
+    }
+}
+
+/// The same hooks with the token ops run as graphs. Hooks cannot fail, so the first
+/// error is kept (and nothing more merged) and returned after the evaluation.
+struct GraphHooks<'a> {
+    ops: &'a mut GraphTokenOps,
+    cfg: &'a TomeConfig,
+    latent_hw: (usize, usize),
+    rng: &'a mut PartitionRng,
+    merges: HashMap<BlockId, Option<GraphMerge>>,
+    elapsed: Duration,
+    error: Option<EngineError>,
+}
+
+impl GraphHooks<'_> {
+    fn keep<T>(&mut self, result: Result<T, EngineError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+}
+
+impl TokenHooks for GraphHooks<'_> {
+    fn block_input(&mut self, block: &BlockId, x: ArrayView3<f32>) {
+        let start = Instant::now();
+        let (batch, tokens, _) = x.dim();
+        let partition = tome::block_partition(batch, tokens, self.latent_hw, self.cfg, self.rng);
+        let merge = match (partition, self.error.is_none()) {
+            (Some(p), true) => {
+                let m = self.ops.matching(x, &p);
+                self.keep(m)
+            }
+            _ => None,
+        };
+        self.merges.insert(*block, merge);
+        self.elapsed += start.elapsed();
+    }
+
+    fn before_component(&mut self, c: &ComponentId, x: ArrayView3<f32>) -> Option<Array3<f32>> {
+        let start = Instant::now();
+        let m = self.merges.get(&c.block)?.as_ref()?;
+        let merged = self.ops.merge(m, x);
+        let merged = self.keep(merged);
+        self.elapsed += start.elapsed();
+        merged
+    }
+
+    fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>> {
+        let start = Instant::now();
+        let m = self.merges.get(&c.block)?.as_ref()?;
+        let unmerged = self.ops.unmerge(m, y);
+        let unmerged = self.keep(unmerged);
         self.elapsed += start.elapsed();
         unmerged
     }

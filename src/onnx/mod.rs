@@ -24,6 +24,7 @@ pub mod cache;
 mod graph;
 pub use onnx_protobuf as proto;
 pub mod split;
+pub mod token_ops;
 pub mod unet;
 
 use std::path::{Path, PathBuf};

@@ -162,5 +162,40 @@ pub fn block_merge(
     bipartite_soft_matching_random2d(x, p.w, p.h, cfg.sx, cfg.sy, p.r, dst_cell.as_deref())
 }
 
+/// A block's partition and merge count as [`block_merge`] makes them, for
+/// executors that compute the matching themselves (the graph token ops).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPartition {
+    /// `a_idx`: the src token ids, in tomesd's order.
+    pub src: Vec<usize>,
+    /// `b_idx`: the dst token ids, in tomesd's order.
+    pub dst: Vec<usize>,
+    /// Tokens merged, capped at the number of src tokens (at least 1).
+    pub r: usize,
+}
+
+/// The partition [`block_merge`] would use for a block input of `batch` ×
+/// `tokens`, drawing the same dst cells from `partition_rng`; `None` exactly
+/// where [`block_merge`] returns `None`. Panics as [`block_merge`] does.
+pub fn block_partition(
+    batch: usize,
+    tokens: usize,
+    latent_hw: (usize, usize),
+    cfg: &TomeConfig,
+    partition_rng: &mut PartitionRng,
+) -> Option<BlockPartition> {
+    let p = block_params(latent_hw, tokens, cfg).unwrap_or_else(|e| panic!("{e}"))?;
+    let use_rand = cfg.random && batch.is_multiple_of(2);
+    let dst_cell =
+        use_rand.then(|| partition_rng.dst_cells((p.h / cfg.sy) * (p.w / cfg.sx), cfg.sx * cfg.sy));
+    let part = partition::partition(p.h, p.w, cfg.sx, cfg.sy, dst_cell.as_deref());
+    let r = p.r.min(part.src.len());
+    (r > 0 && !part.dst.is_empty()).then_some(BlockPartition {
+        src: part.src,
+        dst: part.dst,
+        r,
+    })
+}
+
 #[cfg(test)]
 mod tests;

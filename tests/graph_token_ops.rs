@@ -1,0 +1,133 @@
+//! ToMe's token ops as ONNX graphs (the device path's operations), run here on the CPU
+//! execution provider, against the Rust host code that matches tomesd.
+//!
+//! Expected: the same indices (the scores differ by sgemm rounding, about 1e-7, and
+//! the inputs here have no near-ties), merge and unmerge bit-identical on those
+//! indices, and so the same UNet outputs and images.
+
+mod common;
+
+use ndarray::{Array3, Array4};
+use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::diffusion::scheduler::SchedulerKind;
+use tomex::engine::{GraphTokenOps, TokenOps, TomeUnet};
+use tomex::model::ModelDir;
+use tomex::onnx::SplitOptions;
+use tomex::tome::{block_merge, block_partition, PartitionRng, Targets, TomeConfig};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn config(ratio: f64, sx: usize, sy: usize, random: bool) -> TomeConfig {
+    TomeConfig {
+        ratio,
+        sx,
+        sy,
+        random,
+        seed: 5,
+        ..TomeConfig::default()
+    }
+}
+
+#[test]
+fn graph_matching_merge_and_unmerge_equal_the_host() {
+    let runtime = common::runtime();
+    let mut ops = GraphTokenOps::load(&runtime).unwrap();
+    let cases = [
+        ((16, 16), config(0.5, 2, 2, false)),
+        ((16, 16), config(0.3, 2, 2, true)),
+        ((12, 10), config(0.5, 1, 2, true)),
+        ((9, 11), config(0.6, 3, 3, false)),
+        ((8, 8), config(0.75, 2, 2, true)),
+    ];
+    for (k, ((h, w), cfg)) in cases.into_iter().enumerate() {
+        let (b, n, c) = (2, h * w, 24);
+        let x = Array3::from_shape_vec((b, n, c), values(b * n * c, k as u64 + 1)).unwrap();
+        let host = block_merge(x.view(), (h, w), &cfg, &mut PartitionRng::new(cfg.seed)).unwrap();
+        let part = block_partition(b, n, (h, w), &cfg, &mut PartitionRng::new(cfg.seed)).unwrap();
+        assert_eq!(part.src, host.a_idx());
+        assert_eq!(part.dst, host.b_idx());
+        assert_eq!(part.r, host.r());
+        let graph = ops.matching(x.view(), &part).unwrap();
+        let (unm, src, dst) = graph.indices();
+        let as_i64 = |a: ndarray::ArrayView2<usize>| a.mapv(|v| v as i64);
+        assert_eq!(unm, &as_i64(host.unm_idx()), "case {k}: unm_idx");
+        assert_eq!(src, &as_i64(host.src_idx()), "case {k}: src_idx");
+        assert_eq!(dst, &as_i64(host.dst_idx()), "case {k}: dst_idx");
+
+        let merged = ops.merge(&graph, x.view()).unwrap();
+        assert_eq!(merged, host.merge(x.view()), "case {k}: merge");
+        let y = merged.mapv(|v| v * 1.5 - 0.25); // a component's output
+        let unmerged = ops.unmerge(&graph, y.view()).unwrap();
+        assert_eq!(unmerged, host.unmerge(y.view()), "case {k}: unmerge");
+    }
+}
+
+#[test]
+fn the_unet_with_graph_token_ops_equals_the_host_path() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let unet = common::tiny_model().join("unet/model.onnx");
+    let options = SplitOptions {
+        cache_root: cache.path().to_path_buf(),
+        ..SplitOptions::default()
+    };
+    let mut host = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
+    let mut graph = TomeUnet::load(&runtime, &unet, options).unwrap();
+    graph.set_token_ops(TokenOps::Graph).unwrap();
+    let cfg = TomeConfig {
+        ratio: 0.5,
+        targets: Targets {
+            self_attn: true,
+            cross_attn: true,
+            mlp: true,
+        },
+        max_downsample: 2,
+        ..config(0.5, 2, 2, true)
+    };
+    let sample = Array4::from_shape_vec((2, 4, 16, 16), values(2 * 4 * 256, 9)).unwrap();
+    let hidden = Array3::from_shape_vec((2, 77, 32), values(2 * 77 * 32, 10)).unwrap();
+    let run = |u: &mut TomeUnet| {
+        u.predict(&sample, 301.0, &hidden, &cfg, &mut PartitionRng::new(3))
+            .unwrap()
+    };
+    assert_eq!(run(&mut graph), run(&mut host));
+}
+
+#[test]
+fn images_with_graph_token_ops_equal_the_host_images() {
+    let runtime = common::runtime();
+    let model = ModelDir::open(&common::tiny_model()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let options = SplitOptions {
+        cache_root: cache.path().to_path_buf(),
+        ..SplitOptions::default()
+    };
+    let request = Request {
+        prompt: "a red bicycle leaning on a wall".into(),
+        negative_prompt: String::new(),
+        seed: 42,
+        steps: 6,
+        guidance: 7.5,
+        width: 128,
+        height: 96,
+        scheduler: SchedulerKind::Pndm,
+        tome: Some(config(0.5, 2, 2, true)),
+    };
+    let mut host = StableDiffusion::load_with(&runtime, &model, options.clone()).unwrap();
+    let mut graph = StableDiffusion::load_with(&runtime, &model, options).unwrap();
+    graph.set_token_ops(TokenOps::Graph).unwrap();
+    let (a, _) = host.generate(&request).unwrap();
+    let (b, _) = graph.generate(&request).unwrap();
+    assert_eq!(a.as_raw(), b.as_raw());
+}
