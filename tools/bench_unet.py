@@ -30,6 +30,11 @@ process's own):
          (the "cuts" case passes neither --uncut nor --tome-*), which prints one JSON line
          {"median_s", "times_s", "peak_rss_mb", "tome_ops_s", "parts"}.
 
+The floor of each row is the evaluation's FLOPs (counted by torch's FlopCounterMode
+during the torch worker's untimed warm-up, tomesd's merged token counts included)
+divided by the machine's float32 matmul rate (`--matmul-worker`: best 4096^3 sgemm
+in torch at the same thread count, measured once per run).
+
 Both children print one JSON line on stdout; peak memory is the child's ru_maxrss as
 reported to this (light, torch-free) parent by wait4(), the same measure for both.
 
@@ -113,10 +118,20 @@ def torch_worker(args) -> None:
     ehs = torch.randn(args.batch, TEXT_LEN, unet.config.cross_attention_dim, generator=g)
     t = torch.tensor(TIMESTEP, dtype=torch.int64)
     times = []
+    flops = None
     with torch.no_grad():
         for i in range(args.repeats + 1):
             t1 = time.perf_counter()
-            out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            if i == 0:
+                # The untimed warm-up also counts the evaluation's FLOPs (matmuls,
+                # convolutions, attention), tomesd's smaller token counts included.
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+                flops = counter.get_total_flops()
+            else:
+                out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
             dt_s = time.perf_counter() - t1
             if i > 0:
                 times.append(dt_s)
@@ -130,10 +145,29 @@ def torch_worker(args) -> None:
         "peak_rss_after_load_mb": load_mib,
         "load_s": load_s,
         "out_std": float(out.std()),
+        "flops": flops,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "tomesd": getattr(tomesd, "__version__", None) or pkg_version("tomesd")},
     }), flush=True)
+
+
+def matmul_worker(args) -> None:
+    """The machine's float32 matrix-multiply rate: the best of several 4096^3 sgemms
+    (torch, `--threads` threads), the denominator of the floor."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n = 4096
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t1 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t1)
+    print(json.dumps({"gflops": 2 * n**3 / best / 1e9, "n": n, "threads": torch.get_num_threads(),
+                      "median_s": best}), flush=True)
 
 
 def pkg_version(name: str) -> str | None:
@@ -333,12 +367,17 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
         L.append(f"* Load average (1 min) at start / end: {facts['loadavg_start']} / "
                  f"{facts.get('loadavg_end', '?')}.")
     L.append("")
+    rate = facts.get("matmul_gflops")
     L.append("Speed-up = torch s / tomex s (above 1: tomex faster). Peak = the process's peak RSS "
-             "(model load included). Token-op share = time in tomex's Rust token ops / tomex's median.")
+             "(model load included). Token-op share = time in tomex's Rust token ops / tomex's median. "
+             "Floor = the evaluation's FLOPs (torch's `FlopCounterMode`: matmuls, convolutions, attention; "
+             "with tomesd's smaller token counts where it merges) / the machine's measured float32 matmul rate"
+             + (f" ({rate:.0f} GFLOP/s: best 4096³ sgemm in torch, {a.threads} threads)" if rate else "")
+             + "; × floor = tomex s / floor s.")
     L.append("")
     L.append("| latent | case | torch s | tomex s | speed-up | torch peak MiB | tomex peak MiB "
-             "| tomex token-op share | tomex parts |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+             "| tomex token-op share | tomex parts | GFLOP | floor s | tomex × floor |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lat in a.latents:
         key = f"{lat[0]}x{lat[1]}"
         rows = results.get(key, {})
@@ -355,8 +394,17 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
                     share = f"{100 * j['tome_ops_s'] / j['median_s']:.1f}%"
                 if j.get("parts") is not None:
                     parts = str(j["parts"])
+            gflop = floor = times_floor = "—"
+            flops = tr["json"].get("flops") if ok(tr) else None
+            if flops:
+                gflop = f"{flops / 1e9:.0f}"
+                if rate:
+                    fl = flops / (rate * 1e9)
+                    floor = f"{fl:.3f}"
+                    if ok(xr):
+                        times_floor = f"{med(xr) / fl:.2f}×"
             L.append(f"| {lat[0]}×{lat[1]} | {label} | {fmt_s(tr)} | {fmt_s(xr)} | {sp} | {fmt_mib(tr)} "
-                     f"| {fmt_mib(xr)} | {share} | {parts} |")
+                     f"| {fmt_mib(xr)} | {share} | {parts} | {gflop} | {floor} | {times_floor} |")
     L.append("")
     L.append("Torch has no cuts: its r = 0 run (unpatched UNet) appears in every r = 0 row.")
     imp = [r["json"]["peak_rss_after_import_mb"] for rows in results.values() for r in
@@ -467,10 +515,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     ap.add_argument("--ratio", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--merge", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--matmul-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.torch_worker:
         torch_worker(a)
+        return
+    if a.matmul_worker:
+        matmul_worker(a)
         return
 
     a.latents = [parse_pair(s) if "x" in s else (int(s), int(s)) for s in a.latents.split(",") if s]
@@ -497,6 +549,11 @@ def main() -> None:
     facts["loadavg_start"] = loadavg()
     env = child_env(a.threads)
     results: dict = {}
+    if run_torch and not a.dry_run:
+        mm = run_child([sys.executable, str(Path(__file__).resolve()), "--matmul-worker",
+                        "--threads", str(a.threads)], env, a.timeout)
+        if ok(mm):
+            facts["matmul_gflops"] = mm["json"]["gflops"]
     for lat in a.latents:
         key = f"{lat[0]}x{lat[1]}"
         rows = results.setdefault(key, {})

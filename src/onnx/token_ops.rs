@@ -184,16 +184,18 @@ fn value(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
             ..Default::default()
         })
         .collect();
-    let mut t = TypeProto::default();
-    t.value = Some(type_proto::Value::TensorType(Tensor {
-        elem_type: elem as i32,
-        shape: Some(TensorShapeProto {
-            dim,
+    let t = TypeProto {
+        value: Some(type_proto::Value::TensorType(Tensor {
+            elem_type: elem as i32,
+            shape: Some(TensorShapeProto {
+                dim,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
-        })
-        .into(),
+        })),
         ..Default::default()
-    }));
+    };
     ValueInfoProto {
         name: name.into(),
         type_: Some(t).into(),
