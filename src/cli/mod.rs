@@ -3,6 +3,7 @@
 
 mod bench;
 mod fid;
+mod fid_step;
 mod generate;
 mod models;
 mod plan;
