@@ -91,11 +91,11 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            let path = global
+            let lock_path = global
                 .lock
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(crate::model::LOCK_FILE));
-            let mut lock = ModelsLock::load_or_new(&path)?;
+            let mut lock = ModelsLock::load_or_new(&lock_path)?;
             let mut cache = DigestCache::open_default();
             lock.add(&name, &path, &source, &mut cache)?;
             cache.save();
@@ -103,7 +103,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             println!(
                 "{name}: {} files recorded in {}",
                 lock.entry(&name)?.files.len(),
-                path.display()
+                lock_path.display()
             );
             Ok(())
         }
