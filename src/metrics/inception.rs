@@ -7,6 +7,7 @@
 //! average-pooled as its `get_activations` does. `tools/export_inception.py` writes it.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use ndarray::{Array2, Array4, ArrayViewMut3};
 use ort::session::{OutputSelector, RunOptions, Session};
@@ -117,14 +118,30 @@ impl Inception {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Array2<f64>, FidError> {
+        self.features_of_files_timed(files, dims, batch_size, progress)
+            .map(|(features, _)| features)
+    }
+
+    /// [`Inception::features_of_files`], and where its time went (`tomex bench-fid`).
+    pub fn features_of_files_timed(
+        &mut self,
+        files: &[PathBuf],
+        dims: usize,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(Array2<f64>, FeaturiseTimes), FidError> {
         let batch_size = batch_size.clamp(1, files.len().max(1));
         let mut out = Array2::<f64>::zeros((files.len(), dims));
+        let mut times = FeaturiseTimes::default();
         let plane = 3 * INCEPTION_SIZE * INCEPTION_SIZE;
         for (b, chunk) in files.chunks(batch_size).enumerate() {
+            let t = Instant::now();
             let images = chunk
                 .par_iter()
                 .map(|path| load_rgb(path))
                 .collect::<Result<Vec<_>, _>>()?;
+            times.decode_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let mut batch = Array4::<f32>::zeros((chunk.len(), 3, INCEPTION_SIZE, INCEPTION_SIZE));
             batch
                 .as_slice_mut()
@@ -136,14 +153,26 @@ impl Inception {
                         .expect("one image's plane");
                     preprocess_into(img, view);
                 });
+            times.preprocess_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let features = self.features(&batch, dims)?;
+            times.network_s += t.elapsed().as_secs_f64();
             let start = b * batch_size;
             out.slice_mut(ndarray::s![start..start + chunk.len(), ..])
                 .zip_mut_with(&features, |o, &f| *o = f64::from(f));
             progress(start + chunk.len());
         }
-        Ok(out)
+        Ok((out, times))
     }
+}
+
+/// Seconds spent featurising, by stage: decoding the image files, pytorch-fid's
+/// preprocessing (ours), and the Inception network (ONNX Runtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FeaturiseTimes {
+    pub decode_s: f64,
+    pub preprocess_s: f64,
+    pub network_s: f64,
 }
 
 fn output_name(dims: usize) -> String {

@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use crate::engine::EngineError;
 
 pub use frechet::frechet_distance;
-pub use inception::{fid_of_paths, image_files, statistics_of_path, Inception, FID_DIMS};
+pub use inception::{
+    fid_of_paths, image_files, statistics_of_path, FeaturiseTimes, Inception, FID_DIMS,
+};
 pub use stats::Statistics;
 
 /// Errors of the FID computation, each naming what it concerns.
