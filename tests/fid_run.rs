@@ -329,6 +329,17 @@ fn a_registered_inception_resolves_through_the_lock_and_is_verified() {
     let fid = fid_csv(&dir.path().join("results/reports/fidtest/fid.csv"));
     assert!(fid[&("self".into(), "0.5".into())].is_finite());
 
+    // `tomex fid` takes the lock name too.
+    let out = ok(tomex()
+        .arg("fid")
+        .arg(common::golden("fid/images/a"))
+        .arg(common::golden("fid/images/b"))
+        .args(["--dims", "64", "--inception", "inception-fid", "--lock"])
+        .arg(&lock)
+        .output()
+        .unwrap());
+    assert!(out.starts_with("FID:  "), "{out}");
+
     // A changed network no longer matches the lock: named, and the report still renders.
     std::fs::write(&net, b"not the registered network").unwrap();
     let out = tomex()
@@ -347,4 +358,18 @@ fn a_registered_inception_resolves_through_the_lock_and_is_verified() {
         .path()
         .join("results/reports/fidtest/table.md")
         .is_file());
+    let out = tomex()
+        .arg("fid")
+        .arg(common::golden("fid/images/a"))
+        .arg(common::golden("fid/images/b"))
+        .args(["--inception", "inception-fid", "--lock"])
+        .arg(&lock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model `inception-fid` does not match"),
+        "{stderr}"
+    );
 }
