@@ -18,7 +18,7 @@
 //!
 //! * **Cholesky** (one of the covariances positive definite, e.g. n > d images): with
 //!   `Σ₁ = L Lᵀ`, `Lᵀ Σ₂ L` is symmetric with the eigenvalues of `Σ₁Σ₂`, so one
-//!   eigenvalues-only problem (no eigenvectors) gives the trace: about 3× faster at
+//!   eigenvalues-only problem (no eigenvectors) gives the trace: 1.7–2.5× faster at
 //!   2048-d than the eigenvector route (BENCHMARKS.md).
 //! * **Eigenvectors** of `Σ₁` cut at its numerical rank (above), when neither covariance
 //!   is safely positive definite (a rank-deficient set of n ≤ d images).
