@@ -278,3 +278,86 @@ fn a_bad_spec_names_file_line_and_key() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Rows of a CSV file with a header, as maps from column to value (no quoted commas in
+/// the columns read here: they come before the prompt).
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn smoke_spec_ends_with_fid_figure_table_grids_and_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = stdout(&run(
+        Path::new("specs/smoke.toml"),
+        &["--store", store.to_str().unwrap()],
+    ));
+    assert!(out.contains("20 jobs: 20 generated"), "{out}");
+    assert!(out.contains("FID: 4 of 4 (config, r > 0) values"), "{out}");
+    let report = store.join("reports/smoke");
+    for f in [
+        "fid.csv",
+        "figure.png",
+        "figure.svg",
+        "table.md",
+        "table.csv",
+        "table.tex",
+        "results.csv",
+        "grid_self.png",
+        "grid_self_cross_1x2.png",
+        "summary.md",
+    ] {
+        assert!(report.join(f).is_file(), "no {f}");
+    }
+    // Stored images per (config, r), from the manifest.
+    let mut stored = std::collections::BTreeMap::<(String, String), usize>::new();
+    for row in csv_rows(&store.join("manifest.csv")) {
+        if row["spec"] == "smoke" {
+            *stored
+                .entry((row["config"].clone(), row["r"].clone()))
+                .or_default() += 1;
+        }
+    }
+    let fid: std::collections::BTreeMap<(String, String), f64> = csv_rows(&report.join("fid.csv"))
+        .into_iter()
+        .map(|r| {
+            (
+                (r["config"].clone(), r["r"].clone()),
+                r["fid"].parse().unwrap(),
+            )
+        })
+        .collect();
+    let mut checked = 0;
+    for ((config, r), n) in &stored {
+        if r != "0" && *n >= 2 {
+            let v = fid
+                .get(&(config.clone(), r.clone()))
+                .unwrap_or_else(|| panic!("no FID for {config} r = {r}: {fid:?}"));
+            assert!(v.is_finite(), "{config} r = {r}: {v}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4, "{stored:?}");
+    let md = std::fs::read_to_string(report.join("table.md")).unwrap();
+    assert!(
+        !md.contains("n/a"),
+        "every FID and time cell has a value:\n{md}"
+    );
+}

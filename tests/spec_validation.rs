@@ -704,7 +704,14 @@ fn smoke_spec_runs_the_tiny_model_and_its_inputs_are_there() {
     assert_eq!((s.generation.width, s.generation.steps), (64, 8));
     assert_eq!(s.prompts.sample, Some(4));
     assert_eq!(s.prompts.sample.unwrap() * jobs_per_prompt(&s), 20);
-    assert!(!s.metrics.fid);
+    assert!(s.metrics.fid);
+    assert_eq!(s.metrics.fid_dims, 64);
+    let inception = PathBuf::from(s.metrics.inception.as_deref().unwrap());
+    assert!(
+        inception.ends_with("tests/fixtures/inception_tiny.onnx") && inception.is_file(),
+        "{}",
+        inception.display()
+    );
     assert_eq!(spec::check_inputs(&s), vec![]);
     let prompts = spec::read_prompts(&s.prompts.file, &s.prompts.column).unwrap();
     assert_eq!(prompts.len(), 12);

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::resolve::network_file;
 use super::Global;
 use crate::engine::{Device, Runtime};
 use crate::metrics::{
@@ -18,7 +19,8 @@ pub struct FidArgs {
     /// --save-stats, only its statistics are written.
     #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// The FID Inception exported by tools/export_inception.py (needed for folders).
+    /// The FID Inception exported by tools/export_inception.py (needed for folders): an
+    /// .onnx file or its models.lock name (e.g. inception-fid).
     #[arg(long, value_name = "MODEL")]
     inception: Option<PathBuf>,
     /// Feature size: 64, 192, 768 or 2048 (pytorch-fid's --dims).
@@ -59,8 +61,9 @@ pub fn run(global: &Global, args: FidArgs) -> anyhow::Result<()> {
         .any(|p| p.extension().is_none_or(|e| e != "npz"));
     let mut inception = match (&args.inception, needs_network) {
         (Some(model), true) => {
+            let model = network_file(global, model)?;
             let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-            Some(Inception::load(&runtime, model)?)
+            Some(Inception::load(&runtime, &model)?)
         }
         (None, true) => bail!("folders of images need the network: --inception MODEL"),
         (_, false) => None,

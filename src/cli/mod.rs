@@ -2,7 +2,9 @@
 //! Errors come back as located, human messages; nothing here panics on bad input.
 
 mod bench;
+mod bench_fid;
 mod fid;
+mod fid_step;
 mod generate;
 mod models;
 mod plan;
@@ -59,6 +61,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
     BenchUnet(bench::BenchUnetArgs),
+    /// Time the Fréchet distance and featurising (decode, preprocess, network, statistics); prints one JSON line.
+    BenchFid(bench_fid::BenchFidArgs),
     /// FID of two image folders (or .npz statistics), as `python -m pytorch_fid`.
     Fid(fid::FidArgs),
     /// List, verify and add models in models.lock.
@@ -83,6 +87,7 @@ pub fn main() -> i32 {
         Command::Plan(args) => plan::run(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Fid(args) => fid::run(&global, args),
+        Command::BenchFid(args) => bench_fid::run(&global, args),
     };
     match result {
         Ok(()) => 0,

@@ -18,10 +18,13 @@ pub enum ModelsCommand {
         /// Model name; all models when omitted.
         name: Option<String>,
     },
-    /// Record a model directory's files and digests under a name.
+    /// Record a model under a name: a directory (every file in it, e.g. a Stable
+    /// Diffusion export) or one .onnx file (a single network, e.g. the FID Inception from
+    /// tools/export_inception.py), with the digests of its files.
     Add {
         name: String,
-        dir: PathBuf,
+        /// A model directory, or a single .onnx file.
+        path: PathBuf,
         /// Where the files came from (an export command, a URL, a paper).
         #[arg(long)]
         source: String,
@@ -73,23 +76,34 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Add { name, dir, source } => {
-            if !dir.is_dir() {
-                bail!("{} is not a directory", dir.display());
+        ModelsCommand::Add { name, path, source } => {
+            if !path.exists() {
+                bail!("{} does not exist", path.display());
             }
-            let path = global
+            if path.is_file()
+                && !path
+                    .to_string_lossy()
+                    .to_ascii_lowercase()
+                    .ends_with(".onnx")
+            {
+                bail!(
+                    "{} is a file but not an .onnx network; give a model directory or one .onnx file",
+                    path.display()
+                );
+            }
+            let lock_path = global
                 .lock
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(crate::model::LOCK_FILE));
-            let mut lock = ModelsLock::load_or_new(&path)?;
+            let mut lock = ModelsLock::load_or_new(&lock_path)?;
             let mut cache = DigestCache::open_default();
-            lock.add(&name, &dir, &source, &mut cache)?;
+            lock.add(&name, &path, &source, &mut cache)?;
             cache.save();
             lock.save()?;
             println!(
                 "{name}: {} files recorded in {}",
                 lock.entry(&name)?.files.len(),
-                path.display()
+                lock_path.display()
             );
             Ok(())
         }

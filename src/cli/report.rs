@@ -1,12 +1,16 @@
 //! `tomex report SPEC`: the spec's tables, figure, grids and summary from the
-//! store alone (what is stored; the summary lists what is missing).
+//! store alone (what is stored; the summary lists what is missing), with FID computed
+//! from the stored images when the spec asks for it (nothing is generated).
 
 use std::path::PathBuf;
 
 use clap::Args;
 
+use super::fid_step::run_fid_step;
 use super::Global;
-use crate::report::render_spec;
+use crate::engine::{Device, Runtime};
+use crate::report::{default_dir, render_spec};
+use crate::runner::fid::resolve_inception;
 use crate::runner::prepare;
 use crate::store::Store;
 
@@ -20,6 +24,9 @@ pub struct ReportArgs {
     /// Report folder (default: <store>/reports/<spec name>/).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where the FID Inception runs (when the spec computes FID): cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
 }
 
 pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
@@ -37,7 +44,28 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| prepared.spec.store.clone());
     let store = Store::open(&store_dir)?;
-    let rendered = render_spec(&prepared, &store, args.out.as_deref())?;
+    let report_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_dir(&store, &prepared.spec.name));
+    // FID from stored images only; the rest of the report renders even when it fails.
+    let (fid_notes, fid_error) = if prepared.spec.metrics.fid {
+        match resolve_inception(&prepared.spec, global.lock.as_deref()).and_then(|inception| {
+            let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
+            Ok((runtime, inception))
+        }) {
+            Ok((runtime, inception)) => {
+                run_fid_step(&prepared, &store, &runtime, &inception, &report_dir, false)
+            }
+            Err(e) => {
+                eprintln!("error: FID: {e:#}");
+                (vec![format!("FID not computed: {e:#}")], Some(e))
+            }
+        }
+    } else {
+        (vec![], None)
+    };
+    let rendered = render_spec(&prepared, &store, Some(&report_dir), &fid_notes)?;
     println!(
         "report of `{}`: {} files in {}",
         prepared.spec.name,
@@ -49,6 +77,9 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
             "partial: {} planned images are not stored (listed in summary.md)",
             rendered.missing
         );
+    }
+    if let Some(e) = fid_error {
+        return Err(e.context("the report was rendered without these FID values"));
     }
     Ok(())
 }

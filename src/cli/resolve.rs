@@ -38,3 +38,33 @@ pub fn model_dir(global: &Global, model: &str) -> anyhow::Result<ModelDir> {
     }
     Ok(ModelDir::open(&lock.model_dir(entry))?)
 }
+
+/// A single-network model (the FID Inception): an `.onnx` path, or a name in models.lock
+/// whose one `.onnx` file is checked against its digest.
+pub fn network_file(global: &Global, model: &Path) -> anyhow::Result<PathBuf> {
+    let text = model.to_string_lossy();
+    if model.exists() || text.contains(std::path::MAIN_SEPARATOR) || text.ends_with(".onnx") {
+        return Ok(model.to_path_buf());
+    }
+    let lock = ModelsLock::load(&lock_path(global)?)?;
+    if lock.entry(&text).is_err() {
+        bail!(
+            "`{text}` is neither a file nor a model in {}; {}",
+            lock.path().display(),
+            crate::runner::fid::INCEPTION_HELP
+        );
+    }
+    let file = lock.network_file(&text)?;
+    let mut cache = DigestCache::open_default();
+    let problems = lock.verify(&text, &mut cache)?;
+    cache.save();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        bail!(
+            "model `{text}` does not match {}:\n{}",
+            lock.path().display(),
+            list.join("\n")
+        );
+    }
+    Ok(file)
+}

@@ -7,10 +7,12 @@ use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::fid_step::run_fid_step;
 use super::Global;
 use crate::diffusion::pipeline::StableDiffusion;
 use crate::engine::{Device, Runtime};
 use crate::plan::Shard;
+use crate::runner::fid::resolve_inception;
 use crate::runner::{execute, prepare, RunObserver, Summary};
 use crate::store::Store;
 
@@ -45,6 +47,12 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     for warning in &prepared.spec.warnings {
         eprintln!("warning: {warning}");
     }
+    // Checked before generating: a missing network is found in seconds, not after hours.
+    let inception = if prepared.spec.metrics.fid {
+        Some(resolve_inception(&prepared.spec, global.lock.as_deref())?)
+    } else {
+        None
+    };
     let shard = shard(args.shard)?;
     let store_dir = args
         .store
@@ -70,8 +78,29 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         store_dir.display(),
         manifest.display()
     );
+    let report_dir = crate::report::default_dir(&store, &prepared.spec.name);
+    let (fid_notes, fid_error) = match &inception {
+        // A shard holds part of every set; FID waits for all of them.
+        Some(_) if shard.count > 1 => {
+            let note = format!(
+                "FID is not computed by a shard's run (its sets are partial); run `tomex report {}` when every shard is done",
+                args.spec.display()
+            );
+            println!("{note}");
+            (vec![note], None)
+        }
+        Some(inception) => run_fid_step(
+            &prepared,
+            &store,
+            &runtime,
+            inception,
+            &report_dir,
+            args.quiet,
+        ),
+        None => (vec![], None),
+    };
     // The report renders whatever is stored, so a shard's run shows its partial view.
-    match crate::report::render_spec(&prepared, &store, None) {
+    match crate::report::render_spec(&prepared, &store, None, &fid_notes) {
         Ok(r) => println!("report: {} files in {}", r.files.len(), r.dir.display()),
         Err(e) => eprintln!("warning: the report could not be rendered: {e:#}"),
     }
@@ -80,6 +109,11 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
             "{} job(s) failed; their errors are in the store and they are retried on the next run",
             summary.failed.len()
         );
+    }
+    if let Some(e) = fid_error {
+        return Err(e.context(
+            "the images are stored; after fixing this, `tomex report` computes FID from them",
+        ));
     }
     Ok(())
 }

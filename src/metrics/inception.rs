@@ -7,9 +7,10 @@
 //! average-pooled as its `get_activations` does. `tools/export_inception.py` writes it.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use ndarray::{Array2, Array4, ArrayViewMut3};
-use ort::session::Session;
+use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 use rayon::prelude::*;
 
@@ -66,6 +67,17 @@ impl Inception {
 
     /// Features `[n, dims]` of a preprocessed batch `[n, 3, 299, 299]`.
     pub fn features(&mut self, batch: &Array4<f32>, dims: usize) -> Result<Array2<f32>, FidError> {
+        self.run_selected(batch, dims).map(|(features, _)| features)
+    }
+
+    /// [`Inception::features`], and the names of the outputs ONNX Runtime returned: only
+    /// `features_<dims>` is asked for, so the blocks after it (for 64 or 192, most of the
+    /// network) are not run.
+    fn run_selected(
+        &mut self,
+        batch: &Array4<f32>,
+        dims: usize,
+    ) -> Result<(Array2<f32>, Vec<String>), FidError> {
         if !FID_DIMS.contains(&dims) {
             return Err(FidError::Dims(dims));
         }
@@ -73,26 +85,28 @@ impl Inception {
             model: self.path.clone(),
             reason: e.to_string(),
         };
+        let name = output_name(dims);
+        let options = RunOptions::new()
+            .map_err(run_err)?
+            .with_outputs(OutputSelector::no_default().with(name.as_str()));
         let input = TensorRef::from_array_view(batch.view()).map_err(run_err)?;
         let outputs = self
             .session
-            .run(ort::inputs![self.input.as_str() => input])
+            .run_with_options(ort::inputs![self.input.as_str() => input], &options)
             .map_err(run_err)?;
-        let name = output_name(dims);
+        let returned: Vec<String> = outputs.keys().map(str::to_string).collect();
         let array = outputs[name.as_str()]
             .try_extract_array::<f32>()
             .map_err(run_err)?;
         let n = batch.dim().0;
-        array
+        let features = array
             .to_owned()
             .into_shape_with_order((n, dims))
-            .map_err(|e| {
-                EngineError::Unexpected {
-                    model: self.path.clone(),
-                    reason: format!("`{name}` is not [{n}, {dims}]: {e}"),
-                }
-                .into()
-            })
+            .map_err(|e| EngineError::Unexpected {
+                model: self.path.clone(),
+                reason: format!("`{name}` is not [{n}, {dims}]: {e}"),
+            })?;
+        Ok((features, returned))
     }
 
     /// Features `[files, dims]` in f64 of image files, `batch_size` at a time (pytorch-fid's
@@ -104,14 +118,30 @@ impl Inception {
         batch_size: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Array2<f64>, FidError> {
+        self.features_of_files_timed(files, dims, batch_size, progress)
+            .map(|(features, _)| features)
+    }
+
+    /// [`Inception::features_of_files`], and where its time went (`tomex bench-fid`).
+    pub fn features_of_files_timed(
+        &mut self,
+        files: &[PathBuf],
+        dims: usize,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(Array2<f64>, FeaturiseTimes), FidError> {
         let batch_size = batch_size.clamp(1, files.len().max(1));
         let mut out = Array2::<f64>::zeros((files.len(), dims));
+        let mut times = FeaturiseTimes::default();
         let plane = 3 * INCEPTION_SIZE * INCEPTION_SIZE;
         for (b, chunk) in files.chunks(batch_size).enumerate() {
+            let t = Instant::now();
             let images = chunk
                 .par_iter()
                 .map(|path| load_rgb(path))
                 .collect::<Result<Vec<_>, _>>()?;
+            times.decode_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let mut batch = Array4::<f32>::zeros((chunk.len(), 3, INCEPTION_SIZE, INCEPTION_SIZE));
             batch
                 .as_slice_mut()
@@ -123,14 +153,26 @@ impl Inception {
                         .expect("one image's plane");
                     preprocess_into(img, view);
                 });
+            times.preprocess_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let features = self.features(&batch, dims)?;
+            times.network_s += t.elapsed().as_secs_f64();
             let start = b * batch_size;
             out.slice_mut(ndarray::s![start..start + chunk.len(), ..])
                 .zip_mut_with(&features, |o, &f| *o = f64::from(f));
             progress(start + chunk.len());
         }
-        Ok(out)
+        Ok((out, times))
     }
+}
+
+/// Seconds spent featurising, by stage: decoding the image files, pytorch-fid's
+/// preprocessing (ours), and the Inception network (ONNX Runtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FeaturiseTimes {
+    pub decode_s: f64,
+    pub preprocess_s: f64,
+    pub network_s: f64,
 }
 
 fn output_name(dims: usize) -> String {
@@ -208,4 +250,23 @@ pub fn fid_of_paths(
     let sa = statistics_of_path(a, inception.as_deref_mut(), dims, batch_size, &mut |_| {})?;
     let sb = statistics_of_path(b, inception, dims, batch_size, &mut |_| {})?;
     frechet_distance(&sa, &sb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Device;
+
+    #[test]
+    fn only_the_requested_output_is_computed() {
+        let runtime = Runtime::new(None, Device::Cpu).expect("ONNX Runtime (.ort/lib)");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception_tiny.onnx");
+        let mut net = Inception::load(&runtime, &path).unwrap();
+        let batch = Array4::<f32>::from_elem((2, 3, INCEPTION_SIZE, INCEPTION_SIZE), 0.25);
+        for dims in FID_DIMS {
+            let (features, returned) = net.run_selected(&batch, dims).unwrap();
+            assert_eq!(features.dim(), (2, dims));
+            assert_eq!(returned, vec![output_name(dims)]);
+        }
+    }
 }

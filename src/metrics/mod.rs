@@ -5,11 +5,14 @@
 //!   the exported network through ONNX Runtime, in pytorch-fid's file order),
 //!   [`stats`] (mean and `np.cov` covariance in f64, `.npz` files like pytorch-fid's),
 //!   [`frechet`] (the Fréchet distance with faer's symmetric eigensolver).
+//! * [`cache`]: set statistics on disk, keyed by the set's content (image keys, dims,
+//!   Inception digest), so the r = 0 set is featurised once.
 //! * [`paired`]: PSNR and SSIM of an image against its r = 0 twin.
 //!
 //! Golden files: `tools/golden_fid.py` writes `golden/fid/` from pytorch-fid;
 //! `tests/fid_parity.rs` compares against them.
 
+pub mod cache;
 pub mod frechet;
 pub mod inception;
 pub mod paired;
@@ -21,7 +24,9 @@ use std::path::PathBuf;
 use crate::engine::EngineError;
 
 pub use frechet::frechet_distance;
-pub use inception::{fid_of_paths, image_files, statistics_of_path, Inception, FID_DIMS};
+pub use inception::{
+    fid_of_paths, image_files, statistics_of_path, FeaturiseTimes, Inception, FID_DIMS,
+};
 pub use stats::Statistics;
 
 /// Errors of the FID computation, each naming what it concerns.

@@ -36,6 +36,12 @@ pub enum LockError {
     },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("model `{name}` in {path} has {count} .onnx files; a single-network model (e.g. the FID Inception) needs exactly one (register the file itself: `tomex models add {name} FILE.onnx --source TEXT`)")]
+    NotOneNetwork {
+        path: PathBuf,
+        name: String,
+        count: usize,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -191,19 +197,57 @@ impl ModelsLock {
         Ok(problems)
     }
 
-    /// Records every file under `dir` as model `name` (replacing an older entry).
+    /// The one `.onnx` file of a single-network model (the FID Inception): an entry made
+    /// from a file, or from a directory holding exactly one network.
+    pub fn network_file(&self, name: &str) -> Result<PathBuf, LockError> {
+        let entry = self.entry(name)?;
+        let onnx: Vec<&String> = entry
+            .files
+            .keys()
+            .filter(|f| f.to_ascii_lowercase().ends_with(".onnx"))
+            .collect();
+        match onnx[..] {
+            [one] => Ok(self.model_dir(entry).join(one)),
+            _ => Err(LockError::NotOneNetwork {
+                path: self.path.clone(),
+                name: name.to_string(),
+                count: onnx.len(),
+            }),
+        }
+    }
+
+    /// Records model `name` (replacing an older entry): every file under `path` when it is
+    /// a directory (a Stable Diffusion export), or the one file `path` (a single network
+    /// such as the FID Inception; the entry's folder is then the file's).
     pub fn add(
         &mut self,
         name: &str,
-        dir: &Path,
+        path: &Path,
         source: &str,
         cache: &mut DigestCache,
     ) -> Result<(), LockError> {
         let read_err = |e: std::io::Error| LockError::Read {
-            path: dir.into(),
+            path: path.into(),
             reason: e.to_string(),
         };
-        let files = digest_files(dir, cache).map_err(read_err)?;
+        let (dir, files) = if path.is_file() {
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| read_err(std::io::Error::other("no file name")))?;
+            let digest = cache.digest(path).map_err(read_err)?;
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            (dir, BTreeMap::from([(file_name, digest)]))
+        } else {
+            (
+                path.to_path_buf(),
+                digest_files(path, cache).map_err(read_err)?,
+            )
+        };
+        let dir = dir.as_path();
         let base = self.base_dir().canonicalize().ok();
         let abs = dir.canonicalize().map_err(read_err)?;
         let path = match base.as_deref().and_then(|b| abs.strip_prefix(b).ok()) {
@@ -321,5 +365,48 @@ mod tests {
 
         let err = lock.entry("nope").unwrap_err().to_string();
         assert!(err.contains("no model named `nope`; it names: m"), "{err}");
+    }
+
+    #[test]
+    fn a_single_network_file_is_its_own_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("inception");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pt_inception.onnx"), b"net").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"other file, not pinned").unwrap();
+        let lock_path = tmp.path().join(LOCK_FILE);
+        let mut cache = DigestCache::in_memory();
+        let mut lock = ModelsLock::load_or_new(&lock_path).unwrap();
+        lock.add("inc", &dir.join("pt_inception.onnx"), "export", &mut cache)
+            .unwrap();
+        // A directory with two networks is a model, but not a single network.
+        std::fs::write(dir.join("other.onnx"), b"net2").unwrap();
+        lock.add("two", &dir, "two", &mut cache).unwrap();
+        lock.save().unwrap();
+
+        let lock = ModelsLock::load(&lock_path).unwrap();
+        let entry = lock.entry("inc").unwrap();
+        assert_eq!(entry.path, PathBuf::from("inception"));
+        assert_eq!(
+            entry.files.keys().collect::<Vec<_>>(),
+            vec!["pt_inception.onnx"]
+        );
+        assert_eq!(
+            lock.network_file("inc").unwrap(),
+            tmp.path().join("inception/pt_inception.onnx")
+        );
+        assert!(lock
+            .verify("inc", &mut DigestCache::in_memory())
+            .unwrap()
+            .is_empty());
+        let err = lock.network_file("two").unwrap_err().to_string();
+        assert!(err.contains("has 2 .onnx files"), "{err}");
+        std::fs::write(dir.join("pt_inception.onnx"), b"changed").unwrap();
+        assert_eq!(
+            lock.verify("inc", &mut DigestCache::in_memory())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

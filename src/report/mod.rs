@@ -109,13 +109,15 @@ pub struct Rendered {
 }
 
 /// Builds the report of `prepared` from `store` and writes it into `out` (default
-/// [`default_dir`]); FID values from `<out>/fid.csv` when present. Where the spec
+/// [`default_dir`]); FID values from `<out>/fid.csv` when present, `fid_notes` (from the
+/// FID step: why values are missing or partial) in the summary. Where the spec
 /// names a thesis table (`[report] thesis_table`), the thesis's own numbers are
 /// rendered beside ours in `<out>/thesis/`. The end of `tomex run` calls this.
 pub fn render_spec(
     prepared: &Prepared,
     store: &Store,
     out: Option<&Path>,
+    fid_notes: &[String],
 ) -> anyhow::Result<Rendered> {
     let dir = out.map_or_else(
         || default_dir(store, &prepared.spec.name),
@@ -132,8 +134,9 @@ pub fn render_spec(
     let mut cache = std::fs::read_to_string(&cache_path)
         .map(|t| PairedCache::from_csv(&t))
         .unwrap_or_default();
-    let model =
+    let mut model =
         ReportModel::from_spec_plan(&prepared.spec, &prepared.plan, store, &fid, &mut cache)?;
+    model.fid_notes = fid_notes.to_vec();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(&cache_path, cache.to_csv())
         .with_context(|| format!("writing {}", cache_path.display()))?;

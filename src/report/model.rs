@@ -56,6 +56,16 @@ impl FidValues {
         self.values.is_empty()
     }
 
+    /// `config,r,fid` lines under a header, as [`FidValues::from_csv`] reads them (r as a
+    /// fraction, FID at full precision), configurations and r in sorted order.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("config,r,fid\n");
+        for ((config, r), fid) in &self.values {
+            out.push_str(&format!("{config},{},{fid}\n", *r as f64 / 1000.0));
+        }
+        out
+    }
+
     /// Reads `config,r,fid` lines (a header line first; r as a fraction, e.g. 0.3).
     pub fn from_csv(text: &str) -> anyhow::Result<FidValues> {
         let mut out = FidValues::new();
@@ -260,6 +270,8 @@ pub struct ReportModel {
     pub grids: Vec<Grid>,
     /// Where the numbers come from (e.g. the devices of the records).
     pub notes: Vec<String>,
+    /// Why FID values are missing or partial (from the FID step).
+    pub fid_notes: Vec<String>,
 }
 
 impl ReportModel {
@@ -493,6 +505,7 @@ impl ReportModel {
             missing,
             grids,
             notes,
+            fid_notes: Vec::new(),
         })
     }
 }

@@ -153,11 +153,17 @@ pub fn summary_markdown(model: &ReportModel) -> String {
         .iter()
         .filter(|c| c.possible && c.fid.is_none())
         .count();
-    if fid_missing > 0 {
-        let _ = writeln!(
-            out,
-            "\nFID: {fid_missing} (config, r) value(s) not computed (`n/a`)."
-        );
+    if fid_missing > 0 || !model.fid_notes.is_empty() {
+        let _ = writeln!(out, "\n## FID\n");
+        if fid_missing > 0 {
+            let _ = writeln!(
+                out,
+                "{fid_missing} (config, r) value(s) not computed (`n/a`).\n"
+            );
+        }
+        for note in &model.fid_notes {
+            let _ = writeln!(out, "* {}", escape(note));
+        }
     }
     out
 }

@@ -1,8 +1,10 @@
 //! From a spec to stored images: resolve the model and prompts, expand the plan,
 //! and run the jobs of a shard that the store does not hold yet, one claimed job at
 //! a time. A killed run resumes with nothing lost and nothing done twice (the
-//! store's claims and atomic writes, see `store`).
+//! store's claims and atomic writes, see `store`). [`fid`] is the step after: FID of the
+//! stored sets into the report folder.
 
+pub mod fid;
 mod prepare;
 
 use std::time::Instant;
