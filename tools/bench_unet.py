@@ -117,6 +117,15 @@ def torch_worker(args) -> None:
     sample = torch.randn(args.batch, 4, h, w, generator=g)
     ehs = torch.randn(args.batch, TEXT_LEN, unet.config.cross_attention_dim, generator=g)
     t = torch.tensor(TIMESTEP, dtype=torch.int64)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        dev = torch.device(args.device)
+        unet, sample, ehs, t = unet.to(dev), sample.to(dev), ehs.to(dev), t.to(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
     times = []
     flops = None
     with torch.no_grad():
@@ -132,6 +141,7 @@ def torch_worker(args) -> None:
                 flops = counter.get_total_flops()
             else:
                 out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+            sync()
             dt_s = time.perf_counter() - t1
             if i > 0:
                 times.append(dt_s)
@@ -146,6 +156,7 @@ def torch_worker(args) -> None:
         "load_s": load_s,
         "out_std": float(out.std()),
         "flops": flops,
+        "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "tomesd": getattr(tomesd, "__version__", None) or pkg_version("tomesd")},
@@ -237,11 +248,13 @@ def run_child(cmd: list[str], env: dict[str, str], timeout_s: float) -> dict:
 def torch_cmd(a, hw, ratio, merge) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--torch-worker", "--model-dir", str(a.model_dir),
             "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
-            "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge)]
+            "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge),
+            "--device", a.device]
 
 
 def tomex_cmd(a, hw, ratio, merge, uncut, attention="fused") -> list[str]:
-    cmd = [str(a.tomex), "--attention", attention, "bench-unet", "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
+    cmd = [str(a.tomex), "--attention", attention, "--token-ops", a.token_ops, "bench-unet",
+           "--device", a.device, "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
            "--threads", str(a.threads)]
     if uncut:
@@ -334,7 +347,7 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     L: list[str] = []
     ch = mfacts.get("block_out_channels")
     chs = f"({', '.join(map(str, ch))})" if ch else "?"
-    L.append("## One UNet evaluation: tomex vs diffusers + tomesd")
+    L.append(f"## One UNet evaluation: tomex vs diffusers + tomesd, channels {chs}")
     L.append("")
     L.append(f"Made by `{command}` on {stamp}.")
     L.append("")
@@ -355,7 +368,9 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     mach = (f"* Machine: {facts.get('cpu', '?')} ({facts.get('logical_cpus', '?')} logical CPUs"
             + (f", {', '.join(facts['isa'])}" if facts.get("isa") else "")
             + (f", {facts['mem_total_gib']} GiB RAM" if "mem_total_gib" in facts else "")
-            + f"), Linux {facts.get('kernel', '?')}; {a.threads} threads for both.")
+            + f"), Linux {facts.get('kernel', '?')}; {a.threads} threads for both"
+            + (f"; device {a.device} ({facts.get('gpu', '?')}), peaks are host RSS" if a.device != "cpu" else "")
+            + ".")
     L.append(mach)
     sw = [f"torch {v['torch']}" if v.get("torch") else None,
           f"diffusers {v['diffusers']}" if v.get("diffusers") else None,
@@ -457,7 +472,15 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def markers(name: str) -> tuple[str, str]:
+    """The section's markers: bench-unet's own, or bench-unet-NAME's."""
+    if name == "bench-unet":
+        return START, END
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def write_section(path: Path, section: str, name: str = "bench-unet") -> None:
+    START, END = markers(name)
     block = f"{START}\n{section}{END}\n"
     if not path.exists():
         path.write_text("# Benchmarks\n\nEach section is made by a committed script; its command line is "
@@ -501,12 +524,19 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="subset of " + ",".join(c[0] for c in CASES))
     ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda[:N]: torch and tomex on that GPU (tools/gpu_check.sh)")
+    ap.add_argument("--token-ops", default="host", choices=("host", "graph"),
+                    help="where tomex runs ToMe's token ops (tomex --token-ops)")
     ap.add_argument("--exported-max", type=int, default=64,
                     help="run the exported-attention case only at latents up to this side (default 64)")
     ap.add_argument("--tomex", type=Path, default=DEFAULT_TOMEX, help="tomex binary (default target/release/tomex)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
     ap.add_argument("--write", action="store_true", help="replace the section in --benchmarks")
     ap.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--section", default="bench-unet",
+                    help="marker name of the section --write replaces (default bench-unet; e.g. "
+                         "bench-unet-320 for a second model's section)")
     ap.add_argument("--json", type=Path, help="raw results (default target/bench/bench_unet-<stamp>.json)")
     ap.add_argument("--dry-run", action="store_true", help="print the child commands only")
     # torch worker (internal)
@@ -547,6 +577,13 @@ def main() -> None:
     stamp = now.strftime("%Y-%m-%d %H:%M UTC")
     facts = machine_facts(a.threads)
     facts["loadavg_start"] = loadavg()
+    facts["device"] = a.device
+    if a.device.startswith("cuda"):
+        try:
+            facts["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                          capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            facts["gpu"] = "?"
     env = child_env(a.threads)
     results: dict = {}
     if run_torch and not a.dry_run:
@@ -596,7 +633,7 @@ def main() -> None:
                                  "model": model_facts(a.model_dir), "results": results}, indent=2) + "\n")
     print(f"raw results: {jpath}", file=sys.stderr)
     if a.write:
-        write_section(a.benchmarks, section)
+        write_section(a.benchmarks, section, a.section)
         print(f"wrote the section in {a.benchmarks}", file=sys.stderr)
 
 
