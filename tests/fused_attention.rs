@@ -28,32 +28,16 @@ fn options(cache: &Path, attention: Attention) -> SplitOptions {
     }
 }
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn inputs(batch: usize, h: usize, w: usize, dim: usize) -> (Array4<f32>, Array3<f32>) {
-    let sample = Array4::from_shape_vec((batch, 4, h, w), values(batch * 4 * h * w, 3)).unwrap();
-    let hidden = Array3::from_shape_vec((batch, 77, dim), values(batch * 77 * dim, 4)).unwrap();
+    let sample = Array4::from_shape_vec(
+        (batch, 4, h, w),
+        common::pseudo_random(batch * 4 * h * w, 3),
+    )
+    .unwrap();
+    let hidden =
+        Array3::from_shape_vec((batch, 77, dim), common::pseudo_random(batch * 77 * dim, 4))
+            .unwrap();
     (sample, hidden)
-}
-
-fn relative_difference(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(b.iter())
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]
@@ -109,7 +93,7 @@ fn the_fused_whole_graph_matches_the_exported_one() {
         let (sample, hidden) = inputs(batch, h, w, 32);
         let want = exported.predict(&sample, 321.0, &hidden).unwrap();
         let got = fused.predict(&sample, 321.0, &hidden).unwrap();
-        let diff = relative_difference(&want, &got);
+        let diff = common::max_relative_difference(&want, &got);
         eprintln!("whole graph, batch {batch}, {h}x{w}: {diff:.2e}");
         assert!(diff <= 1e-4, "batch {batch}, {h}x{w}: {diff}");
     }
@@ -135,7 +119,7 @@ fn the_other_export_conventions_fuse_too() {
     let (sample, hidden) = inputs(2, 8, 8, 32);
     let want = exported.predict(&sample, 999.0, &hidden).unwrap();
     let got = fused.predict(&sample, 999.0, &hidden).unwrap();
-    assert!(relative_difference(&want, &got) <= 1e-4);
+    assert!(common::max_relative_difference(&want, &got) <= 1e-4);
 }
 
 /// ToMe merging around fused components: the cut parts carry the fused attention, and
@@ -178,7 +162,7 @@ fn tome_on_fused_parts_matches_tome_on_exported_parts() {
             };
             let want = run(&mut exported);
             let got = run(&mut fused);
-            let diff = relative_difference(&want, &got);
+            let diff = common::max_relative_difference(&want, &got);
             eprintln!("ToMe r = {}, batch {batch}, {h}x{w}: {diff:.2e}", cfg.ratio);
             assert!(diff <= 1e-4, "{cfg:?}, batch {batch}, {h}x{w}: {diff}");
         }

@@ -15,19 +15,6 @@ use tomex::model::ModelDir;
 use tomex::onnx::SplitOptions;
 use tomex::tome::{block_merge, block_partition, PartitionRng, Targets, TomeConfig};
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn config(ratio: f64, sx: usize, sy: usize, random: bool) -> TomeConfig {
     TomeConfig {
         ratio,
@@ -52,7 +39,8 @@ fn graph_matching_merge_and_unmerge_equal_the_host() {
     ];
     for (k, ((h, w), cfg)) in cases.into_iter().enumerate() {
         let (b, n, c) = (2, h * w, 24);
-        let x = Array3::from_shape_vec((b, n, c), values(b * n * c, k as u64 + 1)).unwrap();
+        let x = Array3::from_shape_vec((b, n, c), common::pseudo_random(b * n * c, k as u64 + 1))
+            .unwrap();
         let host = block_merge(x.view(), (h, w), &cfg, &mut PartitionRng::new(cfg.seed)).unwrap();
         let part = block_partition(b, n, (h, w), &cfg, &mut PartitionRng::new(cfg.seed)).unwrap();
         assert_eq!(part.src, host.a_idx());
@@ -95,8 +83,10 @@ fn the_unet_with_graph_token_ops_equals_the_host_path() {
         max_downsample: 2,
         ..config(0.5, 2, 2, true)
     };
-    let sample = Array4::from_shape_vec((2, 4, 16, 16), values(2 * 4 * 256, 9)).unwrap();
-    let hidden = Array3::from_shape_vec((2, 77, 32), values(2 * 77 * 32, 10)).unwrap();
+    let sample =
+        Array4::from_shape_vec((2, 4, 16, 16), common::pseudo_random(2 * 4 * 256, 9)).unwrap();
+    let hidden =
+        Array3::from_shape_vec((2, 77, 32), common::pseudo_random(2 * 77 * 32, 10)).unwrap();
     let run = |u: &mut TomeUnet| {
         u.predict(&sample, 301.0, &hidden, &cfg, &mut PartitionRng::new(3))
             .unwrap()

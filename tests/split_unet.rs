@@ -60,15 +60,6 @@ fn components(
         .collect()
 }
 
-fn max_relative_difference(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(b.iter())
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 /// The split UNet with no-op hooks against the whole graph, at each (batch, h, w).
 fn assert_split_matches(model: &Path, cut: &[ComponentId], shapes: &[(usize, usize, usize)]) {
     let runtime = common::runtime();
@@ -82,7 +73,7 @@ fn assert_split_matches(model: &Path, cut: &[ComponentId], shapes: &[(usize, usi
         let got = split
             .predict(&sample, 501.0, &hidden, &mut NoHooks)
             .unwrap();
-        let diff = max_relative_difference(&expected, &got);
+        let diff = common::max_relative_difference(&expected, &got);
         assert!(
             diff <= 1e-6,
             "{} components, batch {batch}, {h}x{w}: max relative difference {diff}",
@@ -225,7 +216,7 @@ fn hooks_that_change_the_token_count_run_without_shape_errors() {
         assert_eq!(got.shape(), &[batch, 4, h, w]);
         let expected = whole.predict(&sample, 21.0, &hidden).unwrap();
         assert!(
-            max_relative_difference(&expected, &got) > 1e-4,
+            common::max_relative_difference(&expected, &got) > 1e-4,
             "the hooks changed nothing"
         );
         // Every block shows its input once, before its components, in graph order.

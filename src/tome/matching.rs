@@ -221,9 +221,9 @@ mod tests {
         assert_eq!(torch_max(&[-1.0]), (-1.0, 0));
     }
 
-    #[test]
-    fn best_dst_matches_a_naive_loop() {
-        let (ns, nd, c) = (SCORE_ROWS * 2 + 37, 50, 24);
+    /// `best_dst` against a naive loop on small integers (every product and sum
+    /// exact, so any blocking must give the same maxima and indices).
+    fn check_best_dst(ns: usize, nd: usize, c: usize) {
         let a = Array2::from_shape_fn((ns, c), |(i, k)| ((i * 31 + k * 17) % 23) as f32 - 11.0);
         let d = Array2::from_shape_fn((nd, c), |(j, k)| ((j * 13 + k * 7) % 19) as f32 - 9.0);
         let mut max = vec![0.0; ns];
@@ -231,9 +231,13 @@ mod tests {
         best_dst(a.view(), d.view(), &mut max, &mut idx);
         for i in 0..ns {
             let scores: Vec<f32> = (0..nd).map(|j| a.row(i).dot(&d.row(j))).collect();
-            // small integers: every product and sum is exact
             assert_eq!((max[i], idx[i]), torch_max(&scores), "row {i}");
         }
+    }
+
+    #[test]
+    fn best_dst_matches_a_naive_loop() {
+        check_best_dst(SCORE_ROWS * 2 + 37, 50, 24);
     }
 
     #[test]
@@ -247,16 +251,7 @@ mod tests {
     #[test]
     fn best_dst_matches_a_naive_loop_with_small_blocks() {
         // 2304 dst: 113-row blocks, so 300 src rows make three blocks, the last short.
-        let (ns, nd, c) = (300, 2304, 8);
-        let a = Array2::from_shape_fn((ns, c), |(i, k)| ((i * 31 + k * 17) % 23) as f32 - 11.0);
-        let d = Array2::from_shape_fn((nd, c), |(j, k)| ((j * 13 + k * 7) % 19) as f32 - 9.0);
-        let mut max = vec![0.0; ns];
-        let mut idx = vec![0; ns];
-        best_dst(a.view(), d.view(), &mut max, &mut idx);
-        for i in 0..ns {
-            let scores: Vec<f32> = (0..nd).map(|j| a.row(i).dot(&d.row(j))).collect();
-            assert_eq!((max[i], idx[i]), torch_max(&scores), "row {i}");
-        }
+        check_best_dst(300, 2304, 8);
     }
 
     #[test]

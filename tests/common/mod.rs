@@ -41,3 +41,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Deterministic values in [-1, 1) (xorshift; the numbers only need to vary).
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Max absolute difference over the max absolute value of `a`.
+pub fn max_relative_difference<D: ndarray::Dimension>(
+    a: &ndarray::Array<f32, D>,
+    b: &ndarray::Array<f32, D>,
+) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
