@@ -14,21 +14,11 @@ use std::process::{Command, Output};
 use tomex::metrics::{frechet_distance, Inception, Statistics};
 
 fn tomex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tomex"));
-    cmd.current_dir(common::repo())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("ORT_DYLIB_PATH");
-    cmd
+    common::tomex_command()
 }
 
 fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "tomex failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::succeeded(o)
 }
 
 fn tiny_inception() -> PathBuf {

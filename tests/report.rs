@@ -118,21 +118,11 @@ fn thesis_tables_in_every_format_and_figures() {
 }
 
 fn tomex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tomex"));
-    cmd.current_dir(common::repo())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("ORT_DYLIB_PATH");
-    cmd
+    common::tomex_command()
 }
 
 fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "tomex failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::succeeded(o)
 }
 
 /// 3 prompts, r in {0, 0.5, 0.6}, a 2x2 and a 1x2 configuration (1x2 cannot

@@ -8,11 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn tomex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tomex"));
-    cmd.current_dir(common::repo())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("ORT_DYLIB_PATH");
-    cmd
+    common::tomex_command()
 }
 
 /// A spec of 12 jobs (6 prompts x r in {0, 0.5}) on the tiny model, in `dir`.

@@ -67,3 +67,25 @@ pub fn max_relative_difference<D: ndarray::Dimension>(
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
         / scale
 }
+
+/// The tomex binary, run from the repository root, without SLURM's array index or an
+/// ONNX Runtime override from the environment.
+pub fn tomex_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tomex"));
+    cmd.current_dir(repo())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("ORT_DYLIB_PATH");
+    cmd
+}
+
+/// The stdout of a run that must have succeeded (else the test fails showing both
+/// streams).
+pub fn succeeded(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "tomex failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
