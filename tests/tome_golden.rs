@@ -291,3 +291,49 @@ fn random_partitions_are_reproducible_from_their_seed() {
     assert_ne!(a.as_raw(), b.as_raw(), "another seed, another partition");
     assert_ne!(a.as_raw(), c.as_raw(), "random differs from top-left dst");
 }
+
+/// A run that mixes r = 0 and several ToMe cuts holds one UNet's weights at a time,
+/// and closing, reopening and warming the graphs changes no image.
+#[test]
+fn one_unet_is_open_at_a_time_and_switching_changes_nothing() {
+    let base = serde_json::json!({"prompt": "a red bicycle", "seed": 3, "steps": 3, "guidance": 7.5,
+        "width": 64, "height": 48, "scheduler": "pndm"});
+    let self_only = TomeConfig {
+        ratio: 0.5,
+        ..TomeConfig::default()
+    };
+    let self_cross = TomeConfig {
+        targets: Targets {
+            self_attn: true,
+            cross_attn: true,
+            mlp: false,
+        },
+        ..self_only
+    };
+    let requests = [
+        None,
+        Some(self_only),
+        Some(self_cross),
+        None,
+        Some(self_only),
+    ]
+    .map(|tome| tome_request(&base, tome));
+    let mut sd = pipeline();
+    assert_eq!(sd.open_unets(), 0, "nothing is opened before it is needed");
+    let mut images = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        if i % 2 == 1 {
+            sd.prepare_unet(request).unwrap();
+        }
+        images.push(sd.generate(request).unwrap().0);
+        assert_eq!(sd.open_unets(), 1, "after request {i}");
+    }
+    for (i, request) in requests.iter().enumerate().take(3) {
+        let (fresh, _) = pipeline().generate(request).unwrap();
+        assert_eq!(images[i].as_raw(), fresh.as_raw(), "request {i}");
+    }
+    assert_eq!(images[0].as_raw(), images[3].as_raw());
+    assert_eq!(images[1].as_raw(), images[4].as_raw());
+    assert_ne!(images[0].as_raw(), images[1].as_raw());
+    assert_ne!(images[1].as_raw(), images[2].as_raw());
+}

@@ -87,10 +87,17 @@ pub struct Timings {
 }
 
 /// The loaded graphs and configuration of one model.
+///
+/// One UNet is open at a time: the whole graph for images that merge nothing, or
+/// the split for one ToMe cut. Each holds all of the UNet's weights (3.4 GB for
+/// SD 1.5), so a run that mixes r = 0 and r > 0 closes one before opening the other.
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: TextEncoder,
-    unet: Unet,
+    /// The whole UNet (attention rewritten as `unet_options` say), when open.
+    unet: Option<Unet>,
+    /// The graph it is opened from (the cached rewrite, or the export itself).
+    whole_unet: std::path::PathBuf,
     /// How the UNet graphs compute attention, and where their rewrites are cached.
     unet_options: SplitOptions,
     /// What the attention rewrite did to the whole UNet.
@@ -118,7 +125,12 @@ impl StableDiffusion {
         model: &ModelDir,
         unet_options: SplitOptions,
     ) -> Result<StableDiffusion, PipelineError> {
-        let (unet, fusion) = Unet::prepare(runtime, &model.unet, &unet_options)?;
+        let whole = crate::onnx::prepare_whole(&model.unet, &unet_options).map_err(|e| {
+            EngineError::Unexpected {
+                model: model.unet.clone(),
+                reason: e.detail(),
+            }
+        })?;
         let scheduler_config = SchedulerConfig::from_json(&model.scheduler_config_text()?)
             .map_err(|e| {
                 PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
@@ -126,9 +138,10 @@ impl StableDiffusion {
         Ok(StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
             text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
-            unet,
+            unet: None,
+            whole_unet: whole.path,
             unet_options,
-            fusion,
+            fusion: whole.fusion,
             token_ops: TokenOps::Host,
             tome_unet: None,
             runtime: *runtime,
@@ -151,6 +164,11 @@ impl StableDiffusion {
             t.set_token_ops(ops)?;
         }
         Ok(())
+    }
+
+    /// How many UNet graphs (the whole one, ToMe splits) are open: at most one.
+    pub fn open_unets(&self) -> usize {
+        usize::from(self.unet.is_some()) + self.tome_unet.as_ref().map_or(0, |t| t.open_splits())
     }
 
     /// What the attention rewrite did to the whole UNet (nothing with `Exported`).
@@ -179,13 +197,8 @@ impl StableDiffusion {
         let sigma = scheduler.init_noise_sigma();
         let mut latents = randn(req.seed, &shape).mapv(|v| v * sigma);
 
+        self.open_unet(req)?;
         let tome = req.merging();
-        if tome.is_some() && self.tome_unet.is_none() {
-            let options = self.unet_options.clone();
-            let mut tome_unet = TomeUnet::load(&self.runtime, &self.unet_path, options)?;
-            tome_unet.set_token_ops(self.token_ops)?;
-            self.tome_unet = Some(tome_unet);
-        }
         // A fresh partition generator per image: the same seed gives the same image.
         let mut partition_rng = PartitionRng::new(tome.map_or(0, |t| t.seed));
 
@@ -197,12 +210,7 @@ impl StableDiffusion {
             } else {
                 scaled
             };
-            let noise = match (tome, self.tome_unet.as_mut()) {
-                (Some(cfg), Some(split)) => {
-                    split.predict(&input, t, &hidden, cfg, &mut partition_rng)?
-                }
-                _ => self.unet.predict(&input, t, &hidden)?,
-            };
+            let noise = self.predict_noise(&input, t, &hidden, tome, &mut partition_rng)?;
             let noise = if guided {
                 let (uncond, text) = (
                     noise.slice(s![0..1, .., .., ..]),
@@ -232,6 +240,80 @@ impl StableDiffusion {
                 total: start.elapsed(),
             },
         ))
+    }
+}
+
+impl StableDiffusion {
+    /// Opens the UNet that `req` needs and closes the other ones first, so that
+    /// only one copy of the weights is ever held. `true` when it was opened now.
+    fn open_unet(&mut self, req: &Request) -> Result<bool, PipelineError> {
+        let Some(cfg) = req.merging() else {
+            if let Some(t) = self.tome_unet.as_mut() {
+                t.close_others(None);
+            }
+            if self.unet.is_some() {
+                return Ok(false);
+            }
+            let unet = Unet::load_prepared(&self.runtime, &self.whole_unet, &self.unet_path)?;
+            self.unet = Some(unet);
+            return Ok(true);
+        };
+        self.unet = None;
+        if self.tome_unet.is_none() {
+            let options = self.unet_options.clone();
+            let mut tome_unet = TomeUnet::load(&self.runtime, &self.unet_path, options)?;
+            tome_unet.set_token_ops(self.token_ops)?;
+            self.tome_unet = Some(tome_unet);
+        }
+        let tome_unet = self.tome_unet.as_mut().expect("opened above");
+        let cut = tome_unet.cut_for((req.height / 8, req.width / 8), cfg)?;
+        tome_unet.close_others(Some(&cut));
+        Ok(tome_unet.open(&cut)?)
+    }
+
+    /// Makes the UNet for `req` ready before an image is timed: opened (closing the
+    /// others), and when newly opened, run once at `req`'s size, so that the timed
+    /// image pays neither for the session nor for its first run's allocations.
+    pub fn prepare_unet(&mut self, req: &Request) -> Result<(), PipelineError> {
+        req.validate()?;
+        if !self.open_unet(req)? {
+            return Ok(());
+        }
+        let rows = if req.guidance > 1.0 { 2 } else { 1 };
+        let empty = self.tokenizer.encode("")?;
+        let hidden = self.text_encoder.encode(&vec![empty; rows])?;
+        let one = four_d(randn(req.seed, &[1, 4, req.height / 8, req.width / 8]))?;
+        let sample = if rows == 2 {
+            concatenate![Axis(0), one, one]
+        } else {
+            one
+        };
+        let mut rng = PartitionRng::new(0);
+        self.predict_noise(&sample, 999.0, &hidden, req.merging(), &mut rng)?;
+        Ok(())
+    }
+
+    /// One UNet evaluation on the open UNet, with ToMe when `tome` is given.
+    fn predict_noise(
+        &mut self,
+        sample: &Array4<f32>,
+        t: f32,
+        hidden: &Array3<f32>,
+        tome: Option<&TomeConfig>,
+        rng: &mut PartitionRng,
+    ) -> Result<Array4<f32>, PipelineError> {
+        let closed = || PipelineError::Invalid("internal: the UNet is not open".into());
+        Ok(match tome {
+            Some(cfg) => {
+                let split = self.tome_unet.as_mut().ok_or_else(closed)?;
+                split.predict(sample, t, hidden, cfg, rng)?
+            }
+            None => self
+                .unet
+                .as_mut()
+                .ok_or_else(closed)?
+                .predict(sample, t, hidden)?,
+        })
     }
 }
 

@@ -38,7 +38,7 @@ impl std::str::FromStr for TokenOps {
 }
 
 /// The UNet with ToMe: one split per cut set (in practice one per latent size and
-/// configuration), opened on first use and kept.
+/// configuration), opened on first use and kept until [`close_others`](Self::close_others).
 pub struct TomeUnet {
     runtime: Runtime,
     path: PathBuf,
@@ -143,11 +143,8 @@ impl TomeUnet {
         cut: Vec<ComponentId>,
     ) -> Result<Array4<f32>, EngineError> {
         let latent_hw = (sample.shape()[2], sample.shape()[3]);
-        if !self.splits.contains_key(&cut) {
-            let split = SplitUnet::load(&self.runtime, &self.path, &cut, &self.options)?;
-            self.splits.insert(cut.clone(), split);
-        }
-        let split = self.splits.get_mut(&cut).expect("inserted above");
+        self.open(&cut)?;
+        let split = self.splits.get_mut(&cut).expect("opened above");
         if let Some(ops) = self.graph_ops.as_mut() {
             let mut hooks = GraphHooks {
                 ops,
@@ -175,6 +172,27 @@ impl TomeUnet {
         let out = split.predict(sample, timestep, hidden, &mut hooks)?;
         self.token_ops += hooks.elapsed;
         Ok(out)
+    }
+
+    /// Opens the split for `cut` unless it is open; `true` when it was opened now.
+    pub fn open(&mut self, cut: &[ComponentId]) -> Result<bool, EngineError> {
+        if self.splits.contains_key(cut) {
+            return Ok(false);
+        }
+        let split = SplitUnet::load(&self.runtime, &self.path, cut, &self.options)?;
+        self.splits.insert(cut.to_vec(), split);
+        Ok(true)
+    }
+
+    /// Closes every open split but the one for `keep` (all of them with `None`):
+    /// each split holds the whole UNet's weights.
+    pub fn close_others(&mut self, keep: Option<&[ComponentId]>) {
+        self.splits.retain(|cut, _| Some(cut.as_slice()) == keep);
+    }
+
+    /// How many splits are open.
+    pub fn open_splits(&self) -> usize {
+        self.splits.len()
     }
 
     /// Host time spent in token ops since the last call, and resets it.

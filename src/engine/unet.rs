@@ -103,9 +103,20 @@ impl Unet {
         options: &SplitOptions,
     ) -> Result<(Unet, Fusion), EngineError> {
         let whole = onnx::prepare_whole(path, options).map_err(|e| unexpected(path, e.detail()))?;
-        let mut unet = Self::load(runtime, &whole.path)?;
-        unet.path = path.to_path_buf();
+        let unet = Self::load_prepared(runtime, &whole.path, path)?;
         Ok((unet, whole.fusion))
+    }
+
+    /// The graph at `graph` (a rewrite [`onnx::prepare_whole`] made), whose errors name
+    /// the model's own `source` UNet.
+    pub fn load_prepared(
+        runtime: &Runtime,
+        graph: &Path,
+        source: &Path,
+    ) -> Result<Unet, EngineError> {
+        let mut unet = Self::load(runtime, graph)?;
+        unet.path = source.to_path_buf();
+        Ok(unet)
     }
 
     /// The UNet graph at `path` exactly as it is.

@@ -74,17 +74,23 @@ pub fn label(job: &Job) -> String {
     }
 }
 
-/// Builds the sessions once and makes every ToMe configuration's split once
-/// (a one-step image of each), so the timed images pay for neither.
+/// Checks before the first timed image that every UNet the jobs need opens and
+/// runs (making each ToMe cut once, on disk), then makes a one-step image of the
+/// first job, so that its text encoder, VAE and UNet are warm.
 pub fn warm_up(sd: &mut StableDiffusion, jobs: &[&Job]) -> Result<(), String> {
     let mut seen = Vec::new();
-    for job in jobs {
+    for job in jobs.iter().rev() {
         let tome = job.material.tome.clone();
         if seen.contains(&tome) {
             continue;
         }
         seen.push(tome);
-        let mut request = request_for(job)?;
+        let request = request_for(job)?;
+        sd.prepare_unet(&request)
+            .map_err(|e| format!("warm-up: {e}"))?;
+    }
+    if let Some(first) = jobs.first() {
+        let mut request = request_for(first)?;
         request.steps = 1;
         sd.generate(&request).map_err(|e| format!("warm-up: {e}"))?;
     }
@@ -162,6 +168,8 @@ fn make_image(
     sd: &mut StableDiffusion,
 ) -> Result<(Vec<u8>, Measurement), String> {
     let request = request_for(job)?;
+    // Untimed: switching between the whole UNet and a ToMe split opens a session.
+    sd.prepare_unet(&request).map_err(|e| e.to_string())?;
     let peak_resettable = crate::host::reset_peak_rss();
     let start = Instant::now();
     let (image, t) = sd.generate(&request).map_err(|e| e.to_string())?;
