@@ -21,6 +21,7 @@ use serde_json::json;
 use super::Global;
 use crate::engine::{Device, Runtime};
 use crate::metrics::frechet::trace_sqrt_product_eigen;
+use crate::metrics::synthetic::synthetic_samples;
 use crate::metrics::{frechet_distance, image_files, Inception, Statistics, FID_DIMS};
 
 #[derive(Args)]
@@ -141,25 +142,8 @@ fn to_mat(a: &Array2<f64>) -> Mat<f64> {
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
 }
 
-/// tools/golden_fid.py's `synthetic_samples` (splitmix64), as statistics.
+/// tools/golden_fid.py's synthetic samples, as statistics.
 fn synthetic_statistics(seed: u64, n: usize, dim: usize, shift: f64) -> anyhow::Result<Statistics> {
-    let uniform = |seed: u64, count: usize| -> Vec<f64> {
-        (1..=count as u64)
-            .map(|k| {
-                let mut z = seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                (z >> 11) as f64 * 2f64.powi(-53)
-            })
-            .collect()
-    };
-    let u = uniform(seed, n * dim);
-    let f = uniform(seed + 1, n);
-    let x = Array2::from_shape_fn((n, dim), |(i, d)| {
-        let scale = 0.5 + d as f64 / dim as f64;
-        let load = ((d % 7) as f64 - 3.0) * 0.1;
-        (u[i * dim + d] - 0.5) * scale + load * (f[i] - 0.5) + shift * (d % 5) as f64
-    });
+    let x = synthetic_samples(seed, n, dim, shift);
     Ok(Statistics::from_features(x.view(), "synthetic")?)
 }

@@ -18,6 +18,7 @@ pub mod inception;
 pub mod paired;
 pub mod preprocess;
 pub mod stats;
+pub mod synthetic;
 
 use std::path::PathBuf;
 

@@ -30,6 +30,50 @@ pub fn ratio_pct(r: f64) -> String {
     }
 }
 
+/// A spec's jobs by cell: (configuration, r, prompt index) → job.
+pub struct CellJobs<'p>(BTreeMap<(String, i64, usize), &'p Job>);
+
+impl<'p> CellJobs<'p> {
+    /// The cells of the spec named `spec` in `plan`.
+    pub fn of(plan: &'p Plan, spec: &str) -> CellJobs<'p> {
+        let mut by_cell = BTreeMap::new();
+        for job in plan.jobs() {
+            for cell in job.cells.iter().filter(|c| c.spec == spec) {
+                let at = (
+                    cell.config.clone(),
+                    ratio_key(cell.ratio),
+                    cell.prompt_index,
+                );
+                by_cell.insert(at, job);
+            }
+        }
+        CellJobs(by_cell)
+    }
+
+    /// The jobs of `config` at `r`, by prompt index.
+    pub fn cell(&self, config: &str, r: f64) -> Vec<(usize, &'p Job)> {
+        let (config, rk) = (config.to_string(), ratio_key(r));
+        self.0
+            .range((config.clone(), rk, 0)..=(config, rk, usize::MAX))
+            .map(|((_, _, p), j)| (*p, *j))
+            .collect()
+    }
+
+    /// Every job of `config` (all ratios), with its prompt index.
+    pub fn of_config<'a>(&'a self, config: &'a str) -> impl Iterator<Item = (usize, &'p Job)> + 'a {
+        self.0
+            .iter()
+            .filter(move |((c, _, _), _)| c == config)
+            .map(|((_, _, p), j)| (*p, *j))
+    }
+
+    /// The job of prompt `prompt_index` in `config` at `r`.
+    pub fn job(&self, config: &str, r: f64, prompt_index: usize) -> Option<&'p Job> {
+        let at = (config.to_string(), ratio_key(r), prompt_index);
+        self.0.get(&at).copied()
+    }
+}
+
 /// FID per (configuration, r), from the metrics step; missing entries render as `n/a`.
 #[derive(Debug, Clone, Default)]
 pub struct FidValues {
@@ -327,20 +371,7 @@ impl ReportModel {
         ratios.sort_by(f64::total_cmp);
         ratios.dedup_by_key(|r| ratio_key(*r));
 
-        // (config, r key, prompt index) -> job, for this spec's cells.
-        let mut by_cell: BTreeMap<(String, i64, usize), &Job> = BTreeMap::new();
-        for job in plan.jobs() {
-            for cell in job.cells.iter().filter(|c| c.spec == spec.name) {
-                by_cell.insert(
-                    (
-                        cell.config.clone(),
-                        ratio_key(cell.ratio),
-                        cell.prompt_index,
-                    ),
-                    job,
-                );
-            }
-        }
+        let by_cell = CellJobs::of(plan, &spec.name);
 
         let mut cells = Vec::new();
         let mut missing = Vec::new();
@@ -351,13 +382,7 @@ impl ReportModel {
                 let possible = !spec.is_skipped(&config.name, r);
                 let mut stats = CellStats::empty(&config.name, r, possible);
                 stats.fid = fid.get(&config.name, r);
-                let jobs: Vec<(usize, &Job)> = by_cell
-                    .range(
-                        (config.name.clone(), ratio_key(r), 0)
-                            ..=(config.name.clone(), ratio_key(r), usize::MAX),
-                    )
-                    .map(|((_, _, p), j)| (*p, *j))
-                    .collect();
+                let jobs = by_cell.cell(&config.name, r);
                 stats.planned = jobs.len();
                 let mut walls = Vec::new();
                 let mut hosts = Vec::new();
@@ -372,10 +397,10 @@ impl ReportModel {
                             *devices.entry(rec.device.clone()).or_default() += 1;
                             if ratio_key(r) != 0 {
                                 let twin = by_cell
-                                    .get(&(config.name.clone(), 0, *prompt_index))
+                                    .job(&config.name, 0.0, *prompt_index)
                                     .filter(|t| store.is_done(&t.key));
                                 if let Some(twin) = twin {
-                                    pairs.push((*prompt_index, *job, *twin));
+                                    pairs.push((*prompt_index, *job, twin));
                                 }
                             }
                         }
@@ -456,12 +481,10 @@ impl ReportModel {
                     .filter(|r| !spec.is_skipped(&config.name, *r))
                     .collect();
                 let mut prompts = BTreeMap::<usize, String>::new();
-                for ((c, _, p), job) in &by_cell {
-                    if c == &config.name {
-                        prompts
-                            .entry(*p)
-                            .or_insert_with(|| job.material.prompt.clone());
-                    }
+                for (p, job) in by_cell.of_config(&config.name) {
+                    prompts
+                        .entry(p)
+                        .or_insert_with(|| job.material.prompt.clone());
                 }
                 let prompts: Vec<(usize, String)> =
                     prompts.into_iter().take(spec.report.grid_prompts).collect();
@@ -469,7 +492,7 @@ impl ReportModel {
                 for (p, _) in &prompts {
                     for &r in &rs {
                         let image = by_cell
-                            .get(&(config.name.clone(), ratio_key(r), *p))
+                            .job(&config.name, r, *p)
                             .filter(|j| store.is_done(&j.key))
                             .map(|j| store.image_path(&j.key));
                         gcells.push(GridCell {

@@ -25,7 +25,7 @@ use crate::metrics::cache::{set_key, StatsCache};
 use crate::metrics::{frechet_distance, Inception, Statistics};
 use crate::model::{DigestCache, ModelsLock};
 use crate::plan::Job;
-use crate::report::model::{ratio_key, ratio_pct};
+use crate::report::model::{ratio_key, ratio_pct, CellJobs};
 use crate::report::{FidValues, FID_FILE};
 use crate::spec::Spec;
 use crate::store::Store;
@@ -253,30 +253,12 @@ pub fn measure_fid(
     std::fs::create_dir_all(report_dir)
         .with_context(|| format!("creating {}", report_dir.display()))?;
 
-    // (config, r key, prompt index) -> job, for this spec's cells.
-    let mut by_cell: BTreeMap<(&str, i64, usize), &Job> = BTreeMap::new();
-    for job in prepared.plan.jobs() {
-        for cell in job.cells.iter().filter(|c| c.spec == spec.name) {
-            by_cell.insert(
-                (
-                    cell.config.as_str(),
-                    ratio_key(cell.ratio),
-                    cell.prompt_index,
-                ),
-                job,
-            );
-        }
-    }
-    let cell_jobs = |config: &str, rk: i64| -> Vec<(usize, &Job)> {
-        by_cell
-            .range((config, rk, 0)..=(config, rk, usize::MAX))
-            .map(|((_, _, p), j)| (*p, *j))
-            .collect()
-    };
+    let by_cell = CellJobs::of(&prepared.plan, &spec.name);
 
     for config in &spec.configs {
         let label = &config.name;
-        let baseline: BTreeMap<usize, &Job> = cell_jobs(label, 0)
+        let baseline: BTreeMap<usize, &Job> = by_cell
+            .cell(label, 0.0)
             .into_iter()
             .filter(|(_, j)| store.is_done(&j.key))
             .collect();
@@ -291,7 +273,7 @@ pub fn measure_fid(
             }
             out.cells += 1;
             let at = format!("`{label}` at r = {}%", ratio_pct(r));
-            let jobs = cell_jobs(label, rk);
+            let jobs = by_cell.cell(label, r);
             let pairs: Vec<(&Job, &Job)> = jobs
                 .iter()
                 .filter(|(_, j)| store.is_done(&j.key))
