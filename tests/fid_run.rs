@@ -28,31 +28,22 @@ fn tiny_inception() -> PathBuf {
 /// 4 prompts x r in {0, 0.5}, one configuration, 2 steps: 8 images of 64x64. `inception`
 /// is the `[metrics]` line naming the network (none: the default `inception-fid`).
 fn write_spec(dir: &Path, inception: Option<&Path>, dims: usize) -> PathBuf {
-    std::fs::write(
-        dir.join("prompts.csv"),
-        "prompt\na red fox\na blue whale\na bowl of soup\nmountains at dawn\n",
-    )
-    .unwrap();
     let inception = inception.map_or(String::new(), |p| {
         format!("inception = \"{}\"\n", p.display())
     });
-    let spec = dir.join("fidtest.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"name = "fidtest"
-store = "results"
-[model]
-dir = "{}"
-[generation]
-width = 64
-height = 64
-steps = 2
-[prompts]
-file = "prompts.csv"
-sample = 4
-replace = false
-[sweep]
+    common::write_tiny_spec(
+        dir,
+        "fidtest",
+        r#"name = "fidtest""#,
+        &[
+            "a red fox",
+            "a blue whale",
+            "a bowl of soup",
+            "mountains at dawn",
+        ],
+        (64, 2),
+        &format!(
+            r#"[sweep]
 ratios = [0.0, 0.5]
 [[configs]]
 name = "self"
@@ -61,12 +52,9 @@ random = false
 [metrics]
 fid = true
 {inception}fid_dims = {dims}
-"#,
-            common::tiny_model().display()
+"#
         ),
     )
-    .unwrap();
-    spec
 }
 
 /// (config, r) -> [(prompt index, image path)] from the store's manifest.

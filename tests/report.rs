@@ -128,29 +128,13 @@ fn ok(o: Output) -> String {
 /// 3 prompts, r in {0, 0.5, 0.6}, a 2x2 and a 1x2 configuration (1x2 cannot
 /// reach 0.6): 3 x (1 + 3) = 12 images of 64x64, 2 steps.
 fn write_spec(dir: &Path) -> PathBuf {
-    std::fs::write(
-        dir.join("prompts.csv"),
-        "prompt\na red fox\n\"a city, at night\"\na bowl of soup\n",
-    )
-    .unwrap();
-    let spec = dir.join("report.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            r##"name = "reptest"
-description = "report test"
-store = "results"
-[model]
-dir = "{}"
-[generation]
-width = 64
-height = 64
-steps = 2
-[prompts]
-file = "prompts.csv"
-sample = 3
-replace = false
-[sweep]
+    common::write_tiny_spec(
+        dir,
+        "report",
+        "name = \"reptest\"\ndescription = \"report test\"",
+        &["a red fox", "\"a city, at night\"", "a bowl of soup"],
+        (64, 2),
+        r##"[sweep]
 ratios = [0.0, 0.5, 0.6]
 [[configs]]
 name = "self"
@@ -173,11 +157,7 @@ paired = true
 grid_prompts = 2
 thesis_table = 12
 "##,
-            common::tiny_model().display()
-        ),
     )
-    .unwrap();
-    spec
 }
 
 fn report(spec: &Path, extra: &[&str]) -> String {

@@ -13,38 +13,20 @@ fn tomex() -> Command {
 
 /// A spec of 12 jobs (6 prompts x r in {0, 0.5}) on the tiny model, in `dir`.
 fn write_spec(dir: &Path, width: usize, steps: usize) -> PathBuf {
-    let prompts = dir.join("prompts.csv");
-    let mut csv = String::from("prompt\n");
-    for p in [
-        "a red fox",
-        "a blue whale",
-        "\"a city, at night\"",
-        "a bowl of soup",
-        "mountains",
-        "a clock",
-    ] {
-        csv.push_str(p);
-        csv.push('\n');
-    }
-    std::fs::write(&prompts, csv).unwrap();
-    let spec = dir.join("test.toml");
-    let model = common::tiny_model();
-    std::fs::write(
-        &spec,
-        format!(
-            r#"name = "test"
-store = "results"
-[model]
-dir = "{}"
-[generation]
-width = {width}
-height = {width}
-steps = {steps}
-[prompts]
-file = "prompts.csv"
-sample = 6
-replace = false
-[sweep]
+    common::write_tiny_spec(
+        dir,
+        "test",
+        r#"name = "test""#,
+        &[
+            "a red fox",
+            "a blue whale",
+            "\"a city, at night\"",
+            "a bowl of soup",
+            "mountains",
+            "a clock",
+        ],
+        (width, steps),
+        r#"[sweep]
 ratios = [0.0, 0.5]
 [[configs]]
 name = "self"
@@ -53,11 +35,7 @@ random = false
 [metrics]
 fid = false
 "#,
-            model.display()
-        ),
     )
-    .unwrap();
-    spec
 }
 
 fn run(spec: &Path, extra: &[&str]) -> Output {

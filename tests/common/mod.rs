@@ -89,3 +89,42 @@ pub fn succeeded(o: std::process::Output) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Writes `prompts.csv` (a `prompt` header, then `prompts` as CSV lines) and
+/// `<file>.toml`, a spec on the tiny model: `header` (the top-level keys, `name`
+/// first), the results store, `size`×`size` images of `steps` steps, every prompt
+/// drawn once, then `rest` (sweep, configurations, metrics, report).
+pub fn write_tiny_spec(
+    dir: &Path,
+    file: &str,
+    header: &str,
+    prompts: &[&str],
+    (size, steps): (usize, usize),
+    rest: &str,
+) -> PathBuf {
+    let csv: String = std::iter::once("prompt")
+        .chain(prompts.iter().copied())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(dir.join("prompts.csv"), csv).unwrap();
+    let spec = dir.join(format!("{file}.toml"));
+    let text = format!(
+        "{header}
+store = \"results\"
+[model]
+dir = \"{model}\"
+[generation]
+width = {size}
+height = {size}
+steps = {steps}
+[prompts]
+file = \"prompts.csv\"
+sample = {count}
+replace = false
+{rest}",
+        model = tiny_model().display(),
+        count = prompts.len(),
+    );
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
