@@ -3,14 +3,16 @@
 //!
 //! Expected: the same indices (the scores differ by sgemm rounding, about 1e-7, and
 //! the inputs here have no near-ties), merge and unmerge bit-identical on those
-//! indices, and so the same UNet outputs and images.
+//! indices, and so the same UNet outputs and images. The graph ops run on the
+//! device-resident path (`SplitUnet::predict_resident`: I/O binding, outputs left on
+//! the device), which on the CPU must equal the host path bit for bit.
 
 mod common;
 
 use ndarray::{Array3, Array4};
 use tomex::diffusion::pipeline::{Request, StableDiffusion};
 use tomex::diffusion::scheduler::SchedulerKind;
-use tomex::engine::{GraphTokenOps, TokenOps, TomeUnet};
+use tomex::engine::{GraphTokenOps, NoHooks, SplitUnet, TokenOps, TomeUnet, Unet};
 use tomex::model::ModelDir;
 use tomex::onnx::SplitOptions;
 use tomex::tome::{block_merge, block_partition, PartitionRng, Targets, TomeConfig};
@@ -47,11 +49,11 @@ fn graph_matching_merge_and_unmerge_equal_the_host() {
         assert_eq!(part.dst, host.b_idx());
         assert_eq!(part.r, host.r());
         let graph = ops.matching(x.view(), &part).unwrap();
-        let (unm, src, dst) = graph.indices();
+        let [unm, src, dst] = graph.indices().unwrap();
         let as_i64 = |a: ndarray::ArrayView2<usize>| a.mapv(|v| v as i64);
-        assert_eq!(unm, &as_i64(host.unm_idx()), "case {k}: unm_idx");
-        assert_eq!(src, &as_i64(host.src_idx()), "case {k}: src_idx");
-        assert_eq!(dst, &as_i64(host.dst_idx()), "case {k}: dst_idx");
+        assert_eq!(unm, as_i64(host.unm_idx()), "case {k}: unm_idx");
+        assert_eq!(src, as_i64(host.src_idx()), "case {k}: src_idx");
+        assert_eq!(dst, as_i64(host.dst_idx()), "case {k}: dst_idx");
 
         let merged = ops.merge(&graph, x.view()).unwrap();
         assert_eq!(merged, host.merge(x.view()), "case {k}: merge");
@@ -92,6 +94,44 @@ fn the_unet_with_graph_token_ops_equals_the_host_path() {
             .unwrap()
     };
     assert_eq!(run(&mut graph), run(&mut host));
+}
+
+#[test]
+fn the_resident_split_equals_the_host_split_and_the_whole_graph() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let unet = common::tiny_model().join("unet/model.onnx");
+    let options = SplitOptions {
+        cache_root: cache.path().to_path_buf(),
+        ..SplitOptions::default()
+    };
+    let tome = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
+    let all = TomeConfig {
+        targets: Targets {
+            self_attn: true,
+            cross_attn: true,
+            mlp: true,
+        },
+        max_downsample: 8,
+        ..config(0.5, 2, 2, false)
+    };
+    let cut = tome.cut_for((8, 8), &all).unwrap();
+    let mut split = SplitUnet::load(&runtime, &unet, &cut, &options).unwrap();
+    let sample =
+        Array4::from_shape_vec((2, 4, 8, 8), common::pseudo_random(2 * 4 * 64, 4)).unwrap();
+    let hidden =
+        Array3::from_shape_vec((2, 77, 32), common::pseudo_random(2 * 77 * 32, 5)).unwrap();
+    let resident = split
+        .predict_resident(&sample, 41.0, &hidden, &mut NoHooks)
+        .unwrap();
+    let host = split.predict(&sample, 41.0, &hidden, &mut NoHooks).unwrap();
+    let whole = Unet::prepare(&runtime, &unet, &options)
+        .unwrap()
+        .0
+        .predict(&sample, 41.0, &hidden)
+        .unwrap();
+    assert_eq!(resident, host);
+    assert_eq!(resident, whole);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use ort::value::{DynValue, Tensor, TensorRef, ValueType};
 
 use super::device::Device;
 use super::io::{input_spec, run_error, unexpected};
+use super::resident::{dims, download_f32, run_resident, upload};
 use super::runtime::{EngineError, Runtime};
 use super::unet::UnetInputs;
 use crate::onnx::{
@@ -35,6 +36,25 @@ pub trait TokenHooks {
     fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>>;
 }
 
+/// The same hooks on values that stay on the device ([`SplitUnet::predict_resident`]):
+/// `[batch, tokens, channels]` tensors the hooks must not bring to the host.
+pub trait ResidentHooks {
+    /// The hidden states entering a block, as [`TokenHooks::block_input`].
+    fn block_input(&mut self, block: &BlockId, x: &DynValue) -> Result<(), EngineError>;
+    /// The merged input of a component, or `None` to run it on `x`.
+    fn before_component(
+        &mut self,
+        c: &ComponentId,
+        x: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError>;
+    /// The unmerged output of a component, or `None` to pass `y` on.
+    fn after_component(
+        &mut self,
+        c: &ComponentId,
+        y: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError>;
+}
+
 /// Hooks that change nothing: the split UNet computes what the whole graph computes.
 pub struct NoHooks;
 
@@ -45,6 +65,26 @@ impl TokenHooks for NoHooks {
     }
     fn after_component(&mut self, _: &ComponentId, _: ArrayView3<f32>) -> Option<Array3<f32>> {
         None
+    }
+}
+
+impl ResidentHooks for NoHooks {
+    fn block_input(&mut self, _: &BlockId, _: &DynValue) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn before_component(
+        &mut self,
+        _: &ComponentId,
+        _: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        Ok(None)
+    }
+    fn after_component(
+        &mut self,
+        _: &ComponentId,
+        _: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        Ok(None)
     }
 }
 
@@ -446,6 +486,137 @@ impl SplitUnet {
                 format!("`{}` is not [batch, c, h, w]: {e}", self.output_name),
             )
         })
+    }
+}
+
+impl SplitUnet {
+    /// As [`predict`](Self::predict) with every tensor left on the device between
+    /// the parts (I/O binding): the inputs go to the device once, the hooks work on
+    /// device values, and only the noise prediction comes back to the host.
+    pub fn predict_resident(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        hidden: &Array3<f32>,
+        hooks: &mut dyn ResidentHooks,
+    ) -> Result<Array4<f32>, EngineError> {
+        let model = self.path.as_path();
+        let device = self.device;
+        let err = |e| run_error(model, e);
+        let to_device = |v: DynValue| upload(v, device).map_err(err);
+        let t = to_device(
+            self.inputs
+                .timestep_value(timestep, sample.shape()[0])
+                .map_err(err)?,
+        )?;
+        let sample = to_device(Tensor::from_array(sample.clone()).map_err(err)?.into_dyn())?;
+        let hidden = to_device(Tensor::from_array(hidden.clone()).map_err(err)?.into_dyn())?;
+        let mut values: Vec<Option<DynValue>> = (0..self.slots).map(|_| None).collect();
+        for part in &mut self.parts {
+            let part_path = part.path.as_path();
+            // Merge before a component.
+            let mut merged: Option<(usize, DynValue, usize)> = None;
+            if let Some(c) = &part.component {
+                if let Some((block, slot)) = &c.block {
+                    hooks.block_input(block, filled(&values, *slot, part_path)?)?;
+                }
+                let x = filled(&values, c.input, part_path)?;
+                let x_dims = token_dims(x, part_path)?;
+                if let Some(m) = hooks.before_component(&c.id, x)? {
+                    let m_dims = token_dims(&m, part_path)?;
+                    if m_dims[0] != x_dims[0] || m_dims[2] != x_dims[2] {
+                        return Err(unexpected(
+                            part_path,
+                            format!("the hook merged {} to {m_dims:?}, which changes more than the token count of {x_dims:?}", c.id),
+                        ));
+                    }
+                    merged = Some((c.input, m, x_dims[1]));
+                }
+            }
+            let mut feed: Vec<(&str, &DynValue)> = Vec::with_capacity(part.inputs.len());
+            for (name, source) in &part.inputs {
+                let value = match *source {
+                    Source::Sample => &sample,
+                    Source::Hidden => &hidden,
+                    Source::Timestep => &t,
+                    Source::Slot(s) => match &merged {
+                        Some((slot, m, _)) if *slot == s => m,
+                        _ => values[s]
+                            .as_ref()
+                            .expect("an earlier part filled every slot it reads"),
+                    },
+                };
+                feed.push((name.as_str(), value));
+            }
+            let outputs = run_resident(&mut part.session, &feed, device, self.shrink.as_ref())
+                .map_err(|e| run_error(part_path, e))?;
+            for (name, value) in outputs {
+                if let Some((_, slot)) = part.outputs.iter().find(|(n, _)| *n == name) {
+                    values[*slot] = Some(value);
+                }
+            }
+            // Unmerge after it.
+            if let Some(c) = &part.component {
+                let y = filled(&values, c.output, part_path)?;
+                let y_dims = token_dims(y, part_path)?;
+                let tokens = merged.as_ref().map(|(_, _, n)| *n);
+                match hooks.after_component(&c.id, y)? {
+                    Some(u) => {
+                        let want = vec![y_dims[0], tokens.unwrap_or(y_dims[1]), y_dims[2]];
+                        let got = token_dims(&u, part_path)?;
+                        if got != want {
+                            return Err(unexpected(
+                                part_path,
+                                format!("the hook unmerged {} to {got:?}; expected {want:?}", c.id),
+                            ));
+                        }
+                        values[c.output] = Some(u);
+                    }
+                    None if tokens.is_some_and(|t| t != y_dims[1]) => {
+                        return Err(unexpected(
+                            part_path,
+                            format!("{} ran on merged tokens ({}) but the hook did not unmerge its output", c.id, y_dims[1]),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            for &slot in &part.release {
+                values[slot] = None;
+            }
+        }
+        let out = values[self.output]
+            .as_ref()
+            .expect("the last part computes the output");
+        let noise = download_f32(out, device).map_err(err)?;
+        noise.into_dimensionality().map_err(|e| {
+            unexpected(
+                model,
+                format!("`{}` is not [batch, c, h, w]: {e}", self.output_name),
+            )
+        })
+    }
+}
+
+/// The value in `slot`, which an earlier part must have filled.
+fn filled<'v>(
+    values: &'v [Option<DynValue>],
+    slot: usize,
+    part: &Path,
+) -> Result<&'v DynValue, EngineError> {
+    values[slot]
+        .as_ref()
+        .ok_or_else(|| unexpected(part, "a slot is read before a part fills it".into()))
+}
+
+/// A component's input or output dimensions, which must be [batch, tokens, channels].
+fn token_dims(value: &DynValue, part: &Path) -> Result<Vec<usize>, EngineError> {
+    match dims(value) {
+        Some(d) if d.len() == 3 => Ok(d),
+        d => Err(unexpected(
+            part,
+            format!("a component's input or output is not [batch, tokens, channels]: {d:?}"),
+        )),
     }
 }
 

@@ -1,15 +1,18 @@
 //! ToMe around the split UNet: which components to cut for a latent size, and the
-//! [`TokenHooks`] that call the `tome` module between the parts.
+//! hooks between the parts: [`TokenHooks`] calling the `tome` module on the host, or
+//! [`ResidentHooks`] running the token-op graphs where the tensors are.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array3, Array4, ArrayView3};
+use ort::value::DynValue;
 
 use super::graph_token_ops::{GraphMerge, GraphTokenOps};
+use super::resident;
 use super::runtime::{EngineError, Runtime};
-use super::split_unet::{transformer_blocks, SplitUnet, TokenHooks};
+use super::split_unet::{transformer_blocks, ResidentHooks, SplitUnet, TokenHooks};
 use crate::onnx::{BlockId, ComponentId, ComponentKind, SplitOptions, TransformerBlock};
 use crate::tome::{self, Component, Merge, PartitionRng, TomeConfig};
 
@@ -20,7 +23,8 @@ pub enum TokenOps {
     #[default]
     Host,
     /// ONNX graphs run by ONNX Runtime on the UNet's device
-    /// ([`crate::onnx::token_ops`]).
+    /// ([`crate::onnx::token_ops`]), with every tensor left on that device between
+    /// the parts (the device-resident path).
     Graph,
 }
 
@@ -153,13 +157,9 @@ impl TomeUnet {
                 rng,
                 merges: HashMap::new(),
                 elapsed: Duration::ZERO,
-                error: None,
             };
-            let out = split.predict(sample, timestep, hidden, &mut hooks);
+            let out = split.predict_resident(sample, timestep, hidden, &mut hooks);
             self.token_ops += hooks.elapsed;
-            if let Some(e) = hooks.error {
-                return Err(e);
-            }
             return out;
         }
         let mut hooks = MergeHooks {
@@ -271,8 +271,9 @@ impl TokenHooks for MergeHooks<'_> {
     }
 }
 
-/// The same hooks with the token ops run as graphs. Hooks cannot fail, so the first
-/// error is kept (and nothing more merged) and returned after the evaluation.
+/// The same hooks with the token ops run as graphs on the device, beside the parts:
+/// the block inputs, merged and unmerged tensors never leave it (only the partition's
+/// index lists, drawn on the host, go to it).
 struct GraphHooks<'a> {
     ops: &'a mut GraphTokenOps,
     cfg: &'a TomeConfig,
@@ -280,53 +281,58 @@ struct GraphHooks<'a> {
     rng: &'a mut PartitionRng,
     merges: HashMap<BlockId, Option<GraphMerge>>,
     elapsed: Duration,
-    error: Option<EngineError>,
 }
 
-impl GraphHooks<'_> {
-    fn keep<T>(&mut self, result: Result<T, EngineError>) -> Option<T> {
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.error.get_or_insert(e);
-                None
-            }
-        }
-    }
-}
-
-impl TokenHooks for GraphHooks<'_> {
-    fn block_input(&mut self, block: &BlockId, x: ArrayView3<f32>) {
+impl ResidentHooks for GraphHooks<'_> {
+    fn block_input(&mut self, block: &BlockId, x: &DynValue) -> Result<(), EngineError> {
         let start = Instant::now();
-        let (batch, tokens, _) = x.dim();
-        let partition = tome::block_partition(batch, tokens, self.latent_hw, self.cfg, self.rng);
-        let merge = match (partition, self.error.is_none()) {
-            (Some(p), true) => {
-                let m = self.ops.matching(x, &p);
-                self.keep(m)
+        let (batch, tokens) = match resident::dims(x).as_deref() {
+            Some(&[b, n, _]) => (b, n),
+            d => {
+                return Err(EngineError::Unexpected {
+                    model: "<tomex token ops>".into(),
+                    reason: format!(
+                        "block {block:?}'s input is not [batch, tokens, channels]: {d:?}"
+                    ),
+                })
             }
-            _ => None,
+        };
+        let partition = tome::block_partition(batch, tokens, self.latent_hw, self.cfg, self.rng);
+        let merge = match partition {
+            Some(p) => Some(self.ops.matching_value(x, &p)?),
+            None => None,
         };
         self.merges.insert(*block, merge);
         self.elapsed += start.elapsed();
+        Ok(())
     }
 
-    fn before_component(&mut self, c: &ComponentId, x: ArrayView3<f32>) -> Option<Array3<f32>> {
+    fn before_component(
+        &mut self,
+        c: &ComponentId,
+        x: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        let Some(Some(m)) = self.merges.get(&c.block) else {
+            return Ok(None);
+        };
         let start = Instant::now();
-        let m = self.merges.get(&c.block)?.as_ref()?;
-        let merged = self.ops.merge(m, x);
-        let merged = self.keep(merged);
+        let merged = self.ops.merge_value(m, x)?;
         self.elapsed += start.elapsed();
-        merged
+        Ok(Some(merged))
     }
 
-    fn after_component(&mut self, c: &ComponentId, y: ArrayView3<f32>) -> Option<Array3<f32>> {
+    fn after_component(
+        &mut self,
+        c: &ComponentId,
+        y: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        let Some(Some(m)) = self.merges.get(&c.block) else {
+            return Ok(None);
+        };
         let start = Instant::now();
-        let m = self.merges.get(&c.block)?.as_ref()?;
-        let unmerged = self.ops.unmerge(m, y);
-        let unmerged = self.keep(unmerged);
+        let unmerged = self.ops.unmerge_value(m, y)?;
         self.elapsed += start.elapsed();
-        unmerged
+        Ok(Some(unmerged))
     }
 }
 
