@@ -200,9 +200,9 @@ def parse_pair(s: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def run_child(cmd: list[str], env: dict[str, str], timeout_s: float) -> dict:
+def run_child(cmd: list[str], env: dict[str, str], timeout_s: float, expect_json: bool = True) -> dict:
     """Run cmd (stderr passed through), return its last JSON stdout line plus rc, wall time and
-    the child's peak RSS from wait4 (MiB)."""
+    the child's peak RSS from wait4 (MiB). Without `expect_json`, only the exit status counts."""
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
@@ -232,16 +232,18 @@ def run_child(cmd: list[str], env: dict[str, str], timeout_s: float) -> dict:
             break
     if "json" not in res:
         res["stdout_tail"] = stdout[-2000:]
-    if proc.returncode != 0 or "json" not in res:
+    if proc.returncode != 0 or (expect_json and "json" not in res):
         why = "timed out" if timed_out else f"rc {proc.returncode}"
         if proc.returncode == -9 and not timed_out:
             why += " (SIGKILL: out of memory?)"
         res["error"] = why
         print(f"  failed: {why}; peak RSS {res['wait4_maxrss_mib']:.0f} MiB", file=sys.stderr)
-    else:
+    elif "json" in res:
         j = res["json"]
         print(f"  median {j['median_s']:.3f} s, peak RSS {res['wait4_maxrss_mib']:.0f} MiB",
               file=sys.stderr, flush=True)
+    else:
+        print(f"  done; peak RSS {res['wait4_maxrss_mib']:.0f} MiB", file=sys.stderr, flush=True)
     return res
 
 
