@@ -28,6 +28,27 @@ fn config(ratio: f64, sx: usize, sy: usize, random: bool) -> TomeConfig {
     }
 }
 
+/// Graph rewrites and cuts cached in `dir` (a test's own temporary folder).
+fn cached_in(dir: &std::path::Path) -> SplitOptions {
+    SplitOptions {
+        cache_root: dir.to_path_buf(),
+        ..SplitOptions::default()
+    }
+}
+
+/// Every component of every block it may merge.
+fn all_targets(cfg: TomeConfig, max_downsample: usize) -> TomeConfig {
+    TomeConfig {
+        targets: Targets {
+            self_attn: true,
+            cross_attn: true,
+            mlp: true,
+        },
+        max_downsample,
+        ..cfg
+    }
+}
+
 #[test]
 fn graph_matching_merge_and_unmerge_equal_the_host() {
     let runtime = common::runtime();
@@ -68,23 +89,11 @@ fn the_unet_with_graph_token_ops_equals_the_host_path() {
     let runtime = common::runtime();
     let cache = tempfile::tempdir().unwrap();
     let unet = common::tiny_model().join("unet/model.onnx");
-    let options = SplitOptions {
-        cache_root: cache.path().to_path_buf(),
-        ..SplitOptions::default()
-    };
+    let options = cached_in(cache.path());
     let mut host = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
     let mut graph = TomeUnet::load(&runtime, &unet, options).unwrap();
     graph.set_token_ops(TokenOps::Graph).unwrap();
-    let cfg = TomeConfig {
-        ratio: 0.5,
-        targets: Targets {
-            self_attn: true,
-            cross_attn: true,
-            mlp: true,
-        },
-        max_downsample: 2,
-        ..config(0.5, 2, 2, true)
-    };
+    let cfg = all_targets(config(0.5, 2, 2, true), 2);
     let sample =
         Array4::from_shape_vec((2, 4, 16, 16), common::pseudo_random(2 * 4 * 256, 9)).unwrap();
     let hidden =
@@ -101,20 +110,9 @@ fn the_resident_split_equals_the_host_split_and_the_whole_graph() {
     let runtime = common::runtime();
     let cache = tempfile::tempdir().unwrap();
     let unet = common::tiny_model().join("unet/model.onnx");
-    let options = SplitOptions {
-        cache_root: cache.path().to_path_buf(),
-        ..SplitOptions::default()
-    };
+    let options = cached_in(cache.path());
     let tome = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
-    let all = TomeConfig {
-        targets: Targets {
-            self_attn: true,
-            cross_attn: true,
-            mlp: true,
-        },
-        max_downsample: 8,
-        ..config(0.5, 2, 2, false)
-    };
+    let all = all_targets(config(0.5, 2, 2, false), 8);
     let cut = tome.cut_for((8, 8), &all).unwrap();
     let mut split = SplitUnet::load(&runtime, &unet, &cut, &options).unwrap();
     let sample =
@@ -139,10 +137,7 @@ fn images_with_graph_token_ops_equal_the_host_images() {
     let runtime = common::runtime();
     let model = ModelDir::open(&common::tiny_model()).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let options = SplitOptions {
-        cache_root: cache.path().to_path_buf(),
-        ..SplitOptions::default()
-    };
+    let options = cached_in(cache.path());
     let request = Request {
         prompt: "a red bicycle leaning on a wall".into(),
         negative_prompt: String::new(),
