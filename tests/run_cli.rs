@@ -61,13 +61,7 @@ fn spawn(spec: &Path, extra: &[&str]) -> Child {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "tomex failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::succeeded(o.clone())
 }
 
 /// `N generated` out of a run's summary line.
