@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tomex::diffusion::scheduler::SchedulerKind;
+use tomex::onnx::Precision;
 use tomex::plan::{
     self, prompts, Cell, DrawnPrompt, Job, JobMaterial, ModelIdentity, NormalTome,
     NumpyRandomState, Plan, Shard, ShardError,
@@ -88,6 +89,7 @@ fn spec(name: &str, configs: Vec<ConfigSpec>, sample: usize, size: usize) -> Spe
             scheduler: SchedulerKind::Pndm,
             negative_prompt: String::new(),
             batch_size: 1,
+            precision: Precision::Fp32,
         },
         prompts: PromptSource {
             file: PathBuf::from("prompts.csv"),
@@ -149,6 +151,7 @@ fn model_files() -> BTreeMap<String, String> {
 
 fn material() -> JobMaterial {
     JobMaterial {
+        precision: None,
         format: plan::KEY_FORMAT,
         model: ModelIdentity::from_files(&model_files()),
         prompt: "a cat, 4k".into(),

@@ -82,6 +82,7 @@ CASES = [
     ("self+cross", "r = 0.5, self+cross", 0.5, ("self_attn", "cross_attn"), False, True),
 ]
 RATIO = 0.5
+PRECISION_TEXT = {"fp32": "float32", "fp16": "float16 (torch: `unet.half()`; tomex: `--precision fp16`)"}
 
 
 # --------------------------------------------------------------------------
@@ -118,6 +119,8 @@ def torch_worker(args) -> None:
     ehs = torch.randn(args.batch, TEXT_LEN, unet.config.cross_attention_dim, generator=g)
     t = torch.tensor(TIMESTEP, dtype=torch.int64)
     cuda = args.device.startswith("cuda")
+    if args.precision == "fp16":
+        unet, sample, ehs = unet.half(), sample.half(), ehs.half()
     if cuda:
         dev = torch.device(args.device)
         unet, sample, ehs, t = unet.to(dev), sample.to(dev), ehs.to(dev), t.to(dev)
@@ -251,11 +254,12 @@ def torch_cmd(a, hw, ratio, merge) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--torch-worker", "--model-dir", str(a.model_dir),
             "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
             "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge),
-            "--device", a.device]
+            "--device", a.device, "--precision", a.precision]
 
 
 def tomex_cmd(a, hw, ratio, merge, uncut, attention="fused") -> list[str]:
-    cmd = [str(a.tomex), "--attention", attention, "--token-ops", a.token_ops, "bench-unet",
+    cmd = [str(a.tomex), "--attention", attention, "--token-ops", a.token_ops, "--precision", a.precision,
+           "bench-unet",
            "--device", a.device, "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
            "--threads", str(a.threads)]
@@ -355,13 +359,15 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     L.append("")
     L.append(f"* Model: random-weight `UNet2DConditionModel` with SD 1.5's layout, block_out_channels {chs}"
              + (f" ({mfacts['weights_mb']} MB float32 weights)" if "weights_mb" in mfacts else "")
-             + ", made by `tools/make_bench_unet.py`; float32, CPU.")
+             + f", made by `tools/make_bench_unet.py`; computed in {PRECISION_TEXT[a.precision]}"
+             + (f" on {a.device}." if a.device != "cpu" else ", CPU.")),
     L.append(f"* Input: batch {BATCH} (as with guidance), timestep {TIMESTEP}, encoder_hidden_states "
              f"[{BATCH}, {TEXT_LEN}, 768]; one warm-up evaluation, then the median of {a.repeats} timed ones.")
     L.append("* torch: diffusers' UNet (default attention processor, `scaled_dot_product_attention`) under "
              "`torch.no_grad()`; r > 0: `tomesd.apply_patch(unet, ratio=0.5, merge_attn=True, "
              "merge_crossattn=<self+cross>, use_rand=False)` (max_downsample=1, sx=sy=2: merging in the "
-             "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime CPU); "
+             "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime, "
+             f"{'CPU' if a.device == 'cpu' else 'CUDA'}, token ops `{a.token_ops}`); "
              "\"uncut\" is the whole graph in one session, the other rows the graph cut at the transformer "
              "blocks with Rust token ops in between (`--tome-no-rand`); attention is fused into ONNX Runtime's "
              "`MultiHeadAttention` except in the \"exported attention\" row (the graph as exported, which "
@@ -528,6 +534,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
     ap.add_argument("--device", default="cpu",
                     help="cpu, or cuda[:N]: torch and tomex on that GPU (tools/gpu_check.sh)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                    help="fp16: torch runs unet.half() on half inputs, tomex --precision fp16")
     ap.add_argument("--token-ops", default="host", choices=("host", "graph"),
                     help="where tomex runs ToMe's token ops (tomex --token-ops)")
     ap.add_argument("--exported-max", type=int, default=64,

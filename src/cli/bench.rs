@@ -104,6 +104,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         "peak_rss_mb": crate::host::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         "parts": parts,
         "attention": global.attention.name(),
+        "precision": global.precision.unwrap_or_default().name(),
         "fused_attentions": fused,
         "onnxruntime": runtime.version(),
     });

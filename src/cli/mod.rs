@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::engine::TokenOps;
-use crate::onnx::{Attention, SplitOptions};
+use crate::onnx::{Attention, Precision, SplitOptions};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,11 @@ struct Cli {
     /// graphs run by ONNX Runtime beside the UNet's parts: the device path's ops).
     #[arg(long, global = true, value_name = "host|graph", default_value = "host")]
     token_ops: TokenOps,
+    /// The UNet's precision: `fp32` (as exported) or `fp16` (activations in float16,
+    /// for CUDA; on the CPU ONNX Runtime runs most float16 nodes through float32).
+    /// `tomex run` takes it from the spec's `[generation] precision` instead.
+    #[arg(long, global = true, value_name = "fp32|fp16")]
+    precision: Option<Precision>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +83,7 @@ pub fn main() -> i32 {
         lock: cli.lock,
         attention: cli.attention,
         token_ops: cli.token_ops,
+        precision: cli.precision,
     };
     let result = match cli.command {
         Command::Generate(args) => generate::run(&global, args),
@@ -104,13 +110,16 @@ pub(crate) struct Global {
     pub lock: Option<PathBuf>,
     pub attention: Attention,
     pub token_ops: TokenOps,
+    /// `--precision`, when given.
+    pub precision: Option<Precision>,
 }
 
 impl Global {
-    /// Where and how the UNet's graphs are made (fused attention, cuts).
+    /// Where and how the UNet's graphs are made (fused attention, precision, cuts).
     pub fn unet_options(&self) -> SplitOptions {
         SplitOptions {
             attention: self.attention,
+            precision: self.precision.unwrap_or_default(),
             ..SplitOptions::default()
         }
     }

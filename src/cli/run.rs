@@ -11,6 +11,7 @@ use super::fid_step::run_fid_step;
 use super::Global;
 use crate::diffusion::pipeline::StableDiffusion;
 use crate::engine::{Device, Runtime};
+use crate::onnx::SplitOptions;
 use crate::plan::Shard;
 use crate::runner::fid::resolve_inception;
 use crate::runner::{execute, prepare, RunObserver, Summary};
@@ -63,7 +64,18 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         .model_dir()
         .expect("strict preparation checks the model");
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-    let mut sd = StableDiffusion::load_with(&runtime, model, global.unet_options())?;
+    let precision = prepared.spec.generation.precision;
+    if let Some(flag) = global.precision.filter(|&p| p != precision) {
+        bail!(
+            "--precision {flag} contradicts {}: its [generation] precision is {precision} (the spec decides what `tomex run` makes; drop --precision)",
+            prepared.spec.path.display()
+        );
+    }
+    let options = SplitOptions {
+        precision,
+        ..global.unet_options()
+    };
+    let mut sd = StableDiffusion::load_with(&runtime, model, options)?;
     sd.set_token_ops(global.token_ops)?;
     for (softmax, why) in &sd.fusion().skipped {
         eprintln!("note: attention at `{softmax}` runs as exported: {why}");

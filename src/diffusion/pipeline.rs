@@ -12,7 +12,7 @@ use super::scheduler::{self, SchedulerConfig, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 use crate::engine::{EngineError, Runtime, TextEncoder, TokenOps, TomeUnet, Unet, VaeDecoder};
 use crate::model::{ModelDir, ModelError};
-use crate::onnx::{Attention, Fusion, SplitOptions};
+use crate::onnx::{Attention, Fusion, Precision, SplitOptions};
 use crate::tome::{PartitionRng, TomeConfig, TomeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,11 @@ impl StableDiffusion {
     /// How the UNet computes attention.
     pub fn attention(&self) -> Attention {
         self.unet_options.attention
+    }
+
+    /// The precision the UNet computes in.
+    pub fn precision(&self) -> Precision {
+        self.unet_options.precision
     }
 
     /// Runs ToMe's token ops on the host (the default) or as ONNX graphs.

@@ -16,7 +16,8 @@
 //!
 //! Cuts and whole graphs are made with the attention rewritten into ONNX Runtime's
 //! `MultiHeadAttention` (see [`super::attention`]) unless `SplitOptions::attention` says
-//! `Exported`; the keys include the choice.
+//! `Exported`, and in float16 when `SplitOptions::precision` says `Fp16` (see
+//! [`super::precision`]); the keys include both choices.
 //!
 //! ONNX Runtime (1.31) only reads external data from inside the folder of the model
 //! file: it rejects absolute `location`s and ones that leave the folder, and it resolves
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::attention::{fuse_attention, Attention, Fusion};
+use super::precision::{to_half, Precision};
 use super::proto::tensor_proto::DataLocation;
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use super::split::{finish, plan, DataFile, ShapeProbe, SplitManifest, TensorInfo, FORMAT};
@@ -56,6 +58,8 @@ pub struct SplitOptions {
     pub model_digest: Option<String>,
     /// Whether the graphs compute attention fused (the default) or as exported.
     pub attention: Attention,
+    /// The precision the graphs compute in.
+    pub precision: Precision,
 }
 
 impl Default for SplitOptions {
@@ -64,6 +68,7 @@ impl Default for SplitOptions {
             cache_root: default_cache_root(),
             model_digest: None,
             attention: Attention::default(),
+            precision: Precision::default(),
         }
     }
 }
@@ -89,16 +94,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cut key: a digest of the cut format, the model digest, the attention and the
-/// sorted cut set.
-fn cut_key(model_digest: &str, attention: Attention, components: &[ComponentId]) -> String {
+/// The cut key: a digest of the cut format, the model digest, the attention, the
+/// precision and the sorted cut set.
+fn cut_key(model_digest: &str, options: &SplitOptions, components: &[ComponentId]) -> String {
     let mut names: Vec<String> = components.iter().map(|c| c.to_string()).collect();
     names.sort();
     names.dedup();
     let mut h = Sha256::new();
     h.update(format!("tomex split format {FORMAT}\n{model_digest}\n").as_bytes());
-    if attention != Attention::Exported {
-        h.update(format!("attention {attention}\n").as_bytes());
+    if options.attention != Attention::Exported {
+        h.update(format!("attention {}\n", options.attention).as_bytes());
+    }
+    if options.precision != Precision::Fp32 {
+        h.update(format!("precision {}\n", options.precision).as_bytes());
     }
     for n in names {
         h.update(n.as_bytes());
@@ -120,7 +128,7 @@ pub fn prepare_split(
     probe: Option<&mut dyn ShapeProbe>,
 ) -> Result<(SplitManifest, CacheStatus), OnnxError> {
     let (digest, dir) = model_folder(model_path, options)?;
-    let key = cut_key(&digest, options.attention, components);
+    let key = cut_key(&digest, options, components);
     let manifest_path = dir.join(format!("{key}.json"));
     if let Some(manifest) = cached(&manifest_path, &dir, &digest)? {
         if manifest.probed || probe.is_none() {
@@ -147,7 +155,10 @@ pub fn prepare_split(
         probed.extend(infos.into_iter().map(|t| (t.name.clone(), t)));
     }
     let mut made = finish(&model, planned, &probed, &digest)?;
-    for (part, part_model) in made.manifest.parts.iter_mut().zip(&made.models) {
+    for (part, part_model) in made.manifest.parts.iter_mut().zip(&mut made.models) {
+        if options.precision == Precision::Fp16 {
+            to_half(part_model.graph.mut_or_insert_default());
+        }
         part.file = format!("{key}-{}", part.file);
         write_model(part_model, &dir.join(&part.file))?;
     }
@@ -196,10 +207,11 @@ struct WholeRecord {
     data_files: Vec<DataFile>,
 }
 
-/// The whole graph at `model_path` with its attention fused (from the cache, or made
-/// now), or the model itself when `options.attention` is `Exported`.
+/// The whole graph at `model_path` with its attention fused and in the precision asked
+/// for (from the cache, or made now), or the model itself when `options` ask for the
+/// exported attention in float32.
 pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole, OnnxError> {
-    if options.attention == Attention::Exported {
+    if options.attention == Attention::Exported && options.precision == Precision::Fp32 {
         return Ok(Whole {
             path: model_path.to_path_buf(),
             fusion: Fusion::default(),
@@ -209,7 +221,13 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     let (digest, dir) = model_folder(model_path, options)?;
     let key = {
         let mut h = Sha256::new();
-        h.update(format!("tomex whole format {FORMAT}\n{digest}\nattention fused\n").as_bytes());
+        h.update(format!("tomex whole format {FORMAT}\n{digest}\n").as_bytes());
+        if options.attention != Attention::Exported {
+            h.update(format!("attention {}\n", options.attention).as_bytes());
+        }
+        if options.precision != Precision::Fp32 {
+            h.update(format!("precision {}\n", options.precision).as_bytes());
+        }
         hex(&h.finalize())[..16].to_string()
     };
     let record_path = dir.join(format!("{key}-whole.json"));
@@ -233,8 +251,14 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     }
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
-    let fusion = fuse_attention(&mut model);
-    let (file, data_files) = if fusion.fused.is_empty() {
+    let fusion = match options.attention {
+        Attention::Fused => fuse_attention(&mut model),
+        Attention::Exported => Fusion::default(),
+    };
+    if options.precision == Precision::Fp16 {
+        to_half(model.graph.mut_or_insert_default());
+    }
+    let (file, data_files) = if fusion.fused.is_empty() && options.precision == Precision::Fp32 {
         (None, Vec::new())
     } else {
         let data_files = externalize(&mut model, model_path, &dir)?;

@@ -13,6 +13,7 @@
 //!   model read and written has the same fields and the same size.
 //! * [`attention`]: the exported attention rewritten into ONNX Runtime's fused
 //!   `MultiHeadAttention`, which never holds the `N × N` score matrix.
+//! * [`precision`]: the graphs rewritten to compute in float16 (`--precision fp16`).
 //! * [`unet`]: which `BasicTransformerBlock`s the UNet has, found by node names.
 //! * [`split`]: the cut itself, an ordered list of segment and component graphs.
 //! * [`cache`]: where the cut graphs live on disk, keyed by model digest and cut set.
@@ -22,6 +23,7 @@
 pub mod attention;
 pub mod cache;
 mod graph;
+pub mod precision;
 pub use onnx_protobuf as proto;
 pub mod split;
 pub mod token_ops;
@@ -38,6 +40,7 @@ pub use attention::{fuse_attention, Attention, Fusion};
 pub use cache::{
     default_cache_root, prepare_split, prepare_whole, CacheStatus, SplitOptions, Whole,
 };
+pub use precision::{to_half, HalfReport, Precision};
 pub use proto::ModelProto;
 pub use split::{BlockPart, DataFile, Part, PartKind, ShapeProbe, SplitManifest, TensorInfo};
 pub use unet::{transformer_blocks, BlockId, ComponentId, ComponentKind, Stage, TransformerBlock};

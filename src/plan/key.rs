@@ -142,6 +142,10 @@ pub struct JobMaterial {
     /// The `f32` guidance scale, held as the `f64` of its shortest decimal text.
     pub guidance: f64,
     pub batch_size: usize,
+    /// The UNet's precision when it is not float32 (`"fp16"`); absent for float32, so
+    /// float32 keys are those made before precision could be chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// `None`: the UNet runs without ToMe.
     pub tome: Option<NormalTome>,
 }

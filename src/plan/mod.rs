@@ -37,6 +37,7 @@ pub use numpy::NumpyRandomState;
 pub use prompts::{DrawnPrompt, PromptError};
 pub use shard::{Shard, ShardError};
 
+use crate::onnx::Precision;
 use crate::spec::{ModelRef, SkippedCell, Spec};
 
 /// One use of a job by a spec: the configuration, the ratio and the prompt.
@@ -226,6 +227,8 @@ pub fn expand_drawn(spec: &Spec, model: &ModelIdentity, prompts: &[DrawnPrompt])
                     scheduler: g.scheduler.name().to_string(),
                     guidance: key::f32_to_canonical_f64(g.guidance),
                     batch_size: g.batch_size,
+                    precision: (g.precision != Precision::Fp32)
+                        .then(|| g.precision.name().to_string()),
                     tome: tome.clone(),
                 };
                 plan.add(

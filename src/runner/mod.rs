@@ -168,6 +168,13 @@ fn make_image(
     sd: &mut StableDiffusion,
 ) -> Result<(Vec<u8>, Measurement), String> {
     let request = request_for(job)?;
+    let precision = sd.precision();
+    let wanted = job.material.precision.as_deref().unwrap_or("fp32");
+    if wanted != precision.name() {
+        return Err(format!(
+            "the job asks for a {wanted} UNet, this pipeline runs {precision}"
+        ));
+    }
     // Untimed: switching between the whole UNet and a ToMe split opens a session.
     sd.prepare_unet(&request).map_err(|e| e.to_string())?;
     let peak_resettable = crate::host::reset_peak_rss();

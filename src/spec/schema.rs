@@ -37,6 +37,7 @@ pub(crate) mod keys {
         "scheduler",
         "negative_prompt",
         "batch_size",
+        "precision",
     ];
     pub const PROMPTS: &[&str] = &[
         "file",

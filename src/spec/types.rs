@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::diffusion::scheduler::SchedulerKind;
+use crate::onnx::Precision;
 use crate::tome::TomeConfig;
 
 use super::errors::Problem;
@@ -80,6 +81,8 @@ pub struct Generation {
     /// "batches" in experiment 3 are ToMe's sx × sy cells, not image batches), so
     /// every thesis spec uses 1.
     pub batch_size: usize,
+    /// The UNet's precision (`fp16`: activations in float16, for CUDA).
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::diffusion::scheduler::SchedulerKind;
+use crate::onnx::Precision;
 use crate::tome::{Targets, TomeConfig};
 
 use super::errors::did_you_mean;
@@ -296,6 +297,25 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         .map(|v| v.value)
         .unwrap_or_default();
     let batch_size = usize_at_least(ctx, &g, "batch_size", 1, 1);
+    let precision = match g.string(ctx, "precision") {
+        Some(v) => match Precision::from_str(&v.value) {
+            Ok(p) => p,
+            Err(_) => {
+                let hint = did_you_mean(&v.value, Precision::NAMES.iter().copied());
+                ctx.error(
+                    &v.loc,
+                    &v.key,
+                    format!(
+                        "unknown precision `{}`{hint} (valid: {})",
+                        v.value,
+                        Precision::NAMES.join(", ")
+                    ),
+                );
+                Precision::Fp32
+            }
+        },
+        None => Precision::Fp32,
+    };
     ok.then_some(Generation {
         width,
         height,
@@ -304,6 +324,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         scheduler,
         negative_prompt,
         batch_size,
+        precision,
     })
 }
 
