@@ -398,6 +398,7 @@ fn every_determining_field_changes_the_key() {
     variants.push(("guidance", with(&|m| m.guidance = 7.0)));
     variants.push(("batch", with(&|m| m.batch_size = 2)));
     variants.push(("no tome", with(&|m| m.tome = None)));
+    variants.push(("precision", with(&|m| m.precision = Some("fp16".into()))));
     let t = |f: &dyn Fn(&mut NormalTome)| {
         let mut n = tome.clone();
         f(&mut n);

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use tomex::diffusion::scheduler::SchedulerKind;
+use tomex::onnx::Precision;
+use tomex::plan::{DrawnPrompt, ModelIdentity};
 use tomex::spec::{self, ModelRef, SeedSource, Spec};
 
 /// The smallest valid spec; cases below add to it or break it.
@@ -127,6 +129,17 @@ fn unknown_scheduler_suggests_and_lists() {
         &[
             "{f}:2:13: generation.scheduler: unknown scheduler `pnmd`; did you mean `pndm`? \
            (valid: pndm, ddim, euler, dpmpp-2m)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_precision_suggests_and_lists() {
+    assert_errors(
+        &format!("[generation]\nprecision = \"fp61\"\n\n{MINIMAL}"),
+        &[
+            "{f}:2:13: generation.precision: unknown precision `fp61`; did you mean `fp16`? \
+           (valid: fp32, fp16)",
         ],
     );
 }
@@ -512,6 +525,7 @@ fn minimal_spec_takes_tomesd_and_thesis_defaults() {
     );
     assert_eq!(g.guidance, 7.5);
     assert_eq!(g.scheduler, SchedulerKind::Pndm);
+    assert_eq!(g.precision, Precision::Fp32);
     assert_eq!(s.prompts.file, d.dir.path().join("p.csv"));
     assert_eq!(s.prompts.column, "prompt");
     assert_eq!(s.prompts.sample, None);
@@ -531,6 +545,28 @@ fn minimal_spec_takes_tomesd_and_thesis_defaults() {
     assert_eq!(s.metrics.inception.as_deref(), Some("inception-fid"));
     assert_eq!(s.report.formats, ["png", "svg", "md", "csv", "tex"]);
     assert!(s.skipped.is_empty() && s.warnings.is_empty());
+}
+
+#[test]
+fn half_precision_is_read_and_goes_into_every_key() {
+    let (_d, s) = load_ok(&format!("[generation]\nprecision = \"fp16\"\n\n{MINIMAL}"));
+    assert_eq!(s.generation.precision, Precision::Fp16);
+    let (_d, s32) = load_ok(MINIMAL);
+    let model = ModelIdentity::Unresolved("lock:tiny".into());
+    let prompts = [DrawnPrompt {
+        row: 0,
+        text: "a cat".into(),
+        prompt: "a cat".into(),
+        seed: 1,
+    }];
+    let half = tomex::plan::expand_drawn(&s, &model, &prompts);
+    let full = tomex::plan::expand_drawn(&s32, &model, &prompts);
+    assert_eq!(half.jobs().len(), full.jobs().len());
+    for (h, f) in half.jobs().iter().zip(full.jobs()) {
+        assert_eq!(h.material.precision.as_deref(), Some("fp16"));
+        assert_eq!(f.material.precision, None);
+        assert_ne!(h.key, f.key);
+    }
 }
 
 #[test]

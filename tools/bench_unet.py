@@ -167,18 +167,27 @@ def torch_worker(args) -> None:
 
 
 def matmul_worker(args) -> None:
-    """The machine's float32 matrix-multiply rate: the best of several 4096^3 sgemms
-    (torch, `--threads` threads), the denominator of the floor."""
+    """The device's matrix-multiply rate at the benchmark's precision: the best of several
+    4096^3 products (torch; on the CPU with `--threads` threads), the denominator of the floor."""
     import torch
 
     torch.set_num_threads(args.threads)
     n = 4096
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    dev = torch.device(args.device)
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     torch.mm(a, b)
+    sync()
     best = float("inf")
-    for _ in range(5):
+    for _ in range(5 if dev.type == "cpu" else 20):
         t1 = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t1)
     print(json.dumps({"gflops": 2 * n**3 / best / 1e9, "n": n, "threads": torch.get_num_threads(),
                       "median_s": best}), flush=True)
@@ -394,8 +403,9 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     L.append("Speed-up = torch s / tomex s (above 1: tomex faster). Peak = the process's peak RSS "
              "(model load included). Token-op share = time in tomex's Rust token ops / tomex's median. "
              "Floor = the evaluation's FLOPs (torch's `FlopCounterMode`: matmuls, convolutions, attention; "
-             "with tomesd's smaller token counts where it merges) / the machine's measured float32 matmul rate"
-             + (f" ({rate:.0f} GFLOP/s: best 4096³ sgemm in torch, {a.threads} threads)" if rate else "")
+             f"with tomesd's smaller token counts where it merges) / the {a.device} {a.precision} matmul rate measured"
+             + (f" ({rate:.0f} GFLOP/s: best 4096³ product in torch"
+                + (f", {a.threads} threads)" if a.device == "cpu" else ")") if rate else "")
              + "; × floor = tomex s / floor s.")
     L.append("")
     L.append("| latent | case | torch s | tomex s | speed-up | torch peak MiB | tomex peak MiB "
@@ -598,7 +608,8 @@ def main() -> None:
     results: dict = {}
     if run_torch and not a.dry_run:
         mm = run_child([sys.executable, str(Path(__file__).resolve()), "--matmul-worker",
-                        "--threads", str(a.threads)], env, a.timeout)
+                        "--threads", str(a.threads), "--device", a.device, "--precision", a.precision],
+                       env, a.timeout)
         if ok(mm):
             facts["matmul_gflops"] = mm["json"]["gflops"]
     for lat in a.latents:

@@ -81,7 +81,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         let cfg = args.tome.config_or_zero();
         cfg.validate()?;
         let mut unet = TomeUnet::load(&runtime, &args.unet, global.unet_options())?;
-        unet.set_token_ops(global.token_ops)?;
+        unet.set_token_ops(global.token_ops(args.device))?;
         let cut = unet.cut_ignoring_ratio((h, w), &cfg)?;
         for i in 0..=args.repeats {
             let mut rng = PartitionRng::new(cfg.seed);

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::engine::TokenOps;
+use crate::engine::{Device, TokenOps};
 use crate::onnx::{Attention, Precision, SplitOptions};
 
 #[derive(Parser)]
@@ -42,9 +42,10 @@ struct Cli {
     )]
     attention: Attention,
     /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's) or `graph` (ONNX
-    /// graphs run by ONNX Runtime beside the UNet's parts: the device path's ops).
-    #[arg(long, global = true, value_name = "host|graph", default_value = "host")]
-    token_ops: TokenOps,
+    /// graphs run by ONNX Runtime beside the UNet's parts, tensors left on the device).
+    /// Default: `host` on the CPU, `graph` on CUDA (no copies across PCIe per block).
+    #[arg(long, global = true, value_name = "host|graph")]
+    token_ops: Option<TokenOps>,
     /// The UNet's precision: `fp32` (as exported) or `fp16` (activations in float16,
     /// for CUDA; on the CPU ONNX Runtime runs most float16 nodes through float32).
     /// `tomex run` takes it from the spec's `[generation] precision` instead.
@@ -109,12 +110,21 @@ pub(crate) struct Global {
     pub ort_lib: Option<PathBuf>,
     pub lock: Option<PathBuf>,
     pub attention: Attention,
-    pub token_ops: TokenOps,
+    /// `--token-ops`, when given.
+    pub token_ops: Option<TokenOps>,
     /// `--precision`, when given.
     pub precision: Option<Precision>,
 }
 
 impl Global {
+    /// Where ToMe's token ops run on `device`: as asked, else where the tensors are.
+    pub fn token_ops(&self, device: Device) -> TokenOps {
+        self.token_ops.unwrap_or(match device {
+            Device::Cpu => TokenOps::Host,
+            Device::Cuda(_) => TokenOps::Graph,
+        })
+    }
+
     /// Where and how the UNet's graphs are made (fused attention, precision, cuts).
     pub fn unet_options(&self) -> SplitOptions {
         SplitOptions {

@@ -76,7 +76,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         ..global.unet_options()
     };
     let mut sd = StableDiffusion::load_with(&runtime, model, options)?;
-    sd.set_token_ops(global.token_ops)?;
+    sd.set_token_ops(global.token_ops(args.device))?;
     for (softmax, why) in &sd.fusion().skipped {
         eprintln!("note: attention at `{softmax}` runs as exported: {why}");
     }

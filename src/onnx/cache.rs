@@ -541,14 +541,25 @@ mod tests {
             comp(0, ComponentKind::Attn1),
             comp(1, ComponentKind::Ff),
         ];
-        let key = |d: &str, c: &[ComponentId]| cut_key(d, Attention::Fused, c);
+        let fused = SplitOptions::default();
+        let key = |d: &str, c: &[ComponentId]| cut_key(d, &fused, c);
         assert_eq!(key("sha256:ab", &a), key("sha256:ab", &b));
         assert_ne!(key("sha256:ab", &a), key("sha256:cd", &a));
         assert_ne!(key("sha256:ab", &a), key("sha256:ab", &a[..1]));
-        assert_ne!(
+        let exported = SplitOptions {
+            attention: Attention::Exported,
+            ..SplitOptions::default()
+        };
+        let half = SplitOptions {
+            precision: Precision::Fp16,
+            ..SplitOptions::default()
+        };
+        let keys = [
             key("sha256:ab", &a),
-            cut_key("sha256:ab", Attention::Exported, &a)
-        );
+            cut_key("sha256:ab", &exported, &a),
+            cut_key("sha256:ab", &half, &a),
+        ];
+        assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2]);
     }
 
     #[test]

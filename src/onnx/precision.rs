@@ -249,6 +249,132 @@ fn set_elem_type(v: &mut super::proto::ValueInfoProto, elem: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::proto::tensor_proto::DataType;
+    use crate::onnx::proto::type_proto::{self, Tensor};
+    use crate::onnx::proto::{
+        tensor_shape_proto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+
+    fn value(name: &str, elem: i32, rank: usize) -> ValueInfoProto {
+        let dim = (0..rank)
+            .map(|k| tensor_shape_proto::Dimension {
+                value: Some(tensor_shape_proto::dimension::Value::DimParam(format!(
+                    "d{k}"
+                ))),
+                ..Default::default()
+            })
+            .collect();
+        ValueInfoProto {
+            name: name.into(),
+            type_: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(Tensor {
+                    elem_type: elem,
+                    shape: Some(TensorShapeProto {
+                        dim,
+                        ..Default::default()
+                    })
+                    .into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            name: format!("/{output}"),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn float_initializer(name: &str, dims: &[i64]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            data_type: DataType::FLOAT as i32,
+            dims: dims.to_vec(),
+            float_data: vec![0.5; dims.iter().product::<i64>() as usize],
+            ..Default::default()
+        }
+    }
+
+    /// A UNet in miniature: a timestep embedding, a convolution, an addition of the
+    /// two, an up-sampling `Resize` and a `Cast` to float on the data path.
+    fn miniature() -> GraphProto {
+        let mut cast_t = node("Cast", &["t"], "tf");
+        cast_t
+            .attribute
+            .push(cast_node("", "", dtype::FLOAT).attribute.remove(0));
+        let mut cast_a = node("Cast", &["a"], "af");
+        cast_a.attribute = cast_t.attribute.clone();
+        GraphProto {
+            node: vec![
+                cast_t,
+                node("Mul", &["tf", "freq"], "targ"),
+                node("Sin", &["targ"], "ts"),
+                node("Conv", &["x", "w"], "c"),
+                node("Add", &["c", "ts"], "a"),
+                cast_a,
+                node("Resize", &["af", "", "scales"], "y"),
+            ],
+            input: vec![value("x", dtype::FLOAT, 4), value("t", dtype::INT64, 0)],
+            output: vec![value("y", dtype::FLOAT, 4)],
+            value_info: vec![value("c", dtype::FLOAT, 4), value("ts", dtype::FLOAT, 1)],
+            initializer: vec![
+                float_initializer("freq", &[1]),
+                float_initializer("w", &[4, 4, 1, 1]),
+                float_initializer("scales", &[4]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_data_path_is_half_and_the_timestep_path_float() {
+        let mut g = miniature();
+        let report = to_half(&mut g);
+        let types = graph::elem_types(&g, &g.node);
+        for name in ["tf", "targ", "ts", "freq", "scales", "x", "y"] {
+            assert_eq!(types[name], dtype::FLOAT, "{name}");
+        }
+        for name in [
+            "x__fp16",
+            "w__to_fp16",
+            "ts__to_fp16",
+            "c",
+            "a",
+            "af",
+            "y__fp16",
+        ] {
+            assert_eq!(types[name], FLOAT16, "{name}");
+        }
+        let by_output = |o: &str| g.node.iter().find(|n| n.output[0] == o).unwrap();
+        assert_eq!(by_output("c").input, ["x__fp16", "w__to_fp16"]);
+        assert_eq!(by_output("a").input, ["c", "ts__to_fp16"]);
+        assert_eq!(by_output("y__fp16").input, ["af", "", "scales"]);
+        assert_eq!(by_output("y").op_type, "Cast");
+        assert_eq!(
+            report,
+            HalfReport {
+                half_nodes: 4,
+                float_nodes: 3,
+                casts: 4
+            }
+        );
+        let declared = |n: &str| {
+            let v = g.value_info.iter().find(|v| v.name == n).unwrap();
+            graph::tensor_elem_type(v.type_.as_ref().unwrap())
+        };
+        assert_eq!(declared("c"), Some(FLOAT16));
+        assert_eq!(declared("ts"), Some(dtype::FLOAT));
+        assert!(graph::topological_order(&g.node)
+            .is_some_and(|o| o.iter().enumerate().all(|(i, &k)| i == k)));
+    }
 
     #[test]
     fn names_parse_and_print() {
