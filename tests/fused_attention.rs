@@ -25,6 +25,7 @@ fn options(cache: &Path, attention: Attention) -> SplitOptions {
         cache_root: cache.to_path_buf(),
         model_digest: None,
         attention,
+        ..SplitOptions::default()
     }
 }
 

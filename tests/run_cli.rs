@@ -103,6 +103,40 @@ fn a_second_run_does_nothing() {
     );
 }
 
+/// `[generation] precision = "fp16"` makes images of its own (the precision is in
+/// the key), recorded as such; `--precision` cannot overrule the spec.
+#[test]
+fn half_precision_is_a_spec_setting_with_its_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 64, 2);
+    assert!(stdout(&run(&spec, &[])).contains("12 jobs: 12 generated"));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("steps = 2\n", "steps = 2\nprecision = \"fp16\"\n"),
+    )
+    .unwrap();
+    let half = stdout(&run(&spec, &[]));
+    assert!(
+        half.contains("12 jobs: 12 generated, 0 already stored"),
+        "{half}"
+    );
+    let all = records(&dir.path().join("results"));
+    let fp16 = all
+        .iter()
+        .filter(|r| r["job"]["precision"] == "fp16")
+        .count();
+    assert_eq!((all.len(), fp16), (24, 12));
+
+    let refused = run(&spec, &["--precision", "fp32"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("--precision fp32 contradicts") && err.contains("test.toml"),
+        "{err}"
+    );
+}
+
 #[test]
 fn resumes_after_kill_9_with_nothing_lost_or_done_twice() {
     let dir = tempfile::tempdir().unwrap();

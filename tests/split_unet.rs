@@ -25,6 +25,7 @@ fn options(cache: &Path) -> SplitOptions {
         cache_root: cache.to_path_buf(),
         model_digest: None,
         attention: Attention::Exported,
+        ..SplitOptions::default()
     }
 }
 

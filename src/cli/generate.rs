@@ -137,6 +137,7 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
     let mut sd = StableDiffusion::load_with(&runtime, &model, global.unet_options())?;
     sd.set_token_ops(global.token_ops(args.device))?;
+    super::note_precision(args.device, sd.precision());
     let (image, timings) = sd.generate(&request)?;
     write_png_atomically(&image, &args.out)?;
     println!(

@@ -105,6 +105,16 @@ pub fn main() -> i32 {
     }
 }
 
+/// A word on the console where float16 cannot be fast.
+pub(crate) fn note_precision(device: Device, precision: Precision) {
+    if precision == Precision::Fp16 && device == Device::Cpu {
+        eprintln!(
+            "note: float16 on the CPU: ONNX Runtime computes most float16 nodes in float32, \
+             so it is no faster than fp32 (it is meant for --device cuda)"
+        );
+    }
+}
+
 /// Options every command shares.
 pub(crate) struct Global {
     pub ort_lib: Option<PathBuf>,

@@ -77,6 +77,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     };
     let mut sd = StableDiffusion::load_with(&runtime, model, options)?;
     sd.set_token_ops(global.token_ops(args.device))?;
+    super::note_precision(args.device, precision);
     for (softmax, why) in &sd.fusion().skipped {
         eprintln!("note: attention at `{softmax}` runs as exported: {why}");
     }
