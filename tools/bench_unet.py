@@ -259,6 +259,24 @@ def run_child(cmd: list[str], env: dict[str, str], timeout_s: float, expect_json
     return res
 
 
+def combine(runs: list[dict]) -> dict:
+    """One result from several rounds of a side: every timed run, their median, the
+    highest peak; the first failure if any round failed."""
+    failed = [r for r in runs if not ok(r)]
+    if failed or len(runs) == 1:
+        return (failed or runs)[0]
+    out = dict(runs[0])
+    j = dict(runs[0]["json"])
+    j["times_s"] = [t for r in runs for t in r["json"]["times_s"]]
+    j["median_s"] = statistics.median(j["times_s"])
+    if all("tome_ops_s" in r["json"] for r in runs):
+        j["tome_ops_s"] = statistics.median(r["json"]["tome_ops_s"] for r in runs)
+    j["rounds"] = len(runs)
+    out["json"] = j
+    out["wait4_maxrss_mib"] = max(r["wait4_maxrss_mib"] for r in runs)
+    return out
+
+
 def torch_cmd(a, hw, ratio, merge) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--torch-worker", "--model-dir", str(a.model_dir),
             "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
@@ -371,7 +389,10 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
              + f", made by `tools/make_bench_unet.py`; computed in {PRECISION_TEXT[a.precision]}"
              + (f" on {a.device}." if a.device != "cpu" else ", CPU.")),
     L.append(f"* Input: batch {BATCH} (as with guidance), timestep {TIMESTEP}, encoder_hidden_states "
-             f"[{BATCH}, {TEXT_LEN}, 768]; one warm-up evaluation, then the median of {a.repeats} timed ones.")
+             f"[{BATCH}, {TEXT_LEN}, 768]; "
+             + (f"one warm-up evaluation, then the median of {a.repeats} timed ones." if a.rounds == 1 else
+                f"{a.rounds} processes per side, alternating torch and tomex, each one warm-up evaluation "
+                f"then {a.repeats} timed ones; the median of all {a.rounds * a.repeats}."))
     L.append("* torch: diffusers' UNet (default attention processor, `scaled_dot_product_attention`) under "
              "`torch.no_grad()`; r > 0: `tomesd.apply_patch(unet, ratio=0.5, merge_attn=True, "
              "merge_crossattn=<self+cross>, use_rand=False)` (max_downsample=1, sx=sy=2: merging in the "
@@ -539,6 +560,8 @@ def main() -> None:
     ap.add_argument("--latents", default="64,96", help="comma-separated square latent sizes, or HxW items")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="processes per side and case, alternating torch and tomex (timed runs: rounds x repeats)")
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="subset of " + ",".join(c[0] for c in CASES))
     ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
@@ -622,22 +645,27 @@ def main() -> None:
                 continue
             row = rows.setdefault(name, {})
             print(f"== {key} {label}", file=sys.stderr, flush=True)
+            sides = []
             if run_torch and torch_runs:
-                cmd = torch_cmd(a, lat, ratio, merge)
-                if a.dry_run:
-                    print(shlex.join(cmd))
-                else:
-                    row["torch"] = run_child(cmd, env, a.timeout)
-                    v = row["torch"].get("json", {}).get("versions")
-                    if v:
-                        facts["versions"] = v
+                sides.append(("torch", torch_cmd(a, lat, ratio, merge)))
             if run_tomex:
-                cmd = tomex_cmd(a, lat, ratio, merge, uncut,
-                                "exported" if name == "exported" else "fused")
-                if a.dry_run:
-                    print(shlex.join(cmd))
-                else:
-                    row["tomex"] = run_child(cmd, env, a.timeout)
+                sides.append(("tomex", tomex_cmd(a, lat, ratio, merge, uncut,
+                                                 "exported" if name == "exported" else "fused")))
+            # Rounds alternate the sides (torch, tomex, torch, ...) so that the machine's
+            # drift over minutes falls on both alike.
+            runs: dict = {side: [] for side, _ in sides}
+            for _ in range(a.rounds):
+                for side, cmd in sides:
+                    if a.dry_run:
+                        print(shlex.join(cmd))
+                    else:
+                        runs[side].append(run_child(cmd, env, a.timeout))
+            for side, side_runs in runs.items():
+                if side_runs:
+                    row[side] = combine(side_runs)
+            v = row.get("torch", {}).get("json", {}).get("versions")
+            if v:
+                facts["versions"] = v
         # torch's unpatched r = 0 run serves every r = 0 row
         for other in ("uncut", "exported"):
             if "cuts" in rows and other in rows and "torch" in rows["cuts"]:
