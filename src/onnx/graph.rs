@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::proto::{attribute_proto::AttributeType, GraphProto, NodeProto, TensorProto, TypeProto};
+use super::proto::{
+    attribute_proto::AttributeType, GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
+};
 
 /// ONNX `TensorProto.DataType` codes used here.
 pub mod dtype {
@@ -113,6 +115,36 @@ pub fn topological_order(nodes: &[NodeProto]) -> Option<Vec<usize>> {
         }
     }
     (order.len() == nodes.len()).then_some(order)
+}
+
+/// A declared tensor value (graph input, output or `value_info`) with symbolic dimensions.
+pub(crate) fn tensor_value(name: &str, elem: i32, dims: &[&str]) -> ValueInfoProto {
+    use super::proto::tensor_shape_proto::{dimension, Dimension};
+    use super::proto::type_proto::{Tensor, Value};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(dimension::Value::DimParam(d.to_string())),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto {
+            value: Some(Value::TensorType(Tensor {
+                elem_type: elem,
+                shape: Some(super::proto::TensorShapeProto {
+                    dim,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
 }
 
 /// The element type of a declared value (`ValueInfoProto.type`), if it is a tensor.

@@ -250,37 +250,10 @@ fn set_elem_type(v: &mut super::proto::ValueInfoProto, elem: i32) {
 mod tests {
     use super::*;
     use crate::onnx::proto::tensor_proto::DataType;
-    use crate::onnx::proto::type_proto::{self, Tensor};
-    use crate::onnx::proto::{
-        tensor_shape_proto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-    };
+    use crate::onnx::proto::{TensorProto, ValueInfoProto};
 
     fn value(name: &str, elem: i32, rank: usize) -> ValueInfoProto {
-        let dim = (0..rank)
-            .map(|k| tensor_shape_proto::Dimension {
-                value: Some(tensor_shape_proto::dimension::Value::DimParam(format!(
-                    "d{k}"
-                ))),
-                ..Default::default()
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            type_: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(Tensor {
-                    elem_type: elem,
-                    shape: Some(TensorShapeProto {
-                        dim,
-                        ..Default::default()
-                    })
-                    .into(),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        }
+        graph::tensor_value(name, elem, &["d0", "d1", "d2", "d3"][..rank])
     }
 
     fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {

@@ -18,12 +18,12 @@
 //! index where torch's unstable sort may not, so only near-ties can choose other
 //! tokens. Merge and unmerge on the same indices are exact.
 
+use super::graph;
 use super::proto::attribute_proto::AttributeType;
 use super::proto::tensor_proto::DataType;
-use super::proto::type_proto::{self, Tensor};
 use super::proto::{
-    tensor_shape_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 
 const OPSET: i64 = 17;
@@ -175,32 +175,7 @@ fn scalar_tensor(name: &str, value: f32) -> AttributeProto {
 
 /// A declared graph input or output: element type and named (symbolic) dims.
 fn value(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimParam(
-                d.to_string(),
-            )),
-            ..Default::default()
-        })
-        .collect();
-    let t = TypeProto {
-        value: Some(type_proto::Value::TensorType(Tensor {
-            elem_type: elem as i32,
-            shape: Some(TensorShapeProto {
-                dim,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    ValueInfoProto {
-        name: name.into(),
-        type_: Some(t).into(),
-        ..Default::default()
-    }
+    graph::tensor_value(name, elem as i32, dims)
 }
 
 fn partition_inputs() -> Vec<ValueInfoProto> {

@@ -273,49 +273,18 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         Some(v) => v.value as f32,
         None => 7.5,
     };
-    let scheduler = match g.string(ctx, "scheduler") {
-        Some(v) => match SchedulerKind::from_str(&v.value) {
-            Ok(k) => k,
-            Err(_) => {
-                let hint = did_you_mean(&v.value, SchedulerKind::NAMES.iter().copied());
-                ctx.error(
-                    &v.loc,
-                    &v.key,
-                    format!(
-                        "unknown scheduler `{}`{hint} (valid: {})",
-                        v.value,
-                        SchedulerKind::NAMES.join(", ")
-                    ),
-                );
-                SchedulerKind::Pndm
-            }
-        },
-        None => SchedulerKind::Pndm,
-    };
+    let scheduler = named(
+        ctx,
+        &g,
+        ("scheduler", &SchedulerKind::NAMES),
+        SchedulerKind::Pndm,
+    );
     let negative_prompt = g
         .string(ctx, "negative_prompt")
         .map(|v| v.value)
         .unwrap_or_default();
     let batch_size = usize_at_least(ctx, &g, "batch_size", 1, 1);
-    let precision = match g.string(ctx, "precision") {
-        Some(v) => match Precision::from_str(&v.value) {
-            Ok(p) => p,
-            Err(_) => {
-                let hint = did_you_mean(&v.value, Precision::NAMES.iter().copied());
-                ctx.error(
-                    &v.loc,
-                    &v.key,
-                    format!(
-                        "unknown precision `{}`{hint} (valid: {})",
-                        v.value,
-                        Precision::NAMES.join(", ")
-                    ),
-                );
-                Precision::Fp32
-            }
-        },
-        None => Precision::Fp32,
-    };
+    let precision = named(ctx, &g, ("precision", &Precision::NAMES), Precision::Fp32);
     ok.then_some(Generation {
         width,
         height,
@@ -326,6 +295,30 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         batch_size,
         precision,
     })
+}
+
+/// The value of `key`, which must be one of `names` (each parsed by `T::from_str`):
+/// `default` when absent; an unknown name is reported with the nearest one.
+fn named<T: FromStr>(ctx: &mut Ctx, g: &Section, (key, names): (&str, &[&str]), default: T) -> T {
+    let Some(v) = g.string(ctx, key) else {
+        return default;
+    };
+    match T::from_str(&v.value) {
+        Ok(t) => t,
+        Err(_) => {
+            let hint = did_you_mean(&v.value, names.iter().copied());
+            ctx.error(
+                &v.loc,
+                &v.key,
+                format!(
+                    "unknown {key} `{}`{hint} (valid: {})",
+                    v.value,
+                    names.join(", ")
+                ),
+            );
+            default
+        }
+    }
 }
 
 fn prompts(ctx: &mut Ctx, root: &Section) -> Option<PromptSource> {
