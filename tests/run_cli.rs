@@ -128,6 +128,12 @@ fn half_precision_is_a_spec_setting_with_its_own_keys() {
         .count();
     assert_eq!((all.len(), fp16), (24, 12));
 
+    let report = tomex().arg("report").arg(&spec).output().unwrap();
+    common::succeeded(report);
+    let summary =
+        std::fs::read_to_string(dir.path().join("results/reports/test/summary.md")).unwrap();
+    assert!(summary.contains("the UNet computed in fp16"), "{summary}");
+
     let refused = run(&spec, &["--precision", "fp32"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());

@@ -7,6 +7,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 
 use crate::metrics::paired::{paired, Paired};
+use crate::onnx::Precision;
 use crate::plan::{Job, Plan};
 use crate::runner::Prepared;
 use crate::spec::Spec;
@@ -512,6 +513,12 @@ impl ReportModel {
         }
 
         let mut notes = Vec::new();
+        if spec.generation.precision != Precision::Fp32 {
+            notes.push(format!(
+                "the UNet computed in {} ([generation] precision)",
+                spec.generation.precision
+            ));
+        }
         for (device, n) in devices {
             notes.push(format!("{n} stored image(s) made on {device}"));
         }
