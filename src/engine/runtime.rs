@@ -104,6 +104,11 @@ impl Runtime {
         }
     }
 
+    /// Run options that hand the arenas' unused memory back at the end of a run.
+    pub fn shrink_arenas(&self) -> ort::Result<ort::session::RunOptions> {
+        shrink_arenas(self.device)
+    }
+
     pub fn device(&self) -> Device {
         self.device
     }
@@ -235,4 +240,16 @@ fn version_like(file_name: &str) -> Option<String> {
     v.split('.')
         .all(|p| p.parse::<u32>().is_ok())
         .then(|| v.to_string())
+}
+
+/// Run options that hand the arenas' unused memory back to the system at the end of a
+/// run, on `device` and the host.
+pub fn shrink_arenas(device: Device) -> ort::Result<ort::session::RunOptions> {
+    let devices = match device {
+        Device::Cpu => "cpu:0".to_string(),
+        Device::Cuda(id) => format!("cpu:0;gpu:{id}"),
+    };
+    let mut options = ort::session::RunOptions::new()?;
+    options.set("memory.enable_memory_arena_shrinkage", devices)?;
+    Ok(options)
 }

@@ -17,7 +17,7 @@ use ort::value::{DynValue, Tensor, TensorRef, ValueType};
 use super::device::Device;
 use super::io::{input_spec, run_error, unexpected};
 use super::resident::{dims, download_f32, run_resident, upload};
-use super::runtime::{EngineError, Runtime};
+use super::runtime::{shrink_arenas, EngineError, Runtime};
 use super::unet::UnetInputs;
 use crate::onnx::{
     self, BlockId, CacheStatus, ComponentId, PartKind, ShapeProbe, SplitManifest, SplitOptions,
@@ -193,16 +193,7 @@ impl SplitUnet {
     /// change that added it: about +50% on the CPU for a 97-part cut). Off by default.
     pub fn set_release_memory(&mut self, release: bool) -> Result<(), EngineError> {
         self.shrink = if release {
-            let devices = match self.device {
-                Device::Cpu => "cpu:0".to_string(),
-                Device::Cuda(id) => format!("cpu:0;gpu:{id}"),
-            };
-            let err = |e| run_error(&self.path, e);
-            let mut options = RunOptions::new().map_err(err)?;
-            options
-                .set("memory.enable_memory_arena_shrinkage", devices)
-                .map_err(err)?;
-            Some(options)
+            Some(shrink_arenas(self.device).map_err(|e| run_error(&self.path, e))?)
         } else {
             None
         };

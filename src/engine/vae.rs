@@ -23,7 +23,9 @@ impl VaeDecoder {
         let session = runtime.session(path)?;
         let input = input_spec(&session, path, "latent_sample", 0)?.name;
         let output = output_name(&session, "sample");
-        let shrink = shrink_arenas(runtime).map_err(|e| run_error(path, e))?;
+        // The decoder's activations (about 1.2 GB at 768 px) would otherwise stay in the
+        // shared arena and raise a run's peak by that much over a single image's.
+        let shrink = runtime.shrink_arenas().map_err(|e| run_error(path, e))?;
         Ok(VaeDecoder {
             session,
             path: path.to_path_buf(),
@@ -51,18 +53,4 @@ impl VaeDecoder {
             )
         })
     }
-}
-
-/// Run options that shrink the memory arenas at the end of the run. The decoder's
-/// activations at 768 px (about 1.2 GB) would otherwise stay in the shared arena, which
-/// the next image's UNet does not reuse in the same shapes, so a run's peak grew by
-/// that much over a single image's.
-fn shrink_arenas(runtime: &Runtime) -> ort::Result<RunOptions> {
-    let devices = match runtime.device() {
-        super::Device::Cpu => "cpu:0".to_string(),
-        super::Device::Cuda(id) => format!("cpu:0;gpu:{id}"),
-    };
-    let mut options = RunOptions::new()?;
-    options.set("memory.enable_memory_arena_shrinkage", devices)?;
-    Ok(options)
 }
