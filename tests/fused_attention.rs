@@ -1,6 +1,7 @@
-//! The exported attention rewritten into ONNX Runtime's `MultiHeadAttention`: every
-//! attention of the tiny UNet is found, and the fused graphs (whole and cut, with ToMe
-//! merging) compute what the exported ones compute.
+//! The exported attention rewritten into ONNX Runtime's `MultiHeadAttention` (and each
+//! GEGLU projection split in two, which rides along with the fused graphs): every
+//! attention and projection of the tiny UNet is found, and the fused graphs (whole and
+//! cut, with ToMe merging) compute what the exported ones compute.
 //!
 //! Tolerance: 1e-4 relative (max abs difference over max abs value), the bound.
 //! The fused kernel accumulates the softmax online over tiles in float32 instead of
@@ -80,6 +81,37 @@ fn every_attention_of_the_tiny_unet_is_fused() {
         .opset_import
         .iter()
         .any(|o| o.domain == "com.microsoft" && o.version == 1));
+}
+
+#[test]
+fn every_geglu_projection_of_the_tiny_unet_is_split() {
+    for path in [
+        tiny_unet(),
+        common::repo().join("tests/fixtures/tiny_variant/unet/model.onnx"),
+    ] {
+        let mut model = onnx::read_model(&path).unwrap();
+        let slices_before = count(&model, "Slice");
+        assert_eq!(onnx::split_geglu(&mut model), 7, "{}", path.display());
+        // Each projection's two activation Slices become four constant ones (weight
+        // and bias halves, folded at load), all inside the block's feed-forward.
+        assert_eq!(count(&model, "Slice"), slices_before + 7 * 2);
+        for block in onnx::transformer_blocks(&model) {
+            let ff = block.component(ComponentKind::Ff).unwrap().node_prefix();
+            let halves = model
+                .graph
+                .node
+                .iter()
+                .filter(|n| n.op_type == "MatMul" && n.name.starts_with(&ff))
+                .filter(|n| n.name.contains("geglu_"))
+                .count();
+            assert_eq!(halves, 2, "{ff}");
+        }
+        assert_eq!(onnx::split_geglu(&mut model), 0, "a second pass finds none");
+    }
+}
+
+fn count(model: &onnx::ModelProto, op: &str) -> usize {
+    model.graph.node.iter().filter(|n| n.op_type == op).count()
 }
 
 #[test]

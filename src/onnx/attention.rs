@@ -26,9 +26,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::graph::{self, dtype, node_inputs};
+use super::graph::{self, dtype};
+use super::pattern::{attr, default_opset, ints_attr, remove_dead_nodes, View};
 use super::proto::attribute_proto::AttributeType;
-use super::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use super::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto};
 
 /// How the graphs tomex runs compute attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,8 +70,7 @@ impl std::str::FromStr for Attention {
     }
 }
 
-/// ONNX Runtime's contrib operator domain.
-pub const MS_DOMAIN: &str = "com.microsoft";
+pub use super::pattern::MS_DOMAIN;
 
 /// What [`fuse_attention`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ struct Match {
 
 /// Rewrites every attention of `model`'s main graph that matches the exported pattern.
 pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
-    let opset = default_opset(model);
+    let opset = default_opset(&model.opset_import);
     let graph = model.graph.mut_or_insert_default();
     let types = graph::elem_types(graph, &graph.node);
     let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
@@ -107,7 +107,7 @@ pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
             .node
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.op_type == "Softmax" && is_default_domain(n))
+            .filter(|(_, n)| n.op_type == "Softmax" && super::pattern::is_default_domain(n))
             .filter_map(|(i, n)| match view.attention(i, opset, &types) {
                 Ok(m) => Some(m),
                 Err(reason) => {
@@ -126,13 +126,7 @@ pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
         graph.node[m.reshape] = mha_node(&name, m, &out);
         fusion.fused.push(name);
     }
-    remove_dead_nodes(&mut graph.node, &outputs);
-    let live: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().cloned())
-        .collect();
-    graph.value_info.retain(|v| live.contains(&v.name));
+    remove_dead_nodes(graph);
     if !model.opset_import.iter().any(|o| o.domain == MS_DOMAIN) {
         model.opset_import.push(OperatorSetIdProto {
             domain: MS_DOMAIN.into(),
@@ -141,19 +135,6 @@ pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
         });
     }
     fusion
-}
-
-/// The standard domain's opset version (`Softmax`'s default axis depends on it).
-fn default_opset(model: &ModelProto) -> i64 {
-    model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(0, |o| o.version)
-}
-
-fn is_default_domain(n: &NodeProto) -> bool {
-    n.domain.is_empty() || n.domain == "ai.onnx"
 }
 
 /// `/…/attn1/Softmax` → `/…/attn1/MultiHeadAttention`: the fused node keeps the
@@ -191,72 +172,8 @@ fn mha_node(name: &str, m: &Match, out: &str) -> NodeProto {
     }
 }
 
-/// Removes nodes none of whose outputs is read (by a node or as a graph output), until
-/// none is left; the replaced attention's score and shape chains go this way.
-fn remove_dead_nodes(nodes: &mut Vec<NodeProto>, outputs: &HashSet<String>) {
-    loop {
-        let read: HashSet<String> = nodes
-            .iter()
-            .flat_map(|n| node_inputs(n).into_iter().map(str::to_string))
-            .chain(outputs.iter().cloned())
-            .collect();
-        let before = nodes.len();
-        nodes.retain(|n| n.output.iter().any(|o| !o.is_empty() && read.contains(o)));
-        if nodes.len() == before {
-            return;
-        }
-    }
-}
-
-/// Read-only lookups over the graph for matching.
-struct View<'g> {
-    nodes: &'g [NodeProto],
-    producer: HashMap<&'g str, usize>,
-    consumers: HashMap<&'g str, Vec<usize>>,
-    initializers: HashMap<&'g str, &'g TensorProto>,
-    outputs: &'g HashSet<String>,
-}
-
+/// Attention-specific matching over the shared [`View`].
 impl<'g> View<'g> {
-    fn new(
-        nodes: &'g [NodeProto],
-        initializers: &'g [TensorProto],
-        outputs: &'g HashSet<String>,
-    ) -> View<'g> {
-        View {
-            nodes,
-            producer: graph::producers(nodes),
-            consumers: graph::consumers(nodes),
-            initializers: initializers.iter().map(|t| (t.name.as_str(), t)).collect(),
-            outputs,
-        }
-    }
-
-    /// The node computing `tensor`, if it is an `op` of the standard domain.
-    fn made_by(&self, tensor: &str, op: &str) -> Result<&'g NodeProto, String> {
-        let node = self
-            .producer
-            .get(tensor)
-            .map(|&i| &self.nodes[i])
-            .ok_or_else(|| format!("`{tensor}` is not computed by a node"))?;
-        if node.op_type == op && is_default_domain(node) {
-            Ok(node)
-        } else {
-            Err(format!(
-                "`{tensor}` comes from {} `{}`, not {op}",
-                node.op_type, node.name
-            ))
-        }
-    }
-
-    /// The one node reading `tensor` (which must not be a graph output).
-    fn only_reader(&self, tensor: &str) -> Result<usize, String> {
-        match self.consumers.get(tensor).map(Vec::as_slice) {
-            Some(&[i]) if !self.outputs.contains(tensor) => Ok(i),
-            _ => Err(format!("`{tensor}` is read by more than the attention")),
-        }
-    }
-
     /// `Transpose(Reshape(x, shape), perm)`: returns `x` and the head count in `shape`.
     fn heads_of(&self, tensor: &str, perm: &[i64]) -> Result<(String, i64), String> {
         let t = self.made_by(tensor, "Transpose")?;
@@ -287,54 +204,6 @@ impl<'g> View<'g> {
             [v] => Some(*v),
             _ => None,
         }
-    }
-
-    fn constant_tensor(&self, name: &str) -> Option<&'g TensorProto> {
-        if let Some(t) = self.initializers.get(name) {
-            return Some(t);
-        }
-        let node = self.made_by(name, "Constant").ok()?;
-        node.attribute
-            .iter()
-            .find(|a| a.name == "value")
-            .and_then(|a| a.t.as_ref())
-    }
-
-    fn int_constant(&self, name: &str) -> Option<Vec<i64>> {
-        if let Ok(node) = self.made_by(name, "Constant") {
-            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_ints") {
-                return Some(a.ints.clone());
-            }
-            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_int") {
-                return Some(vec![a.i]);
-            }
-        }
-        graph::int64_values(self.constant_tensor(name)?)
-    }
-
-    fn float_constant(&self, name: &str) -> Option<f32> {
-        if let Ok(node) = self.made_by(name, "Constant") {
-            if let Some(a) = node.attribute.iter().find(|a| a.name == "value_float") {
-                return Some(a.f);
-            }
-        }
-        let t = self.constant_tensor(name)?;
-        if t.data_type != dtype::FLOAT || t.dims.iter().product::<i64>() != 1 {
-            return None;
-        }
-        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
-            (&[v], _) => Some(v),
-            (_, raw) if raw.len() == 4 => Some(f32::from_le_bytes(raw.try_into().ok()?)),
-            _ => None,
-        }
-    }
-
-    /// The tensor behind a chain of `Cast`s.
-    fn through_casts(&self, mut tensor: &'g str) -> &'g str {
-        while let Ok(c) = self.made_by(tensor, "Cast") {
-            tensor = &c.input[0];
-        }
-        tensor
     }
 
     /// `x` scaled: `Mul(x, f)` or `Mul(f, x)` with `x` made by a `Transpose`.
@@ -391,8 +260,8 @@ impl<'g> View<'g> {
         }
         let scores = self.made_by(&sm.input[0], "MatMul")?;
         // Another reader of the scores would keep the N x N matrix alive: no gain.
-        self.only_reader(&sm.input[0])?;
-        let m2 = &self.nodes[self.only_reader(&sm.output[0])?];
+        self.only_reader(&sm.input[0], "attention")?;
+        let m2 = &self.nodes[self.only_reader(&sm.output[0], "attention")?];
         if m2.op_type != "MatMul" || m2.input[0] != sm.output[0] {
             return Err("the softmax does not feed a MatMul with v".into());
         }
@@ -405,12 +274,12 @@ impl<'g> View<'g> {
             return Err(format!("q, k and v have {hq}, {hk} and {hv} heads"));
         }
         let scale = self.scale(fq, fk, qh)?;
-        let back = &self.nodes[self.only_reader(&m2.output[0])?];
+        let back = &self.nodes[self.only_reader(&m2.output[0], "attention")?];
         if back.op_type != "Transpose" || ints_attr(back, "perm").as_deref() != Some(&[0, 2, 1, 3])
         {
             return Err("the attention output is not transposed back".into());
         }
-        let reshape = self.only_reader(&back.output[0])?;
+        let reshape = self.only_reader(&back.output[0], "attention")?;
         if self.nodes[reshape].op_type != "Reshape" {
             return Err("the attention output is not reshaped back".into());
         }
@@ -433,14 +302,6 @@ impl<'g> View<'g> {
     }
 }
 
-fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
-}
-
-fn ints_attr(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    attr(node, name).map(|a| a.ints.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,25 +313,5 @@ mod tests {
             "/down_blocks.0/attentions.0/transformer_blocks.0/attn1/MultiHeadAttention"
         );
         assert_eq!(fused_name("Softmax_3"), "Softmax_3/MultiHeadAttention");
-    }
-
-    #[test]
-    fn dead_chains_are_removed_and_live_ones_kept() {
-        let node = |op: &str, i: &[&str], o: &[&str]| NodeProto {
-            op_type: op.into(),
-            input: i.iter().map(|s| s.to_string()).collect(),
-            output: o.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
-        let mut nodes = vec![
-            node("Shape", &["x"], &["s"]),
-            node("Sqrt", &["s"], &["r"]), // read by nothing: goes, then Shape goes
-            node("Relu", &["x"], &["y"]),
-            node("Neg", &["y"], &["out"]),
-        ];
-        let outputs: HashSet<String> = ["out".to_string()].into();
-        remove_dead_nodes(&mut nodes, &outputs);
-        let ops: Vec<&str> = nodes.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(ops, ["Relu", "Neg"]);
     }
 }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::attention::{fuse_attention, Attention, Fusion};
+use super::geglu::split_geglu;
 use super::precision::{to_half, Precision};
 use super::proto::tensor_proto::DataLocation;
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
@@ -140,6 +141,7 @@ pub fn prepare_split(
     let data_files = externalize(&mut model, model_path, &dir)?;
     if options.attention == Attention::Fused {
         fuse_attention(&mut model);
+        split_geglu(&mut model);
     }
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
@@ -251,14 +253,16 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     }
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
-    let fusion = match options.attention {
-        Attention::Fused => fuse_attention(&mut model),
-        Attention::Exported => Fusion::default(),
+    let (fusion, geglu_splits) = match options.attention {
+        Attention::Fused => (fuse_attention(&mut model), split_geglu(&mut model)),
+        Attention::Exported => (Fusion::default(), 0),
     };
     if options.precision == Precision::Fp16 {
         to_half(model.graph.mut_or_insert_default());
     }
-    let (file, data_files) = if fusion.fused.is_empty() && options.precision == Precision::Fp32 {
+    let unchanged =
+        fusion.fused.is_empty() && geglu_splits == 0 && options.precision == Precision::Fp32;
+    let (file, data_files) = if unchanged {
         (None, Vec::new())
     } else {
         let data_files = externalize(&mut model, model_path, &dir)?;

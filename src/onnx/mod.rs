@@ -22,7 +22,9 @@
 
 pub mod attention;
 pub mod cache;
+pub mod geglu;
 mod graph;
+mod pattern;
 pub mod precision;
 pub use onnx_protobuf as proto;
 pub mod split;
@@ -40,6 +42,7 @@ pub use attention::{fuse_attention, Attention, Fusion};
 pub use cache::{
     default_cache_root, prepare_split, prepare_whole, CacheStatus, SplitOptions, Whole,
 };
+pub use geglu::split_geglu;
 pub use precision::{to_half, HalfReport, Precision};
 pub use proto::ModelProto;
 pub use split::{BlockPart, DataFile, Part, PartKind, ShapeProbe, SplitManifest, TensorInfo};
