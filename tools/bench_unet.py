@@ -391,7 +391,8 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     L.append(f"* Input: batch {BATCH} (as with guidance), timestep {TIMESTEP}, encoder_hidden_states "
              f"[{BATCH}, {TEXT_LEN}, 768]; "
              + (f"one warm-up evaluation, then the median of {a.repeats} timed ones." if a.rounds == 1 else
-                f"{a.rounds} processes per side, alternating torch and tomex, each one warm-up evaluation "
+                f"{a.rounds} processes per side and case, in rounds that alternate torch with every tomex case "
+                f"of the same r (at r = 0: torch, then tomex uncut and cut, their order swapped every other round), each one warm-up evaluation "
                 f"then {a.repeats} timed ones; the median of all {a.rounds * a.repeats}."))
     L.append("* torch: diffusers' UNet (default attention processor, `scaled_dot_product_attention`) under "
              "`torch.no_grad()`; r > 0: `tomesd.apply_patch(unet, ratio=0.5, merge_attn=True, "
@@ -561,7 +562,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1,
-                    help="processes per side and case, alternating torch and tomex (timed runs: rounds x repeats)")
+                    help="processes per side and case, in rounds through torch and every tomex case of the same r (timed runs: rounds x repeats)")
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES),
                     help="subset of " + ",".join(c[0] for c in CASES))
     ap.add_argument("--only", choices=("torch", "tomex"), help="run one side only")
@@ -638,34 +639,39 @@ def main() -> None:
     for lat in a.latents:
         key = f"{lat[0]}x{lat[1]}"
         rows = results.setdefault(key, {})
-        for name, label, ratio, merge, uncut, torch_runs in CASES:
-            if name not in a.cases:
-                continue
-            if name == "exported" and max(lat) > a.exported_max:
-                continue
-            row = rows.setdefault(name, {})
-            print(f"== {key} {label}", file=sys.stderr, flush=True)
+        # The r = 0 cases form one group (torch's unpatched run, tomex uncut, tomex cut,
+        # the exported graph), each r = 0.5 case its own: rounds go through every side
+        # of a group in turn, so the machine's drift over minutes falls on all alike,
+        # the uncut/cut comparison included.
+        chosen = [c for c in CASES if c[0] in a.cases
+                  and not (c[0] == "exported" and max(lat) > a.exported_max)]
+        groups = [[c for c in chosen if c[2] == 0.0]] + [[c] for c in chosen if c[2] != 0.0]
+        for group in filter(None, groups):
             sides = []
-            if run_torch and torch_runs:
-                sides.append(("torch", torch_cmd(a, lat, ratio, merge)))
-            if run_tomex:
-                sides.append(("tomex", tomex_cmd(a, lat, ratio, merge, uncut,
-                                                 "exported" if name == "exported" else "fused")))
-            # Rounds alternate the sides (torch, tomex, torch, ...) so that the machine's
-            # drift over minutes falls on both alike.
-            runs: dict = {side: [] for side, _ in sides}
-            for _ in range(a.rounds):
-                for side, cmd in sides:
+            for name, label, ratio, merge, uncut, torch_runs in group:
+                print(f"== {key} {label}", file=sys.stderr, flush=True)
+                if run_torch and torch_runs:
+                    sides.append((name, "torch", torch_cmd(a, lat, ratio, merge)))
+                if run_tomex:
+                    sides.append((name, "tomex", tomex_cmd(a, lat, ratio, merge, uncut,
+                                                           "exported" if name == "exported" else "fused")))
+            torch_sides = [s for s in sides if s[1] == "torch"]
+            tomex_sides = [s for s in sides if s[1] == "tomex"]
+            runs: dict = {(name, side): [] for name, side, _ in sides}
+            for k in range(a.rounds):
+                # torch first; the tomex cases in table order, reversed every other round
+                order = torch_sides + (tomex_sides if k % 2 == 0 else tomex_sides[::-1])
+                for name, side, cmd in order:
                     if a.dry_run:
                         print(shlex.join(cmd))
                     else:
-                        runs[side].append(run_child(cmd, env, a.timeout))
-            for side, side_runs in runs.items():
+                        runs[(name, side)].append(run_child(cmd, env, a.timeout))
+            for (name, side), side_runs in runs.items():
                 if side_runs:
-                    row[side] = combine(side_runs)
-            v = row.get("torch", {}).get("json", {}).get("versions")
-            if v:
-                facts["versions"] = v
+                    rows.setdefault(name, {})[side] = combine(side_runs)
+                    v = rows[name][side].get("json", {}).get("versions")
+                    if side == "torch" and v:
+                        facts["versions"] = v
         # torch's unpatched r = 0 run serves every r = 0 row
         for other in ("uncut", "exported"):
             if "cuts" in rows and other in rows and "torch" in rows["cuts"]:
