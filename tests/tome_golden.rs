@@ -200,8 +200,8 @@ fn unet_evaluations_match_tomesd() {
 /// merges are the same): without merging it must stay under 2e-3, and the median under
 /// 1e-3. For scale, the reference stack's own float16 (diffusers' tiny UNet loaded with
 /// `torch_dtype=torch.float16`, torch 2.15 on the CPU) is 1.3e-3 to 1.6e-3 from its
-/// float32 output on the unmerged cases. Where merging, float16's noise in the similarities (~1e-3) exceeds
-/// some decision gaps (the goldens keep them above 1e-4 for float32, not for float16),
+/// float32 output on the unmerged cases. Where merging, float16's noise in the
+/// similarities (~1e-3) exceeds some decision gaps (the goldens keep them above 1e-4 for float32, not for float16),
 /// so a few tokens pair differently (measured up to 3.3e-2 in 6 of 38 cases, as torch's
 /// float16 would); these must still stay under half of what ToMe moves the output by,
 /// i.e. nearer tomesd's output than the unmerged one. A float32 graph (1e-6) fails the

@@ -85,12 +85,9 @@ fn halves(matmul_name: &str, m: &Match) -> Vec<NodeProto> {
         int_constant(&name("columns"), 1),
         int_constant(&name("rows"), 0),
     ];
-    for (k, (what, out)) in ["hidden", "gate"].iter().zip(&m.outputs).enumerate() {
-        let (from, to) = if k == 0 {
-            (name("start"), name("half"))
-        } else {
-            (name("half"), name("end"))
-        };
+    let ranges = [("hidden", "start", "half"), ("gate", "half", "end")];
+    for ((what, from, to), out) in ranges.into_iter().zip(&m.outputs) {
+        let (from, to) = (name(from), name(to));
         let weight = name(&format!("{what}_weight"));
         let bias = name(&format!("{what}_bias"));
         let product = name(&format!("{what}_MatMul"));
@@ -307,6 +304,16 @@ mod tests {
         }
     }
 
+    fn int_init(name: &str, v: i64) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![1],
+            data_type: dtype::INT64,
+            int64_data: vec![v],
+            ..Default::default()
+        }
+    }
+
     /// The exporter's pattern for a [C=3, 2F=8] projection: bounds from `Shape(p)` as
     /// `torch.chunk` computes them, `(d + 1) / 2 * k`.
     fn exported() -> ModelProto {
@@ -333,23 +340,16 @@ mod tests {
             ),
             node("Mul", "/ff/net.0/Mul_4", &["hidden", "gate"], &["y"]),
         ];
-        let ints = |name: &str, v: i64| TensorProto {
-            name: name.into(),
-            dims: vec![1],
-            data_type: dtype::INT64,
-            int64_data: vec![v],
-            ..Default::default()
-        };
         ModelProto {
             graph: Some(GraphProto {
                 node: nodes,
                 initializer: vec![
                     float_init("W", &[3, 8]),
                     float_init("b", &[8]),
-                    ints("last", -1),
-                    ints("zero", 0),
-                    ints("one", 1),
-                    ints("two", 2),
+                    int_init("last", -1),
+                    int_init("zero", 0),
+                    int_init("one", 1),
+                    int_init("two", 2),
                 ],
                 input: vec![tensor_value("x", dtype::FLOAT, &["B", "N", "3"])],
                 output: vec![tensor_value("y", dtype::FLOAT, &["B", "N", "4"])],
@@ -404,13 +404,7 @@ mod tests {
         let mut model = exported();
         let graph = model.graph.as_mut().unwrap();
         graph.node[7].input[2] = "three".into();
-        graph.initializer.push(TensorProto {
-            name: "three".into(),
-            dims: vec![1],
-            data_type: dtype::INT64,
-            int64_data: vec![3],
-            ..Default::default()
-        });
+        graph.initializer.push(int_init("three", 3));
         assert_eq!(split_geglu(&mut model), 0);
     }
 }

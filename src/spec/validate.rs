@@ -276,7 +276,8 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
     let scheduler = named(
         ctx,
         &g,
-        ("scheduler", &SchedulerKind::NAMES),
+        "scheduler",
+        &SchedulerKind::NAMES,
         SchedulerKind::Pndm,
     );
     let negative_prompt = g
@@ -284,7 +285,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         .map(|v| v.value)
         .unwrap_or_default();
     let batch_size = usize_at_least(ctx, &g, "batch_size", 1, 1);
-    let precision = named(ctx, &g, ("precision", &Precision::NAMES), Precision::Fp32);
+    let precision = named(ctx, &g, "precision", &Precision::NAMES, Precision::Fp32);
     ok.then_some(Generation {
         width,
         height,
@@ -299,7 +300,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
 
 /// The value of `key`, which must be one of `names` (each parsed by `T::from_str`):
 /// `default` when absent; an unknown name is reported with the nearest one.
-fn named<T: FromStr>(ctx: &mut Ctx, g: &Section, (key, names): (&str, &[&str]), default: T) -> T {
+fn named<T: FromStr>(ctx: &mut Ctx, g: &Section, key: &str, names: &[&str], default: T) -> T {
     let Some(v) = g.string(ctx, key) else {
         return default;
     };
