@@ -8,6 +8,7 @@ pub mod cli;
 pub mod diffusion;
 pub mod engine;
 pub mod host;
+pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod onnx;

@@ -1,10 +1,11 @@
 //! The exported attention rewritten into ONNX Runtime's `MultiHeadAttention` (and each
 //! GEGLU projection split in two, which rides along with the fused graphs): every
 //! attention and projection of the tiny UNet is found, and the fused graphs (whole and
-//! cut, with ToMe merging) compute what the exported ones compute.
+//! cut, with ToMe merging) compute what the exported ones compute, both with ONNX
+//! Runtime's kernel (`fused`) and with tomex's own (`flash`, on CPUs with AVX-512F).
 //!
 //! Tolerance: 1e-4 relative (max abs difference over max abs value), the bound.
-//! The fused kernel accumulates the softmax online over tiles in float32 instead of
+//! Both kernels accumulate the softmax online over tiles in float32 instead of
 //! materialising it, so outputs differ from the exported graph by float rounding only
 //! (about 1e-6 measured here); a wrong head split, scale or layout gives O(1).
 
@@ -27,6 +28,16 @@ fn options(cache: &Path, attention: Attention) -> SplitOptions {
         model_digest: None,
         attention,
         ..SplitOptions::default()
+    }
+}
+
+/// The fused kinds this CPU runs: ONNX Runtime's kernel, and tomex's where it can.
+fn fused_kinds() -> Vec<Attention> {
+    if tomex::kernel::flash_attention::available() {
+        vec![Attention::Fused, Attention::Flash]
+    } else {
+        eprintln!("note: no AVX-512F here, so tomex's flash attention kernel is not tested");
+        vec![Attention::Fused]
     }
 }
 
@@ -118,23 +129,35 @@ fn count(model: &onnx::ModelProto, op: &str) -> usize {
 fn the_fused_whole_graph_matches_the_exported_one() {
     let runtime = common::runtime();
     let cache = tempfile::tempdir().unwrap();
-    let fused_options = options(cache.path(), Attention::Fused);
-    let (mut fused, fusion) = Unet::prepare(&runtime, &tiny_unet(), &fused_options).unwrap();
-    assert_eq!(fusion.fused.len(), 14);
     let mut exported = Unet::load(&runtime, &tiny_unet()).unwrap();
-    for (batch, h, w) in [(2, 8, 8), (1, 12, 10), (2, 16, 16)] {
-        let (sample, hidden) = inputs(batch, h, w, 32);
-        let want = exported.predict(&sample, 321.0, &hidden).unwrap();
-        let got = fused.predict(&sample, 321.0, &hidden).unwrap();
-        let diff = common::max_relative_difference(&want, &got);
-        eprintln!("whole graph, batch {batch}, {h}x{w}: {diff:.2e}");
-        assert!(diff <= 1e-4, "batch {batch}, {h}x{w}: {diff}");
+    for attention in fused_kinds() {
+        let fused_options = options(cache.path(), attention);
+        let (mut fused, fusion) = Unet::prepare(&runtime, &tiny_unet(), &fused_options).unwrap();
+        assert_eq!(fusion.fused.len(), 14);
+        for (batch, h, w) in [(2, 8, 8), (1, 12, 10), (2, 16, 16)] {
+            let (sample, hidden) = inputs(batch, h, w, 32);
+            let want = exported.predict(&sample, 321.0, &hidden).unwrap();
+            let got = fused.predict(&sample, 321.0, &hidden).unwrap();
+            let diff = common::max_relative_difference(&want, &got);
+            eprintln!("{attention} whole graph, batch {batch}, {h}x{w}: {diff:.2e}");
+            assert!(diff <= 1e-4, "{attention}, batch {batch}, {h}x{w}: {diff}");
+        }
+        // The rewrite is cached: the second preparation reads it back.
+        let again = onnx::prepare_whole(&tiny_unet(), &fused_options).unwrap();
+        assert_eq!(again.status, Some(CacheStatus::Hit));
+        assert_eq!(again.fusion.fused.len(), 14);
+        assert!(again.path.starts_with(cache.path()));
+        // Each kind's graph calls its own kernel, 14 times.
+        let graph = onnx::read_model(&again.path).unwrap();
+        let (mha, flash) = (
+            count(&graph, "MultiHeadAttention"),
+            count(&graph, onnx::FLASH_OP),
+        );
+        match attention {
+            Attention::Flash => assert_eq!((mha, flash), (0, 14)),
+            _ => assert_eq!((mha, flash), (14, 0)),
+        }
     }
-    // The rewrite is cached: the second preparation reads it back.
-    let again = onnx::prepare_whole(&tiny_unet(), &fused_options).unwrap();
-    assert_eq!(again.status, Some(CacheStatus::Hit));
-    assert_eq!(again.fusion.fused.len(), 14);
-    assert!(again.path.starts_with(cache.path()));
     // Exported attention uses the model file itself.
     let plain = onnx::prepare_whole(&tiny_unet(), &options(cache.path(), Attention::Exported));
     assert_eq!(plain.unwrap().path, tiny_unet());
@@ -145,14 +168,17 @@ fn the_other_export_conventions_fuse_too() {
     let variant = common::repo().join("tests/fixtures/tiny_variant/unet/model.onnx");
     let runtime = common::runtime();
     let cache = tempfile::tempdir().unwrap();
-    let (mut fused, fusion) =
-        Unet::prepare(&runtime, &variant, &options(cache.path(), Attention::Fused)).unwrap();
-    assert_eq!(fusion.fused.len(), 14, "{:?}", fusion.skipped);
     let mut exported = Unet::load(&runtime, &variant).unwrap();
     let (sample, hidden) = inputs(2, 8, 8, 32);
     let want = exported.predict(&sample, 999.0, &hidden).unwrap();
-    let got = fused.predict(&sample, 999.0, &hidden).unwrap();
-    assert!(common::max_relative_difference(&want, &got) <= 1e-4);
+    for attention in fused_kinds() {
+        let (mut fused, fusion) =
+            Unet::prepare(&runtime, &variant, &options(cache.path(), attention)).unwrap();
+        assert_eq!(fusion.fused.len(), 14, "{:?}", fusion.skipped);
+        let got = fused.predict(&sample, 999.0, &hidden).unwrap();
+        let diff = common::max_relative_difference(&want, &got);
+        assert!(diff <= 1e-4, "{attention}: {diff}");
+    }
 }
 
 /// ToMe merging around fused components: the cut parts carry the fused attention, and
@@ -164,7 +190,9 @@ fn tome_on_fused_parts_matches_tome_on_exported_parts() {
     let load = |attention| {
         TomeUnet::load(&runtime, &tiny_unet(), options(cache.path(), attention)).unwrap()
     };
-    let (mut fused, mut exported) = (load(Attention::Fused), load(Attention::Exported));
+    let mut exported = load(Attention::Exported);
+    let mut kinds: Vec<(Attention, TomeUnet)> =
+        fused_kinds().into_iter().map(|a| (a, load(a))).collect();
     let configs = [
         TomeConfig {
             ratio: 0.5,
@@ -194,10 +222,18 @@ fn tome_on_fused_parts_matches_tome_on_exported_parts() {
                     .unwrap()
             };
             let want = run(&mut exported);
-            let got = run(&mut fused);
-            let diff = common::max_relative_difference(&want, &got);
-            eprintln!("ToMe r = {}, batch {batch}, {h}x{w}: {diff:.2e}", cfg.ratio);
-            assert!(diff <= 1e-4, "{cfg:?}, batch {batch}, {h}x{w}: {diff}");
+            for (attention, fused) in &mut kinds {
+                let got = run(fused);
+                let diff = common::max_relative_difference(&want, &got);
+                eprintln!(
+                    "{attention}, ToMe r = {}, batch {batch}, {h}x{w}: {diff:.2e}",
+                    cfg.ratio
+                );
+                assert!(
+                    diff <= 1e-4,
+                    "{attention}, {cfg:?}, batch {batch}, {h}x{w}: {diff}"
+                );
+            }
         }
     }
 }

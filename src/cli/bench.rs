@@ -61,11 +61,12 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
     let hidden: Array3<f32> = randn(1, &[args.batch, 77, args.hidden_dim]).into_dimensionality()?;
     let timestep = 500.0;
 
+    let options = global.unet_options(args.device, global.precision.unwrap_or_default())?;
     let mut times = Vec::with_capacity(args.repeats);
     let mut token_ops = Vec::with_capacity(args.repeats);
     let mut fused = None;
     let parts = if args.uncut {
-        let (mut unet, fusion) = Unet::prepare(&runtime, &args.unet, &global.unet_options())?;
+        let (mut unet, fusion) = Unet::prepare(&runtime, &args.unet, &options)?;
         fused = Some(fusion.fused.len());
         for i in 0..=args.repeats {
             let start = Instant::now();
@@ -80,7 +81,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         // the levels it may merge, all passed through unmerged.
         let cfg = args.tome.config_or_zero();
         cfg.validate()?;
-        let mut unet = TomeUnet::load(&runtime, &args.unet, global.unet_options())?;
+        let mut unet = TomeUnet::load(&runtime, &args.unet, options.clone())?;
         unet.set_token_ops(global.token_ops(args.device))?;
         let cut = unet.cut_ignoring_ratio((h, w), &cfg)?;
         for i in 0..=args.repeats {
@@ -103,8 +104,8 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         "tome_ops_s": if token_ops.is_empty() { 0.0 } else { median(&token_ops) },
         "peak_rss_mb": crate::host::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         "parts": parts,
-        "attention": global.attention.name(),
-        "precision": global.precision.unwrap_or_default().name(),
+        "attention": options.attention.name(),
+        "precision": options.precision.name(),
         "fused_attentions": fused,
         "onnxruntime": runtime.version(),
     });

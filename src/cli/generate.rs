@@ -135,7 +135,11 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     check_writable(&args.out)?;
     let model = model_dir(global, &args.model)?;
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-    let mut sd = StableDiffusion::load_with(&runtime, &model, global.unet_options())?;
+    let mut sd = StableDiffusion::load_with(
+        &runtime,
+        &model,
+        global.unet_options(args.device, global.precision.unwrap_or_default())?,
+    )?;
     sd.set_token_ops(global.token_ops(args.device))?;
     super::note_precision(args.device, sd.precision());
     let (image, timings) = sd.generate(&request)?;
@@ -154,12 +158,13 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fused attention (14 of 14)`, `exported attention`: what the UNet ran.
+/// `flash attention (14 of 14)`, `exported attention`: what the UNet ran.
 pub(crate) fn attention_summary(attention: Attention, fusion: &Fusion) -> String {
     match attention {
         Attention::Exported => "exported attention".into(),
-        Attention::Fused => format!(
-            "fused attention ({} of {})",
+        Attention::Fused | Attention::Flash => format!(
+            "{} attention ({} of {})",
+            attention,
             fusion.fused.len(),
             fusion.fused.len() + fusion.skipped.len()
         ),

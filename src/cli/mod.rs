@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::engine::{Device, TokenOps};
+use crate::kernel::flash_attention;
 use crate::onnx::{Attention, Precision, SplitOptions};
 
 #[derive(Parser)]
@@ -32,15 +33,12 @@ struct Cli {
     /// models.lock to read model names from (else ./models.lock or the project's).
     #[arg(long, global = true, value_name = "PATH")]
     lock: Option<PathBuf>,
-    /// How the UNet computes attention: `fused` (ONNX Runtime's MultiHeadAttention,
-    /// which never holds the N x N scores) or `exported` (the graph as exported).
-    #[arg(
-        long,
-        global = true,
-        value_name = "fused|exported",
-        default_value = "fused"
-    )]
-    attention: Attention,
+    /// How the UNet computes attention: `flash` (tomex's CPU kernel, float32 on
+    /// AVX-512), `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph
+    /// as exported, with the N x N scores). Default: `flash` where it can run (CPU,
+    /// fp32, AVX-512F), else `fused`.
+    #[arg(long, global = true, value_name = "flash|fused|exported")]
+    attention: Option<Attention>,
     /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's) or `graph` (ONNX
     /// graphs run by ONNX Runtime beside the UNet's parts, tensors left on the device).
     /// Default: `host` on the CPU, `graph` on CUDA (no copies across PCIe per block).
@@ -119,7 +117,8 @@ pub(crate) fn note_precision(device: Device, precision: Precision) {
 pub(crate) struct Global {
     pub ort_lib: Option<PathBuf>,
     pub lock: Option<PathBuf>,
-    pub attention: Attention,
+    /// `--attention`, when given.
+    pub attention: Option<Attention>,
     /// `--token-ops`, when given.
     pub token_ops: Option<TokenOps>,
     /// `--precision`, when given.
@@ -135,12 +134,95 @@ impl Global {
         })
     }
 
-    /// Where and how the UNet's graphs are made (fused attention, precision, cuts).
-    pub fn unet_options(&self) -> SplitOptions {
-        SplitOptions {
-            attention: self.attention,
-            precision: self.precision.unwrap_or_default(),
+    /// Where and how the UNet's graphs are made for `device` in `precision`.
+    pub fn unet_options(
+        &self,
+        device: Device,
+        precision: Precision,
+    ) -> anyhow::Result<SplitOptions> {
+        let attention = resolve_attention(
+            self.attention,
+            device,
+            precision,
+            flash_attention::available(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(SplitOptions {
+            attention,
+            precision,
             ..SplitOptions::default()
+        })
+    }
+}
+
+/// `--attention` as asked, else the fastest that runs here: tomex's kernel on a CPU
+/// with AVX-512F in float32, ONNX Runtime's `MultiHeadAttention` otherwise.
+pub(crate) fn resolve_attention(
+    asked: Option<Attention>,
+    device: Device,
+    precision: Precision,
+    kernel_available: bool,
+) -> Result<Attention, String> {
+    let flash_fits = device == Device::Cpu && precision == Precision::Fp32;
+    match asked {
+        None if flash_fits && kernel_available => Ok(Attention::Flash),
+        None => Ok(Attention::Fused),
+        Some(Attention::Flash) if device != Device::Cpu => Err(format!(
+            "--attention flash is tomex's CPU kernel and cannot run on --device {device}; use --attention fused"
+        )),
+        Some(Attention::Flash) if precision != Precision::Fp32 => Err(format!(
+            "--attention flash computes in float32, not {precision}; use --attention fused"
+        )),
+        Some(Attention::Flash) if !kernel_available => Err(
+            "--attention flash needs a CPU with AVX-512F, which this one lacks; use --attention fused"
+                .into(),
+        ),
+        Some(attention) => Ok(attention),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_defaults_to_the_flash_kernel_only_where_it_runs() {
+        let (cpu, gpu) = (Device::Cpu, Device::Cuda(0));
+        let (fp32, fp16) = (Precision::Fp32, Precision::Fp16);
+        assert_eq!(
+            resolve_attention(None, cpu, fp32, true),
+            Ok(Attention::Flash)
+        );
+        assert_eq!(
+            resolve_attention(None, cpu, fp32, false),
+            Ok(Attention::Fused)
+        );
+        assert_eq!(
+            resolve_attention(None, cpu, fp16, true),
+            Ok(Attention::Fused)
+        );
+        assert_eq!(
+            resolve_attention(None, gpu, fp32, true),
+            Ok(Attention::Fused)
+        );
+        for asked in [Attention::Fused, Attention::Exported] {
+            assert_eq!(resolve_attention(Some(asked), cpu, fp32, true), Ok(asked));
+            assert_eq!(resolve_attention(Some(asked), gpu, fp16, false), Ok(asked));
         }
+        assert_eq!(
+            resolve_attention(Some(Attention::Flash), cpu, fp32, true),
+            Ok(Attention::Flash)
+        );
+    }
+
+    #[test]
+    fn asking_for_the_flash_kernel_where_it_cannot_run_says_why() {
+        let flash = Some(Attention::Flash);
+        let cuda = resolve_attention(flash, Device::Cuda(1), Precision::Fp32, true).unwrap_err();
+        assert!(cuda.contains("--device cuda:1"), "{cuda}");
+        let half = resolve_attention(flash, Device::Cpu, Precision::Fp16, true).unwrap_err();
+        assert!(half.contains("float32, not fp16"), "{half}");
+        let old_cpu = resolve_attention(flash, Device::Cpu, Precision::Fp32, false).unwrap_err();
+        assert!(old_cpu.contains("AVX-512F"), "{old_cpu}");
     }
 }

@@ -11,7 +11,6 @@ use super::fid_step::run_fid_step;
 use super::Global;
 use crate::diffusion::pipeline::StableDiffusion;
 use crate::engine::{Device, Runtime};
-use crate::onnx::SplitOptions;
 use crate::plan::Shard;
 use crate::runner::fid::resolve_inception;
 use crate::runner::{execute, prepare, RunObserver, Summary};
@@ -71,10 +70,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
             prepared.spec.path.display()
         );
     }
-    let options = SplitOptions {
-        precision,
-        ..global.unet_options()
-    };
+    let options = global.unet_options(args.device, precision)?;
     let mut sd = StableDiffusion::load_with(&runtime, model, options)?;
     sd.set_token_ops(global.token_ops(args.device))?;
     super::note_precision(args.device, precision);

@@ -2,6 +2,7 @@
 //! the three Stable Diffusion graphs, each adapting to its export's input types.
 
 mod device;
+mod flash_operator;
 mod graph_token_ops;
 mod io;
 mod library;

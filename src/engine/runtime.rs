@@ -8,6 +8,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 
 use super::device::Device;
+use super::flash_operator::flash_domain;
 use super::library::{find_library, FETCH_HINT};
 
 #[derive(Debug, thiserror::Error)]
@@ -161,9 +162,13 @@ impl Runtime {
         // between the operators of a run (waking a sleeping thread per operator cost
         // about 10% at a 96x96 latent) but stop spinning when the run ends, so the
         // sessions of one split and the Rust token ops between them do not compete.
+        // No memory pattern: from the second run on ONNX Runtime would take one block
+        // for all planned tensors on top of the arena's chunks it already holds (at a
+        // 96x96 latent +500 to +750 MB of peak for the whole UNet), and it is no faster.
         let mut builder = Session::builder(&self.loaded.environment)
             .and_then(|b| b.with_env_allocators().map_err(Into::into))
             .and_then(|b| b.with_intra_op_spinning(true).map_err(Into::into))
+            .and_then(|b| b.with_memory_pattern(false).map_err(Into::into))
             .and_then(|b| {
                 b.with_config_entry("session.force_spinning_stop", "1")
                     .map_err(Into::into)
@@ -171,6 +176,12 @@ impl Runtime {
             .map_err(|e: ort::Error| load_err(&e))?;
         if let Some(n) = self.threads {
             builder = builder.with_intra_threads(n).map_err(|e| load_err(&e))?;
+        }
+        if self.device == Device::Cpu {
+            // Graphs made with `Attention::Flash` call tomex's kernel; others never do.
+            builder = flash_domain()
+                .and_then(|domain| builder.with_operators(domain).map_err(Into::into))
+                .map_err(|e: ort::Error| load_err(&e))?;
         }
         if let Device::Cuda(id) = self.device {
             if !ep::CUDA::is_available().unwrap_or(false) {

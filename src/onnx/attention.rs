@@ -38,6 +38,9 @@ pub enum Attention {
     /// Rewritten into `MultiHeadAttention` wherever the export matches the pattern.
     #[default]
     Fused,
+    /// Fused as above, then run by tomex's own CPU kernel (`tomex.FlashAttention`, see
+    /// [`crate::kernel::flash_attention`]) instead of ONNX Runtime's.
+    Flash,
     /// As exported (the reference the fused graphs are tested against).
     Exported,
 }
@@ -46,8 +49,14 @@ impl Attention {
     pub fn name(self) -> &'static str {
         match self {
             Attention::Fused => "fused",
+            Attention::Flash => "flash",
             Attention::Exported => "exported",
         }
+    }
+
+    /// Whether the graphs get the attention rewrite (and the GEGLU split riding with it).
+    pub fn is_fused(self) -> bool {
+        self != Attention::Exported
     }
 }
 
@@ -62,15 +71,47 @@ impl std::str::FromStr for Attention {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "fused" => Ok(Attention::Fused),
+            "flash" => Ok(Attention::Flash),
             "exported" => Ok(Attention::Exported),
             other => Err(format!(
-                "unknown attention `{other}`: use `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported)"
+                "unknown attention `{other}`: use `flash` (tomex's CPU kernel), `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported)"
             )),
         }
     }
 }
 
 pub use super::pattern::MS_DOMAIN;
+
+/// The custom operator domain and type of tomex's CPU attention kernel.
+pub const FLASH_DOMAIN: &str = "tomex";
+pub const FLASH_OP: &str = "FlashAttention";
+
+/// Hands every fused attention (a `MultiHeadAttention` with just `q`, `k`, `v`) to
+/// tomex's kernel: same inputs, attributes and output, domain [`FLASH_DOMAIN`]. Returns
+/// how many nodes changed.
+pub fn use_flash_kernel(model: &mut ModelProto) -> usize {
+    let graph = model.graph.mut_or_insert_default();
+    let mut changed = 0;
+    for node in &mut graph.node {
+        if node.op_type == "MultiHeadAttention"
+            && node.domain == MS_DOMAIN
+            && node.input.len() == 3
+            && node.output.len() == 1
+        {
+            node.op_type = FLASH_OP.into();
+            node.domain = FLASH_DOMAIN.into();
+            changed += 1;
+        }
+    }
+    if changed > 0 && !model.opset_import.iter().any(|o| o.domain == FLASH_DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: FLASH_DOMAIN.into(),
+            version: 1,
+            ..Default::default()
+        });
+    }
+    changed
+}
 
 /// What [`fuse_attention`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -313,5 +354,49 @@ mod tests {
             "/down_blocks.0/attentions.0/transformer_blocks.0/attn1/MultiHeadAttention"
         );
         assert_eq!(fused_name("Softmax_3"), "Softmax_3/MultiHeadAttention");
+    }
+
+    #[test]
+    fn only_plain_multi_head_attentions_go_to_the_flash_kernel() {
+        let mha = |name: &str, inputs: &[&str]| NodeProto {
+            name: name.into(),
+            op_type: "MultiHeadAttention".into(),
+            domain: MS_DOMAIN.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![format!("{name}_out")],
+            ..Default::default()
+        };
+        let mut model = ModelProto::default();
+        let graph = model.graph.mut_or_insert_default();
+        graph.node.push(mha("plain", &["q", "k", "v"]));
+        // With a bias input: not the form the kernel takes.
+        graph.node.push(mha("biased", &["q", "k", "v", "bias"]));
+        graph.node.push(NodeProto {
+            op_type: "Softmax".into(),
+            ..Default::default()
+        });
+        assert_eq!(use_flash_kernel(&mut model), 1);
+        let nodes = &model.graph.node;
+        assert_eq!(
+            (nodes[0].domain.as_str(), nodes[0].op_type.as_str()),
+            (FLASH_DOMAIN, FLASH_OP)
+        );
+        assert_eq!(nodes[1].op_type, "MultiHeadAttention");
+        assert_eq!(nodes[2].op_type, "Softmax");
+        assert_eq!(nodes[0].input, ["q", "k", "v"]);
+        assert!(model
+            .opset_import
+            .iter()
+            .any(|o| o.domain == FLASH_DOMAIN && o.version == 1));
+        // A second pass changes nothing and imports the domain once.
+        assert_eq!(use_flash_kernel(&mut model), 0);
+        assert_eq!(
+            model
+                .opset_import
+                .iter()
+                .filter(|o| o.domain == FLASH_DOMAIN)
+                .count(),
+            1
+        );
     }
 }

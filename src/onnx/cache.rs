@@ -34,7 +34,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::attention::{fuse_attention, Attention, Fusion};
+use super::attention::{fuse_attention, use_flash_kernel, Attention, Fusion};
 use super::geglu::split_geglu;
 use super::precision::{to_half, Precision};
 use super::proto::tensor_proto::DataLocation;
@@ -139,9 +139,12 @@ pub fn prepare_split(
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
     let data_files = externalize(&mut model, model_path, &dir)?;
-    if options.attention == Attention::Fused {
+    if options.attention.is_fused() {
         fuse_attention(&mut model);
         split_geglu(&mut model);
+    }
+    if options.attention == Attention::Flash {
+        use_flash_kernel(&mut model);
     }
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
@@ -254,9 +257,14 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
     let (fusion, geglu_splits) = match options.attention {
-        Attention::Fused => (fuse_attention(&mut model), split_geglu(&mut model)),
+        Attention::Fused | Attention::Flash => {
+            (fuse_attention(&mut model), split_geglu(&mut model))
+        }
         Attention::Exported => (Fusion::default(), 0),
     };
+    if options.attention == Attention::Flash {
+        use_flash_kernel(&mut model);
+    }
     if options.precision == Precision::Fp16 {
         to_half(model.graph.mut_or_insert_default());
     }

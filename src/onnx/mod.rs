@@ -38,7 +38,7 @@ use protobuf::{Message, UnknownValue};
 use proto::attribute_proto::AttributeType;
 use proto::{AttributeProto, GraphProto, NodeProto};
 
-pub use attention::{fuse_attention, Attention, Fusion};
+pub use attention::{fuse_attention, use_flash_kernel, Attention, Fusion, FLASH_DOMAIN, FLASH_OP};
 pub use cache::{
     default_cache_root, prepare_split, prepare_whole, CacheStatus, SplitOptions, Whole,
 };
