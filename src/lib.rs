@@ -1,8 +1,9 @@
 //! tomex: declarative Token Merging experiments on Stable Diffusion through ONNX Runtime.
 //!
 //! Module map (see ARCHITECTURE.md): `model` finds and verifies model files, `engine`
-//! owns ONNX Runtime, `diffusion` holds the numerics of a Stable Diffusion run, `cli`
-//! turns command lines into calls of the above.
+//! owns ONNX Runtime (`kernel` holds the CPU kernels it runs as custom operators),
+//! `diffusion` holds the numerics of a Stable Diffusion run, `cli` turns command lines
+//! into calls of the above.
 
 pub mod cli;
 pub mod diffusion;

@@ -10,8 +10,7 @@ encoder_hidden_states [2, 77, 768]) and each case
                N x N scores materialised: `--attention exported`), tomex only; run at
                latents up to --exported-max (default 64: at 96x96 it peaks near 23 GB)
   uncut        tomex runs the whole UNet graph as one ONNX Runtime session, attention
-               fused into MultiHeadAttention (tomex only; torch's r = 0 run is shown in
-               this row too)
+               fused (tomex only; torch's r = 0 run is shown in this row too)
   cuts         tomex runs the UNet split at the transformer blocks, r = 0;
                torch runs the unpatched UNet
   self         r = 0.5, merging for self-attention only
@@ -24,11 +23,14 @@ process's own):
          tomesd.apply_patch(unet, ratio=r, merge_attn=..., merge_crossattn=..., use_rand=False)
          (tomesd's defaults otherwise: max_downsample=1, sx=sy=2), torch.set_num_threads(T),
          under torch.no_grad() one warm-up evaluation and `--repeats` timed ones;
-  tomex  `target/release/tomex [--attention exported] bench-unet --unet DIR/onnx/unet/model.onnx --latent H,W
+  tomex  `target/release/tomex [--attention KIND] bench-unet --unet DIR/onnx/unet/model.onnx --latent H,W
          --batch 2 --repeats N --threads T [--uncut]
          [--tome-ratio R --tome-merge self_attn[,cross_attn] --tome-no-rand]`
          (the "cuts" case passes neither --uncut nor --tome-*), which prints one JSON line
-         {"median_s", "times_s", "peak_rss_mb", "tome_ops_s", "parts"}.
+         {"median_s", "times_s", "peak_rss_mb", "tome_ops_s", "parts", "attention"}.
+         KIND is `exported` for the exported case and --attention otherwise (default:
+         none, so tomex picks: `flash`, its own kernel, on a CPU with AVX-512F in fp32,
+         else ONNX Runtime's `fused` MultiHeadAttention).
 
 The floor of each row is the evaluation's FLOPs (counted by torch's FlopCounterMode
 during the torch worker's untimed warm-up, tomesd's merged token counts included)
@@ -284,8 +286,18 @@ def torch_cmd(a, hw, ratio, merge) -> list[str]:
             "--device", a.device, "--precision", a.precision]
 
 
-def tomex_cmd(a, hw, ratio, merge, uncut, attention="fused") -> list[str]:
-    cmd = [str(a.tomex), "--attention", attention, "--token-ops", a.token_ops, "--precision", a.precision,
+def attention_text(results) -> str:
+    """How tomex's fused rows computed attention, from what its runs reported."""
+    kinds = sorted({side.get("json", {}).get("attention") for rows in results.values() for name, row in rows.items()
+                    if name != "exported" for key, side in row.items() if key == "tomex"} - {None})
+    words = {"flash": "`flash`: tomex's own AVX-512 kernel, `tomex.FlashAttention`",
+             "fused": "`fused`: ONNX Runtime's `MultiHeadAttention`"}
+    return "; ".join(words.get(k, f"`{k}`") for k in kinds) or "as tomex chose"
+
+
+def tomex_cmd(a, hw, ratio, merge, uncut, attention=None) -> list[str]:
+    cmd = [str(a.tomex)] + (["--attention", attention] if attention else [])
+    cmd += ["--token-ops", a.token_ops, "--precision", a.precision,
            "bench-unet",
            "--device", a.device, "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
@@ -400,8 +412,8 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
              "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime, "
              f"{'CPU' if a.device == 'cpu' else 'CUDA'}, token ops `{a.token_ops}`); "
              "\"uncut\" is the whole graph in one session, the other rows the graph cut at the transformer "
-             "blocks with Rust token ops in between (`--tome-no-rand`); attention is fused into ONNX Runtime's "
-             "`MultiHeadAttention` except in the \"exported attention\" row (the graph as exported, which "
+             "blocks with Rust token ops in between (`--tome-no-rand`); attention is fused (" + attention_text(results)
+             + ") except in the \"exported attention\" row (the graph as exported, which "
              "materialises the N×N scores).")
     v = facts.get("versions", {})
     mach = (f"* Machine: {facts.get('cpu', '?')} ({facts.get('logical_cpus', '?')} logical CPUs"
@@ -572,6 +584,8 @@ def main() -> None:
                     help="fp16: torch runs unet.half() on half inputs, tomex --precision fp16")
     ap.add_argument("--token-ops", default="host", choices=("host", "graph"),
                     help="where tomex runs ToMe's token ops (tomex --token-ops)")
+    ap.add_argument("--attention", choices=("flash", "fused"),
+                    help="tomex --attention for the fused cases (default: tomex's choice for the device)")
     ap.add_argument("--exported-max", type=int, default=64,
                     help="run the exported-attention case only at latents up to this side (default 64)")
     ap.add_argument("--tomex", type=Path, default=DEFAULT_TOMEX, help="tomex binary (default target/release/tomex)")
@@ -654,7 +668,7 @@ def main() -> None:
                     sides.append((name, "torch", torch_cmd(a, lat, ratio, merge)))
                 if run_tomex:
                     sides.append((name, "tomex", tomex_cmd(a, lat, ratio, merge, uncut,
-                                                           "exported" if name == "exported" else "fused")))
+                                                           "exported" if name == "exported" else a.attention)))
             torch_sides = [s for s in sides if s[1] == "torch"]
             tomex_sides = [s for s in sides if s[1] == "tomex"]
             runs: dict = {(name, side): [] for name, side, _ in sides}

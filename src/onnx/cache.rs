@@ -15,8 +15,8 @@
 //! ```
 //!
 //! Cuts and whole graphs are made with the attention rewritten into ONNX Runtime's
-//! `MultiHeadAttention` (see [`super::attention`]) unless `SplitOptions::attention` says
-//! `Exported`, and in float16 when `SplitOptions::precision` says `Fp16` (see
+//! `MultiHeadAttention` (see [`super::attention`]; with `Flash`, then handed to tomex's
+//! `FlashAttention`) unless `SplitOptions::attention` says `Exported`, and in float16 when `SplitOptions::precision` says `Fp16` (see
 //! [`super::precision`]); the keys include both choices.
 //!
 //! ONNX Runtime (1.31) only reads external data from inside the folder of the model

@@ -37,7 +37,7 @@ pub struct Measurement {
     pub device: String,
     /// ONNX Runtime version.
     pub onnxruntime: String,
-    /// How the UNet computed attention: `fused` or `exported`.
+    /// How the UNet computed attention: `flash`, `fused` or `exported`.
     pub attention: String,
 }
 
@@ -53,7 +53,7 @@ pub struct Record {
     pub timings: Timings,
     pub peak_memory: PeakMemory,
     pub device: String,
-    /// `fused` or `exported` (records older than the choice: `exported`).
+    /// `flash`, `fused` or `exported` (records older than the choice: `exported`).
     #[serde(default = "exported")]
     pub attention: String,
     pub tomex: String,
