@@ -23,12 +23,10 @@ pub fn flash_domain() -> ort::Result<OperatorDomain> {
 struct FlashAttention;
 
 impl Operator for FlashAttention {
+    // No `INPLACES`: the output taking the query's buffer would be safe for the tiles
+    // (each reads its queries before writing the same elements) but not for Rust,
+    // which would see a `&[f32]` and a `&mut [f32]` over the same memory.
     type Kernel<'attr> = BoxedKernel<'attr>;
-
-    /// The output may take the query's buffer: each tile reads its queries (its rows,
-    /// its head's columns) into scratch before it writes the same elements of the
-    /// output, and no tile touches another's.
-    const INPLACES: &[(u32, u32)] = &[(0, 0)];
 
     fn name(&self) -> &str {
         FLASH_OP
