@@ -42,6 +42,20 @@ fn exp2(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// The [`STRIP`] floats at `at` as three vectors.
+///
+/// # Safety
+/// `at` points at [`STRIP`] readable floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_strip(at: *const f32) -> [__m512; 3] {
+    [
+        _mm512_loadu_ps(at),
+        _mm512_loadu_ps(at.add(16)),
+        _mm512_loadu_ps(at.add(32)),
+    ]
+}
+
 /// `st[r][·] = Σ_d k[r][d] · qt[d][·]` for `R` keys and one strip, folding each score
 /// into the strip's running maximum `max`.
 ///
@@ -61,12 +75,7 @@ unsafe fn scores<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 3]; R];
     for d in 0..depth {
-        let q = qt.add(d * ldq);
-        let b = [
-            _mm512_loadu_ps(q),
-            _mm512_loadu_ps(q.add(16)),
-            _mm512_loadu_ps(q.add(32)),
-        ];
+        let b = load_strip(qt.add(d * ldq));
         for (r, row) in acc.iter_mut().enumerate() {
             let a = _mm512_set1_ps(*k.add(r * ldk + d));
             for c in 0..3 {
@@ -106,12 +115,7 @@ unsafe fn values<const R: usize>(
         }
     }
     for j in 0..keys {
-        let s = st.add(j * STRIP);
-        let p = [
-            _mm512_loadu_ps(s),
-            _mm512_loadu_ps(s.add(16)),
-            _mm512_loadu_ps(s.add(32)),
-        ];
+        let p = load_strip(st.add(j * STRIP));
         let vj = v.add(j * ldv);
         for (r, row) in acc.iter_mut().enumerate() {
             let a = _mm512_set1_ps(*vj.add(r));
