@@ -139,13 +139,7 @@ pub fn prepare_split(
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
     let data_files = externalize(&mut model, model_path, &dir)?;
-    if options.attention.is_fused() {
-        fuse_attention(&mut model);
-        split_geglu(&mut model);
-    }
-    if options.attention == Attention::Flash {
-        use_flash_kernel(&mut model);
-    }
+    rewrite(&mut model, options.attention);
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
     if let Some(probe) = probe {
@@ -172,6 +166,20 @@ pub fn prepare_split(
     let text = serde_json::to_string_pretty(&made.manifest).expect("manifest serializes");
     write_atomic(&manifest_path, text.as_bytes())?;
     Ok((made.manifest, CacheStatus::Built))
+}
+
+/// The rewrites `attention` asks for: the attention fused and the GEGLU projections
+/// split (not for `Exported`), the fused attention handed to tomex's kernel (`Flash`).
+/// Returns what the fusion did and how many projections were split.
+fn rewrite(model: &mut ModelProto, attention: Attention) -> (Fusion, usize) {
+    if !attention.is_fused() {
+        return (Fusion::default(), 0);
+    }
+    let done = (fuse_attention(model), split_geglu(model));
+    if attention == Attention::Flash {
+        use_flash_kernel(model);
+    }
+    done
 }
 
 /// The model's digest and its cache folder.
@@ -256,15 +264,7 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     }
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
-    let (fusion, geglu_splits) = match options.attention {
-        Attention::Fused | Attention::Flash => {
-            (fuse_attention(&mut model), split_geglu(&mut model))
-        }
-        Attention::Exported => (Fusion::default(), 0),
-    };
-    if options.attention == Attention::Flash {
-        use_flash_kernel(&mut model);
-    }
+    let (fusion, geglu_splits) = rewrite(&mut model, options.attention);
     if options.precision == Precision::Fp16 {
         to_half(model.graph.mut_or_insert_default());
     }
