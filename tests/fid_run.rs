@@ -144,6 +144,16 @@ fn run_and_report_compute_cache_and_degrade_fid() {
             .any(|l| l.starts_with("| 50 | ") && !l.contains("n/a")),
         "{md}"
     );
+    // Not pytorch-fid's Inception: every place a value appears names the network.
+    assert!(md.contains("| FID (inception_tiny.onnx): "), "{md}");
+    let tex = std::fs::read_to_string(report.join("table.tex")).unwrap();
+    assert!(tex.contains("{FID (inception\\_tiny.onnx)}"), "{tex}");
+    let summary = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("FID (inception_tiny.onnx) is computed over the features of")
+            && summary.contains("never with published FIDs"),
+        "{summary}"
+    );
 
     // A report re-renders from the cache: nothing featurised, the same value.
     let out = ok(tomex()
@@ -306,6 +316,15 @@ fn a_registered_inception_resolves_through_the_lock_and_is_verified() {
     assert!(out.contains("FID: 1 of 1 (config, r > 0) values"), "{out}");
     let fid = fid_csv(&dir.path().join("results/reports/fidtest/fid.csv"));
     assert!(fid[&("self".into(), "0.5".into())].is_finite());
+    // Registered as pytorch-fid's Inception: plain "FID", and the summary says over what.
+    let md = std::fs::read_to_string(dir.path().join("results/reports/fidtest/table.md")).unwrap();
+    assert!(md.contains("| FID: "), "{md}");
+    let summary =
+        std::fs::read_to_string(dir.path().join("results/reports/fidtest/summary.md")).unwrap();
+    assert!(
+        summary.contains("FID over the features of `inception-fid` (pytorch-fid's Inception)"),
+        "{summary}"
+    );
 
     // `tomex fid` takes the lock name too.
     let out = ok(tomex()

@@ -17,7 +17,7 @@ use crate::tome::{Targets, TomeConfig};
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Model directory, or a name in models.lock.
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = "demo")]
     model: String,
     #[arg(long)]
     prompt: String,

@@ -172,10 +172,11 @@ where
     let x = 0.0..x_hi.max(1.0);
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let fid = series(model, |c| c.fid);
+    let fid_label = model.fid_label();
     panel(
         &left,
-        "FID",
-        "FID",
+        &fid_label,
+        &fid_label,
         &fid,
         x.clone(),
         y_range(&fid, Some(0.0)),

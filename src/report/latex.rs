@@ -33,7 +33,8 @@ impl TableRenderer for Latex {
         let cols = "r".repeat(n);
         let mut out = format!("\\begin{{tabular}}{{r|{cols}|r|{cols}}}\n\\hline\n");
         out.push_str(&format!(
-            "r\\% & \\multicolumn{{{n}}}{{c|}}{{FID}} & r\\% & \\multicolumn{{{n}}}{{c}}{{s/im (\\% to r=0\\%)}} \\\\\n"
+            "r\\% & \\multicolumn{{{n}}}{{c|}}{{{}}} & r\\% & \\multicolumn{{{n}}}{{c}}{{s/im (\\% to r=0\\%)}} \\\\\n",
+            escape(&table.fid_label)
         ));
         let labels: Vec<String> = table.labels.iter().map(|l| escape(l)).collect();
         out.push_str(&format!(

@@ -2,6 +2,7 @@
 //! (or from the thesis's `tables.csv`), so every renderer reads one structure.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::Context;
 use rayon::prelude::*;
@@ -10,7 +11,7 @@ use crate::metrics::paired::{paired, Paired};
 use crate::onnx::Precision;
 use crate::plan::{Job, Plan};
 use crate::runner::Prepared;
-use crate::spec::Spec;
+use crate::spec::{Spec, DEFAULT_INCEPTION};
 use crate::store::Store;
 
 /// How many of the lowest-SSIM prompts a cell lists.
@@ -317,9 +318,24 @@ pub struct ReportModel {
     pub notes: Vec<String>,
     /// Why FID values are missing or partial (from the FID step).
     pub fid_notes: Vec<String>,
+    /// The network whose features the FIDs compare, as the spec names it (a
+    /// `models.lock` name, or an `.onnx` file's name); `None` when the spec computes
+    /// no FID, or for numbers from elsewhere (the thesis's tables).
+    pub fid_network: Option<String>,
 }
 
 impl ReportModel {
+    /// What FID values are called in tables and figures: `FID` for pytorch-fid's
+    /// Inception (the `inception-fid` entry specs use by default) or when no network is
+    /// named, else `FID (<network>)`, so a FID over another network's features (the demo's)
+    /// is never read as one comparable with published FIDs.
+    pub fn fid_label(&self) -> String {
+        match self.fid_network.as_deref() {
+            None | Some(DEFAULT_INCEPTION) => "FID".into(),
+            Some(network) => format!("FID ({network})"),
+        }
+    }
+
     pub fn cell(&self, config: &str, ratio: f64) -> Option<&CellStats> {
         self.cells
             .iter()
@@ -536,8 +552,24 @@ impl ReportModel {
             grids,
             notes,
             fid_notes: Vec::new(),
+            fid_network: fid_network_name(spec),
         })
     }
+}
+
+/// `[metrics] inception` as a short name: the lock name, or the `.onnx` file's name.
+fn fid_network_name(spec: &Spec) -> Option<String> {
+    if !spec.metrics.fid {
+        return None;
+    }
+    let name = spec.metrics.inception.as_deref()?;
+    let path = Path::new(name);
+    Some(if name.to_ascii_lowercase().ends_with(".onnx") {
+        path.file_name()
+            .map_or(name.to_string(), |f| f.to_string_lossy().into_owned())
+    } else {
+        name.to_string()
+    })
 }
 
 fn mean(v: &[f64]) -> Option<f64> {

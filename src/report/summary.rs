@@ -38,6 +38,9 @@ pub fn summary_markdown(model: &ReportModel) -> String {
     for note in &model.notes {
         let _ = writeln!(out, "* {}", escape(note));
     }
+    if let Some(network) = &model.fid_network {
+        let _ = writeln!(out, "* {}", escape(&fid_network_note(model, network)));
+    }
     if !model.notes.is_empty() {
         out.push('\n');
     }
@@ -166,6 +169,20 @@ pub fn summary_markdown(model: &ReportModel) -> String {
         }
     }
     out
+}
+
+/// Which network the FIDs come from, and, when it is not pytorch-fid's Inception, that
+/// they compare only with FIDs over the same network.
+fn fid_network_note(model: &ReportModel, network: &str) -> String {
+    if model.fid_label() == "FID" {
+        format!("FID over the features of `{network}` (pytorch-fid's Inception)")
+    } else {
+        format!(
+            "{} is computed over the features of `{network}`, not pytorch-fid's Inception: \
+             its values compare only with FIDs over the same network, never with published FIDs",
+            model.fid_label()
+        )
+    }
 }
 
 fn label(model: &ReportModel, config: &str) -> String {

@@ -11,10 +11,13 @@ use super::model::{ratio_key, ratio_pct, CellStats, ReportModel};
 /// The table as text: a header and rows of equal length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
-    /// Column titles: `r%`, `FID: <label>`…, `r%`, `s/im (% to r=0%): <label>`….
+    /// Column titles: `r%`, `FID: <label>`…, `r%`, `s/im (% to r=0%): <label>`…
+    /// (`FID (<network>): <label>` for FID over another network than pytorch-fid's).
     pub header: Vec<String>,
     /// Configurations' labels, in column order.
     pub labels: Vec<String>,
+    /// What the FID columns are called ([`ReportModel::fid_label`]).
+    pub fid_label: String,
     pub rows: Vec<Vec<String>>,
 }
 
@@ -75,7 +78,8 @@ impl Table {
     pub fn of(model: &ReportModel) -> Table {
         let labels: Vec<String> = model.configs.iter().map(|c| c.label.clone()).collect();
         let mut header = vec!["r%".to_string()];
-        header.extend(labels.iter().map(|l| format!("FID: {l}")));
+        let fid = model.fid_label();
+        header.extend(labels.iter().map(|l| format!("{fid}: {l}")));
         header.push("r%".into());
         header.extend(labels.iter().map(|l| format!("s/im (% to r=0%): {l}")));
         let mut rows = Vec::new();
@@ -100,6 +104,7 @@ impl Table {
         Table {
             header,
             labels,
+            fid_label: fid,
             rows,
         }
     }

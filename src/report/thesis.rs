@@ -123,6 +123,7 @@ pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
         missing: vec![],
         grids: vec![],
         notes: vec![format!("the thesis's own numbers, Table {table}")],
+        fid_network: None,
         fid_notes: vec![],
     })
 }

@@ -125,6 +125,9 @@ pub struct ConfigSpec {
     pub tome: TomeConfig,
 }
 
+/// The `models.lock` name of pytorch-fid's Inception, `[metrics] inception`'s default.
+pub const DEFAULT_INCEPTION: &str = "inception-fid";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
     pub fid: bool,

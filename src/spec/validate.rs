@@ -714,7 +714,7 @@ fn metrics(ctx: &mut Ctx, root: &Section) -> Metrics {
                 .into_owned(),
         ),
         Some(g) => Some(g.value),
-        None => Some("inception-fid".to_string()),
+        None => Some(DEFAULT_INCEPTION.to_string()),
     };
     let fid_dims = match m.integer(ctx, "fid_dims") {
         Some(g) if FID_DIMS.iter().any(|&d| d as i128 == g.value) => g.value as usize,

@@ -22,6 +22,19 @@ fn score_rows(num_dst: usize) -> usize {
     (SCORE_BLOCK_FLOATS / num_dst.max(1)).clamp(MIN_SCORE_ROWS, SCORE_ROWS)
 }
 
+/// Rows per score block for `num_src` src rows of one batch element when `tasks`
+/// blocks should run at once: at most [`score_rows`], and blocks of equal height, so
+/// that e.g. 768 src rows on 2 threads make two blocks of 384, not 512 and 256 (the
+/// short block's thread would wait for the tall one).
+fn balanced_rows(num_src: usize, num_dst: usize, tasks: usize) -> usize {
+    let blocks = num_src
+        .div_ceil(score_rows(num_dst))
+        .max(tasks)
+        .min(num_src.div_ceil(MIN_SCORE_ROWS))
+        .max(1);
+    num_src.div_ceil(blocks).max(1)
+}
+
 /// Partition the tokens of `metric` [B, N, C] (an `h × w` grid) into src and
 /// dst with one dst per `sy × sx` cell, and match the `r` src tokens most
 /// similar to some dst to their most similar dst.
@@ -58,19 +71,36 @@ pub fn bipartite_soft_matching_random2d(
     }
 
     // node_max, node_idx [B, N_src]: each src's best cosine similarity to a dst, and that dst
-    let mut node_max = Array2::<f32>::zeros((batch, part.src.len()));
-    let mut node_idx = Array2::<usize>::zeros((batch, part.src.len()));
-    for (b, x) in metric.outer_iter().enumerate() {
-        // metric = metric / metric.norm(dim=-1, keepdim=True); a, b = split(metric)
-        let a = normalized_rows(x, &part.src); // [N_src, C]
-        let d = normalized_rows(x, &part.dst); // [num_dst, C]
-        best_dst(
-            a.view(),
-            d.view(),
-            node_max.row_mut(b).into_slice().expect("standard layout"),
-            node_idx.row_mut(b).into_slice().expect("standard layout"),
-        );
-    }
+    let num_src = part.src.len();
+    let mut node_max = Array2::<f32>::zeros((batch, num_src));
+    let mut node_idx = Array2::<usize>::zeros((batch, num_src));
+    // Batch elements side by side, each in score blocks of equal height, enough to keep
+    // every thread busy (the batch of 2 that guidance makes, on 2 cores: 4 blocks).
+    let tasks = rayon::current_num_threads().div_ceil(batch);
+    node_max
+        .as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(num_src)
+        .zip(
+            node_idx
+                .as_slice_mut()
+                .expect("standard layout")
+                .par_chunks_mut(num_src),
+        )
+        .enumerate()
+        .for_each(|(b, (max, idx))| {
+            let x = metric.index_axis(ndarray::Axis(0), b);
+            // metric = metric / metric.norm(dim=-1, keepdim=True); a, b = split(metric)
+            let a = normalized_rows(x, &part.src); // [N_src, C]
+            let d = normalized_rows(x, &part.dst); // [num_dst, C]
+            best_dst(
+                a.view(),
+                d.view(),
+                max,
+                idx,
+                balanced_rows(num_src, num_dst, tasks),
+            );
+        });
 
     // edge_idx = node_max.argsort(dim=-1, descending=True): unm_idx = edge_idx[r:], src_idx = edge_idx[:r]
     let edges: Vec<Vec<usize>> = node_max
@@ -126,11 +156,17 @@ fn normalized_rows(x: ArrayView2<f32>, rows: &[usize]) -> Array2<f32> {
 
 /// For each row of `a` [N_src, C]: the max over `d` [num_dst, C] of the dot
 /// products (`scores = a @ d^T`, `scores.max(dim=-1)`), into `node_max` and
-/// `node_idx` [N_src]. Scores are computed [`score_rows`] src rows at a time, in
-/// parallel, with faer's sgemm (about twice matrixmultiply's rate here).
-fn best_dst(a: ArrayView2<f32>, d: ArrayView2<f32>, node_max: &mut [f32], node_idx: &mut [usize]) {
+/// `node_idx` [N_src]. Scores are computed `block_rows` src rows at a time (at most
+/// [`score_rows`]), in parallel, with faer's sgemm (about twice matrixmultiply's rate
+/// here).
+fn best_dst(
+    a: ArrayView2<f32>,
+    d: ArrayView2<f32>,
+    node_max: &mut [f32],
+    node_idx: &mut [usize],
+    block_rows: usize,
+) {
     let num_dst = d.nrows();
-    let block_rows = score_rows(num_dst);
     node_max
         .par_chunks_mut(block_rows)
         .zip(node_idx.par_chunks_mut(block_rows))
@@ -176,38 +212,51 @@ fn best_dst(a: ArrayView2<f32>, d: ArrayView2<f32>, node_max: &mut [f32], node_i
 /// `torch.max(row, dim=-1)`: the largest value and the first index holding
 /// it; NaN wins (the first NaN), as torch's max propagates NaN.
 ///
-/// Two passes: the max over 8 independent lanes (vectorizes), then the first
-/// index holding it.
+/// One pass over 8 independent lanes, each keeping its maximum and the first
+/// index holding it (a strict `>` keeps the earliest); the lanes are then
+/// reduced to the overall maximum at its smallest index. A NaN fails every
+/// comparison, so NaNs are flagged on the way and found by a second scan only
+/// when there is one.
 fn torch_max(row: &[f32]) -> (f32, usize) {
     const LANES: usize = 8;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut nan = [false; LANES];
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [usize::MAX; LANES];
+    let mut nan = false;
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for chunk in chunks {
+    for (c, chunk) in chunks.enumerate() {
         for k in 0..LANES {
             let v = chunk[k];
-            lanes[k] = if v > lanes[k] { v } else { lanes[k] };
-            nan[k] |= v.is_nan();
+            nan |= v.is_nan();
+            if v > best[k] {
+                best[k] = v;
+                at[k] = c * LANES + k;
+            }
         }
     }
-    if nan.contains(&true) {
+    let offset = row.len() - tail.len();
+    for (k, &v) in tail.iter().enumerate() {
+        nan |= v.is_nan();
+        if v > best[k] {
+            best[k] = v;
+            at[k] = offset + k;
+        }
+    }
+    if nan {
         let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
         return (row[first], first);
     }
-    let mut max = lanes
-        .into_iter()
-        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
-    for &v in tail {
-        if v.is_nan() {
-            let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
-            return (row[first], first);
+    let mut max = (f32::NEG_INFINITY, usize::MAX);
+    for (&v, &i) in best.iter().zip(&at) {
+        if i != usize::MAX && (v > max.0 || (v == max.0 && i < max.1)) {
+            max = (v, i);
         }
-        max = if v > max { v } else { max };
     }
-    // all -inf (or empty lanes): the first element holds the max
-    let first = row.iter().position(|&v| v == max).unwrap_or(0);
-    (row[first], first)
+    if max.1 == usize::MAX {
+        // empty, or every value -inf: the first element holds the max
+        return row.first().map_or((f32::NEG_INFINITY, 0), |&v| (v, 0));
+    }
+    max
 }
 
 #[cfg(test)]
@@ -221,16 +270,34 @@ mod tests {
         let (m, i) = torch_max(&[1.0, f32::NAN, 3.0, f32::NAN]);
         assert!(m.is_nan() && i == 1);
         assert_eq!(torch_max(&[-1.0]), (-1.0, 0));
+        // ties across lanes and in the tail: the first index
+        let mut row = vec![0.0f32; 21];
+        row[13] = 2.0;
+        row[5] = 2.0;
+        row[20] = 2.0;
+        assert_eq!(torch_max(&row), (2.0, 5));
+        assert_eq!(torch_max(&[f32::NEG_INFINITY; 11]), (f32::NEG_INFINITY, 0));
+        let mut row = vec![1.0f32; 19];
+        row[17] = f32::NAN;
+        let (m, i) = torch_max(&row);
+        assert!(m.is_nan() && i == 17);
+        // against a plain scan on pseudo-random rows with many ties
+        for n in 1..40 {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919 + n * 31) % 5) as f32).collect();
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let first = row.iter().position(|&v| v == max).unwrap();
+            assert_eq!(torch_max(&row), (max, first), "{row:?}");
+        }
     }
 
     /// `best_dst` against a naive loop on small integers (every product and sum
     /// exact, so any blocking must give the same maxima and indices).
-    fn check_best_dst(ns: usize, nd: usize, c: usize) {
+    fn check_best_dst(ns: usize, nd: usize, c: usize, block_rows: usize) {
         let a = Array2::from_shape_fn((ns, c), |(i, k)| ((i * 31 + k * 17) % 23) as f32 - 11.0);
         let d = Array2::from_shape_fn((nd, c), |(j, k)| ((j * 13 + k * 7) % 19) as f32 - 9.0);
         let mut max = vec![0.0; ns];
         let mut idx = vec![0; ns];
-        best_dst(a.view(), d.view(), &mut max, &mut idx);
+        best_dst(a.view(), d.view(), &mut max, &mut idx, block_rows);
         for i in 0..ns {
             let scores: Vec<f32> = (0..nd).map(|j| a.row(i).dot(&d.row(j))).collect();
             assert_eq!((max[i], idx[i]), torch_max(&scores), "row {i}");
@@ -239,7 +306,12 @@ mod tests {
 
     #[test]
     fn best_dst_matches_a_naive_loop() {
-        check_best_dst(SCORE_ROWS * 2 + 37, 50, 24);
+        check_best_dst(
+            SCORE_ROWS * 2 + 37,
+            50,
+            24,
+            balanced_rows(SCORE_ROWS * 2 + 37, 50, 2),
+        );
     }
 
     #[test]
@@ -251,9 +323,24 @@ mod tests {
     }
 
     #[test]
+    fn score_blocks_are_balanced_across_threads() {
+        // 32x32 latent, 2x2 cells, batch 2 on 2 threads: two blocks of 384 per element
+        assert_eq!(balanced_rows(768, 256, 1), 384);
+        // two threads per element: halves
+        assert_eq!(balanced_rows(768, 256, 2), 384);
+        assert_eq!(balanced_rows(768, 256, 4), 192);
+        // never above score_rows(), never below MIN_SCORE_ROWS unless there are fewer rows
+        assert_eq!(balanced_rows(3072, 1024, 1), 512);
+        assert_eq!(balanced_rows(3072, 1024, 2), 512);
+        assert_eq!(balanced_rows(64, 16, 8), MIN_SCORE_ROWS);
+        assert_eq!(balanced_rows(5, 16, 8), 5);
+        assert_eq!(balanced_rows(0, 16, 2), 1);
+    }
+
+    #[test]
     fn best_dst_matches_a_naive_loop_with_small_blocks() {
         // 2304 dst: 227-row blocks, so 300 src rows make two blocks, the last short.
-        check_best_dst(300, 2304, 8);
+        check_best_dst(300, 2304, 8, score_rows(2304));
     }
 
     #[test]

@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""Train the demo Stable Diffusion (and its FID feature network) on tools/demo_world.py.
+
+A small SD 1.x in the layout users bring: CLIPTextModel on the real CLIP BPE vocabulary
+(models/tiny/tokenizer), UNet2DConditionModel with CrossAttnDownBlock2D/CrossAttnUpBlock2D,
+AutoencoderKL downsampling by 8 to 4 latent channels, epsilon prediction, scaled-linear
+betas, SD 1.5's PNDM scheduler config. 256x256 images: 32x32 latents, so the UNet's
+full-resolution level holds 1024 tokens. PyTorch on the CPU (bfloat16 autocast where the
+CPU has AMX), fixed seeds, a fixed number of steps per stage.
+
+Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
+  data      render the training scenes (seed 1) into tools/.work/demo/images.npy
+  vae       AutoencoderKL, MSE + L1 + tiny KL, on the scenes
+  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor
+  decoder   the decoder alone, on those latents (the encoder, and so what the UNet learns
+            to make, stays fixed): the joint stage leaves colours wrong
+  unet      UNet + text encoder together, 10% empty captions (classifier-free guidance)
+  features  the FID feature network: pytorch-fid's four outputs (64/192/768/2048),
+            trained to name the colours, shapes, count and background of a scene
+  save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
+            models/demo_fid/features.onnx
+
+Usage (from the repository root; about 80 minutes on 2 cores):
+  nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
+  tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_world  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "tools" / ".work" / "demo"
+PIPELINE_DIR = ROOT / "tools" / "demo" / "diffusers"
+FEATURES_ONNX = ROOT / "models" / "demo_fid" / "features.onnx"
+TOKENIZER_DIR = ROOT / "models" / "tiny" / "tokenizer"
+
+TRAIN_SEED = 1  # world seed of the training scenes; 2 is held out (tools/demo_eval.py)
+SCENES = 12000
+THREADS = 2
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=256,
+)
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    # Transformers at the full-resolution level (1024 tokens) and in the mid block: the
+    # level ToMe merges (max_downsample = 1) holds the UNet's attention, as SD 1.5's
+    # 4096-token level holds most of its attention time.
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=64,
+    attention_head_dim=8,  # diffusers' name for the number of heads: 8, as SD 1.5
+    norm_num_groups=16,
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=64,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=1,
+)
+# Stable Diffusion 1.5's scheduler/scheduler_config.json.
+SCHEDULER_CONFIG = dict(
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    trained_betas=None,
+    clip_sample=False,
+)
+
+STAGES = {
+    # name: steps, batch, learning rate, checkpoint every
+    "vae": dict(steps=1200, batch=8, lr=1e-3, every=200),
+    "decoder": dict(steps=1600, batch=8, lr=5e-4, every=200),
+    "unet": dict(steps=1600, batch=32, lr=6e-4, every=200),
+    "features": dict(steps=500, batch=32, lr=1e-3, every=250),
+}
+VAE_FULL_STEPS = 200
+CAPTION_DROP = 0.1
+EMA_MAX = 0.998
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def autocast():
+    # bfloat16 matmuls/convolutions on AMX; master weights and the loss stay float32.
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=USE_BF16)
+
+
+USE_BF16 = True
+
+
+def step_generator(stage: str, step: int) -> torch.Generator:
+    """Each step's randomness from (stage, step) alone: a resumed run draws the same."""
+    g = torch.Generator()
+    g.manual_seed(hash_seed(stage) * 1_000_003 + step)
+    return g
+
+
+def hash_seed(stage: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(stage))
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    warm = 100
+    if step < warm:
+        return cfg["lr"] * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg["steps"] - warm)
+    return cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_images() -> np.ndarray:
+    path = WORK / "images.npy"
+    if not path.exists():
+        log(f"rendering {SCENES} scenes of world seed {TRAIN_SEED}")
+        images = np.stack([demo_world.render(demo_world.scene(TRAIN_SEED, i)) for i in range(SCENES)])
+        captions = [demo_world.scene(TRAIN_SEED, i).caption for i in range(SCENES)]
+        np.save(WORK / "images.tmp.npy", images)
+        os.replace(WORK / "images.tmp.npy", path)
+        (WORK / "captions.json").write_text(json.dumps(captions))
+    return np.load(path, mmap_mode="r")
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, h, w, 3] -> float [n, 3, h, w] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def token_ids(captions: list[str]) -> torch.Tensor:
+    tok = tokenizer()
+    out = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    return out.input_ids
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(stage: str, step: int, state: dict) -> None:
+    tmp = WORK / f"{stage}.ckpt.tmp"
+    torch.save({"step": step, **state}, tmp)
+    os.replace(tmp, WORK / f"{stage}.ckpt")
+
+
+def load_checkpoint(stage: str):
+    path = WORK / f"{stage}.ckpt"
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
+def done(stage: str) -> bool:
+    ck = load_checkpoint(stage)
+    return ck is not None and ck["step"] >= STAGES[stage]["steps"]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def new_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(11)
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def new_unet_and_text():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(12)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(13)
+    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    return unet, text
+
+
+class FeatureNet(nn.Module):
+    """pytorch-fid's interface (input [n, 3, 299, 299] in [-1, 1]; four globally
+    average-pooled blocks of 64, 192, 768 and 2048 channels) on a small convolutional
+    network trained on the demo world's labels. Not Inception: its FIDs are the demo's own."""
+
+    def __init__(self):
+        super().__init__()
+
+        def conv(i, o, k, s):
+            return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2), nn.GroupNorm(8, o), nn.SiLU())
+
+        self.block0 = nn.Sequential(conv(3, 32, 4, 4), conv(32, 64, 3, 2))  # 75 -> 38
+        self.block1 = conv(64, 192, 3, 2)  # 19
+        self.block2 = nn.Sequential(conv(192, 256, 3, 2), conv(256, 768, 1, 1))  # 10
+        self.block3 = nn.Sequential(conv(768, 256, 1, 1), conv(256, 256, 3, 2), conv(256, 2048, 1, 1))  # 5
+        self.head = nn.Linear(2048, len(LABELS))
+
+    def forward(self, x):
+        a = self.block0(x)
+        b = self.block1(a)
+        c = self.block2(b)
+        d = self.block3(c)
+        return [t.mean(dim=(2, 3)) for t in (a, b, c, d)]
+
+
+# colour present (5), shape present (3), object count (3), background (3)
+LABELS = (
+    [f"colour:{c}" for c in demo_world.COLOURS]
+    + [f"shape:{s}" for s in demo_world.SHAPES]
+    + ["count:1", "count:2", "count:3"]
+    + [f"background:{b}" for b in demo_world.BACKGROUNDS]
+)
+
+
+def scene_labels(s) -> np.ndarray:
+    y = np.zeros(len(LABELS), dtype=np.float32)
+    for o in s.objects:
+        y[LABELS.index(f"colour:{o.colour}")] = 1
+        y[LABELS.index(f"shape:{o.shape}")] = 1
+    y[LABELS.index(f"count:{len(s.objects)}")] = 1
+    y[LABELS.index(f"background:{s.background}")] = 1
+    return y
+
+
+def fid_preprocess(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images at 256 -> 299 as tomex/pytorch-fid resize them (bilinear)."""
+    return F.interpolate((x + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def train_vae(images, bench=False):
+    cfg = STAGES["vae"]
+    vae = new_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    start = 0
+    ck = load_checkpoint("vae")
+    if ck and not bench:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+    steps = 4 if bench else cfg["steps"]
+    t0 = time.time()
+    for step in range(start, steps):
+        g = step_generator("vae", step)
+        idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values.numpy()
+        x = to_tensor(images[idx])
+        if step < cfg["steps"] - VAE_FULL_STEPS:
+            # Random 128x128 crops (4x cheaper); the last steps see whole images so the
+            # mid-block attention settles at the 32x32 latents it decodes in use.
+            y0, x0 = (int(v) for v in torch.randint(0, 129, (2,), generator=g))
+            x = x[:, :, y0 : y0 + 128, x0 : x0 + 128]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+            rec = vae.decode(z).sample.float()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if bench:
+            log(f"vae step {step}: {time.time() - t0:.2f} s")
+            t0 = time.time()
+            continue
+        if step % 50 == 0 or step + 1 == steps:
+            log(f"vae {step + 1}/{steps} loss {loss.item():.5f} kl {kl.item():.4f} lr {lr_at(step, cfg):.2e}")
+        if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
+            save_checkpoint("vae", step + 1, {"model": vae.state_dict(), "opt": opt.state_dict()})
+    return vae
+
+
+def train_decoder(images, threads: int):
+    """Fine-tunes the VAE's decoder (and post_quant_conv) on the stored latents, the
+    encoder's posterior means, which are also what the UNet is trained to produce."""
+    torch.set_num_threads(threads)
+    cfg = STAGES["decoder"]
+    vae = new_vae()
+    vae.load_state_dict(load_checkpoint("vae")["model"])
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    start = 0
+    ck = load_checkpoint("decoder")
+    if ck:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+    latents = torch.load(WORK / "latents.pt")["latents"]
+    for step in range(start, cfg["steps"]):
+        g = step_generator("decoder", step)
+        idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values
+        x = to_tensor(images[idx.numpy()])
+        z = latents[idx].float()
+        if step < cfg["steps"] - VAE_FULL_STEPS:
+            # 16x16-latent crops (128 px): 4x cheaper; the last steps see whole images.
+            y0, x0 = (int(v) for v in torch.randint(0, 17, (2,), generator=g))
+            z = z[:, :, y0 : y0 + 16, x0 : x0 + 16]
+            x = x[:, :, 8 * y0 : 8 * y0 + 128, 8 * x0 : 8 * x0 + 128]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast():
+            rec = vae.decode(z).sample.float()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step + 1 == cfg["steps"]:
+            log(f"decoder {step + 1}/{cfg['steps']} loss {loss.item():.5f} lr {lr_at(step, cfg):.2e}")
+        if (step + 1) % cfg["every"] == 0 or step + 1 == cfg["steps"]:
+            save_checkpoint("decoder", step + 1, {"model": vae.state_dict(), "opt": opt.state_dict()})
+    torch.set_num_threads(THREADS)
+
+
+def encode_latents(images):
+    path = WORK / "latents.pt"
+    if path.exists():
+        return torch.load(path)
+    vae = new_vae()
+    vae.load_state_dict(load_checkpoint("vae")["model"])
+    vae.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), 64):
+            with autocast():
+                out.append(vae.encode(to_tensor(images[i : i + 64])).latent_dist.mean.float())
+            if i % 2048 == 0:
+                log(f"encoded {i}/{len(images)}")
+    latents = torch.cat(out)
+    scaling = float(1.0 / latents.std())
+    log(f"latents {tuple(latents.shape)} mean {latents.mean():.4f} std {latents.std():.4f} -> scaling_factor {scaling:.5f}")
+    torch.save({"latents": latents.half(), "scaling_factor": scaling}, WORK / "latents.tmp.pt")
+    os.replace(WORK / "latents.tmp.pt", path)
+    return torch.load(path)
+
+
+class Ema:
+    def __init__(self, modules):
+        self.shadow = [{k: v.detach().clone().float() for k, v in m.state_dict().items()} for m in modules]
+
+    def update(self, modules, step):
+        decay = min(EMA_MAX, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for shadow, m in zip(self.shadow, modules):
+                for k, v in m.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        shadow[k].mul_(decay).add_(v.float(), alpha=1 - decay)
+                    else:
+                        shadow[k].copy_(v)
+
+
+def train_unet(bench=False):
+    from diffusers import DDPMScheduler
+
+    cfg = STAGES["unet"]
+    data = encode_latents(load_images()) if not bench else {"latents": torch.randn(256, 4, 32, 32).half(), "scaling_factor": 1.0}
+    latents = data["latents"].float() * data["scaling_factor"]
+    captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
+    ids = token_ids(captions)
+    empty = token_ids([""])[0]
+    unet, text = new_unet_and_text()
+    modules = [unet, text]
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
+    ema = Ema(modules)
+    start = 0
+    ck = load_checkpoint("unet")
+    if ck and not bench:
+        unet.load_state_dict(ck["unet"])
+        text.load_state_dict(ck["text"])
+        opt.load_state_dict(ck["opt"])
+        ema.shadow = ck["ema"]
+        start = ck["step"]
+    sched = DDPMScheduler(
+        **{k: SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
+    )
+    steps = 4 if bench else cfg["steps"]
+    t0 = time.time()
+    running = None
+    for step in range(start, steps):
+        g = step_generator("unet", step)
+        idx = torch.randint(0, len(latents), (cfg["batch"],), generator=g)
+        x0 = latents[idx]
+        cond = ids[idx].clone()
+        drop = torch.rand(cfg["batch"], generator=g) < CAPTION_DROP
+        cond[drop] = empty
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (cfg["batch"],), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast():
+            states = text(cond).last_hidden_state
+            pred = unet(xt, t, encoder_hidden_states=states).sample.float()
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(modules, step)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if bench:
+            log(f"unet step {step}: {time.time() - t0:.2f} s")
+            t0 = time.time()
+            continue
+        if step % 50 == 0 or step + 1 == steps:
+            log(f"unet {step + 1}/{steps} loss {loss.item():.4f} (running {running:.4f}) lr {lr_at(step, cfg):.2e}")
+        if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
+            save_checkpoint(
+                "unet",
+                step + 1,
+                {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow},
+            )
+
+
+def train_features(images, bench=False):
+    cfg = STAGES["features"]
+    labels = torch.from_numpy(np.stack([scene_labels(demo_world.scene(TRAIN_SEED, i)) for i in range(len(images))]))
+    torch.manual_seed(14)
+    net = FeatureNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    start = 0
+    ck = load_checkpoint("features")
+    if ck and not bench:
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+    steps = 4 if bench else cfg["steps"]
+    t0 = time.time()
+    for step in range(start, steps):
+        g = step_generator("features", step)
+        idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values
+        x = fid_preprocess(to_tensor(images[idx.numpy()]))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast():
+            logits = net.head(net(x)[3]).float()
+        loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bench:
+            log(f"features step {step}: {time.time() - t0:.2f} s")
+            t0 = time.time()
+            continue
+        if step % 50 == 0 or step + 1 == steps:
+            log(f"features {step + 1}/{steps} loss {loss.item():.4f}")
+        if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
+            save_checkpoint("features", step + 1, {"model": net.state_dict(), "opt": opt.state_dict()})
+    return net
+
+
+def held_out_feature_accuracy(net) -> None:
+    """Label accuracy on 256 scenes of the held-out world seed 2 (the log says how far
+    the feature network can be trusted to tell this world's scenes apart)."""
+    scenes = [demo_world.scene(2, i) for i in range(256)]
+    x = fid_preprocess(to_tensor(np.stack([demo_world.render(s) for s in scenes])))
+    y = torch.from_numpy(np.stack([scene_labels(s) for s in scenes]))
+    net.eval()
+    with torch.no_grad():
+        pred = (net.head(net(x)[3]) > 0).float()
+    acc = (pred == y).float().mean(dim=0)
+    log("feature network held-out label accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in zip(LABELS, acc.tolist())))
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_pipeline():
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    lat = torch.load(WORK / "latents.pt")
+    vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=round(lat["scaling_factor"], 5))
+    vae.load_state_dict(load_checkpoint("decoder")["model"])
+    unet, text = new_unet_and_text()
+    ema = load_checkpoint("unet")["ema"]
+    unet.load_state_dict(ema[0])
+    text.load_state_dict(ema[1])
+    assert isinstance(unet, UNet2DConditionModel)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer(),
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if PIPELINE_DIR.exists():
+        shutil.rmtree(PIPELINE_DIR)
+    pipe.save_pretrained(PIPELINE_DIR)
+    # The tokenizer as SD 1.5's repository has it (vocab.json + merges.txt, which
+    # transformers 4 and 5 both load), not transformers 5's tokenizer.json alone.
+    tok_dir = PIPELINE_DIR / "tokenizer"
+    shutil.rmtree(tok_dir)
+    shutil.copytree(TOKENIZER_DIR, tok_dir)
+    log(f"wrote {PIPELINE_DIR}")
+
+    net = FeatureNet()
+    net.load_state_dict(load_checkpoint("features")["model"])
+    net.eval()
+    held_out_feature_accuracy(net)
+    FEATURES_ONNX.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, 299, 299)
+    torch.onnx.export(
+        net,
+        (dummy,),
+        str(FEATURES_ONNX),
+        input_names=["images"],
+        output_names=["features_64", "features_192", "features_768", "features_2048"],
+        dynamic_axes={n: {0: "n"} for n in ["images", "features_64", "features_192", "features_768", "features_2048"]},
+        opset_version=17,
+        dynamo=False,
+    )
+    log(f"wrote {FEATURES_ONNX}")
+
+
+def main():
+    global USE_BF16
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", action="store_true", help="time a few steps of each stage and stop")
+    ap.add_argument("--only", nargs="*", default=None, help="stages to run (default: all in order)")
+    ap.add_argument("--no-bf16", action="store_true", help="train in float32 throughout")
+    ap.add_argument("--smoke", action="store_true", help="every stage end to end in seconds, into /tmp")
+    ap.add_argument("--decoder-threads", type=int, default=THREADS, help="threads of the decoder stage")
+    args = ap.parse_args()
+    USE_BF16 = not args.no_bf16
+    if args.smoke:
+        global WORK, PIPELINE_DIR, FEATURES_ONNX, SCENES, VAE_FULL_STEPS
+        WORK = Path("/tmp/train_demo_smoke")
+        PIPELINE_DIR, FEATURES_ONNX = WORK / "diffusers", WORK / "features.onnx"
+        SCENES, VAE_FULL_STEPS = 64, 2
+        for cfg in STAGES.values():
+            cfg.update(steps=5, every=3)
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    WORK.mkdir(parents=True, exist_ok=True)
+    log(f"torch {torch.__version__}, {THREADS} threads, bfloat16 autocast {USE_BF16}")
+    if args.bench:
+        images = np.stack([demo_world.render(demo_world.scene(TRAIN_SEED, i)) for i in range(64)])
+        train_vae(images, bench=True)
+        train_unet(bench=True)
+        train_features(images, bench=True)
+        return
+    stages = args.only or ["data", "vae", "latents", "decoder", "unet", "features", "save"]
+    images = load_images()
+    if "vae" in stages and not done("vae"):
+        train_vae(images)
+    if "latents" in stages:
+        encode_latents(images)
+    if "decoder" in stages and not done("decoder"):
+        train_decoder(images, args.decoder_threads)
+    if "unet" in stages and not done("unet"):
+        train_unet()
+    if "features" in stages and not done("features"):
+        train_features(images)
+    if "save" in stages:
+        save_pipeline()
+
+
+if __name__ == "__main__":
+    main()
