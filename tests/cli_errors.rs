@@ -83,7 +83,7 @@ fn model_directory_missing_a_file() {
 fn unknown_lock_name() {
     generate_fails(
         &[("--model", "no-such-model")],
-        "has no model named `no-such-model`; it names: tiny",
+        "has no model named `no-such-model`; it names: demo, demo-fid, tiny",
     );
 }
 

@@ -642,7 +642,7 @@ fn every_shipped_spec_loads() {
             seen += 1;
         }
     }
-    assert!(seen >= 9, "{seen} specs");
+    assert!(seen >= 11, "{seen} specs");
 }
 
 #[test]
@@ -731,6 +731,37 @@ fn prompt_sets_are_shared_where_the_thesis_shared_them() {
     assert_ne!(set("2_512"), first);
     assert_ne!(set("3_batches"), first);
     assert_ne!(set("3_batches"), set("2_512"));
+}
+
+/// specs/demo.toml is the thesis's experiment 4 in miniature on the trained demo model:
+/// 4_all's configurations (merge, strides, labels, colours), the thesis's ratios, 64 of
+/// the demo world's captions, FID over the demo's own feature network.
+#[test]
+fn demo_spec_is_experiment_4_in_miniature() {
+    let demo = spec::load(Path::new("specs/demo.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let four = spec::load(Path::new("specs/4_all.toml")).unwrap();
+    assert_eq!(demo.model, ModelRef::LockName("demo".into()));
+    assert_eq!(demo.ratios, spec::THESIS_RATIOS.to_vec());
+    assert_eq!(demo.configs.len(), four.configs.len());
+    for (d, f) in demo.configs.iter().zip(&four.configs) {
+        assert_eq!(
+            (&d.name, &d.label, &d.color, &d.tome),
+            (&f.name, &f.label, &f.color, &f.tome)
+        );
+    }
+    assert_eq!(demo.prompts.sample, Some(64));
+    assert!(!demo.prompts.replace);
+    assert_eq!(demo.prompts.sample.unwrap() * jobs_per_prompt(&demo), 1152);
+    assert_eq!((demo.generation.width, demo.generation.height), (256, 256));
+    assert_eq!(demo.metrics.inception.as_deref(), Some("demo-fid"));
+    assert_eq!(spec::check_inputs(&demo), vec![]);
+    let probe = spec::load(Path::new("specs/demo_probe.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec::check_inputs(&probe), vec![]);
+    let captions = spec::read_prompts(&probe.prompts.file, &probe.prompts.column).unwrap();
+    assert_eq!(captions.len(), 75);
+    assert!(captions
+        .iter()
+        .all(|c| c.split(' ').count() == 3 && c.starts_with("a ")));
 }
 
 #[test]

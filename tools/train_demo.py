@@ -20,7 +20,7 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; about 80 minutes on 2 cores):
+Usage (from the repository root; about 100 minutes on 2 cores):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
 """
@@ -538,6 +538,15 @@ def save_pipeline():
     if PIPELINE_DIR.exists():
         shutil.rmtree(PIPELINE_DIR)
     pipe.save_pretrained(PIPELINE_DIR)
+    # transformers 5 writes CLIPTextModel's weights without the `text_model.` prefix, which
+    # transformers 4 (optimum's exporter) then fails to find and initialises at random;
+    # write them as SD 1.5's repository has them, which both load.
+    from safetensors.torch import load_file, save_file
+
+    weights = PIPELINE_DIR / "text_encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, weights,
+              metadata={"format": "pt"})
     # The tokenizer as SD 1.5's repository has it (vocab.json + merges.txt, which
     # transformers 4 and 5 both load), not transformers 5's tokenizer.json alone.
     tok_dir = PIPELINE_DIR / "tokenizer"

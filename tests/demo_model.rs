@@ -1,0 +1,125 @@
+//! The trained demo model (models/demo: optimum's export of tools/demo/diffusers) against
+//! diffusers + tomesd 0.1.3 on the diffusers folder it came from (golden/demo, made by
+//! tools/golden_demo.py): 256x256 images, 20 PNDM steps.
+//!
+//! Tolerances are the tiny model's (tests/golden_images.rs, tests/tome_golden.rs): at
+//! most 1 of 255 per channel without ToMe (ONNX Runtime and torch sum floats in other
+//! orders, ~1e-6 relative, and a value next to a rounding boundary of x255 lands on the
+//! neighbouring level), at most 2 of 255 with ToMe (the merged tokens' means add their
+//! own rounding). Each ToMe golden differs from the same image made without ToMe by more
+//! than 2, so the bound tells merged from unmerged.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::model::{DigestCache, ModelDir, ModelsLock};
+use tomex::tome::{Targets, TomeConfig};
+
+fn demo_model() -> PathBuf {
+    common::repo().join("models/demo")
+}
+
+fn tome(case: &serde_json::Value) -> Option<TomeConfig> {
+    let t = case.get("tome")?;
+    let merge: Vec<&str> = t["merge"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    Some(TomeConfig {
+        ratio: t["ratio"].as_f64().unwrap(),
+        sx: t["sx"].as_u64().unwrap() as usize,
+        sy: t["sy"].as_u64().unwrap() as usize,
+        random: t["use_rand"].as_bool().unwrap(),
+        max_downsample: t["max_downsample"].as_u64().unwrap() as usize,
+        targets: Targets {
+            self_attn: merge.contains(&"self_attn"),
+            cross_attn: merge.contains(&"cross_attn"),
+            mlp: merge.contains(&"mlp"),
+        },
+        seed: 0,
+    })
+}
+
+fn request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: String::new(),
+        seed: case["seed"].as_u64().unwrap(),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap() as f32,
+        width: case["width"].as_u64().unwrap() as usize,
+        height: case["height"].as_u64().unwrap() as usize,
+        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
+        tome,
+    }
+}
+
+fn max_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
+    let theirs = image::open(reference).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    ours.as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn demo_images_match_diffusers_and_tomesd() {
+    let dir = common::golden("demo");
+    let index = common::read_json(&dir.join("index.json"));
+    let mut sd =
+        StableDiffusion::load(&common::runtime(), &ModelDir::open(&demo_model()).unwrap()).unwrap();
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    let cases = index["cases"].as_array().unwrap();
+    assert!(cases.iter().any(|c| c.get("tome").is_some()));
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let config = tome(case);
+        let bound = if config.is_some() { 2 } else { 1 };
+        let (image, _) = sd.generate(&request(case, config)).unwrap();
+        let diff = max_diff(&image, &dir.join(file));
+        report.push(format!("{file}: max diff {diff} (bound {bound})"));
+        if diff > bound {
+            failures.push(file.to_string());
+        }
+        if let Some(unpatched) = case.get("unpatched_file") {
+            let (plain, _) = sd.generate(&request(case, None)).unwrap();
+            let unpatched = dir.join(unpatched.as_str().unwrap());
+            let same = max_diff(&plain, &unpatched);
+            let moved = max_diff(&plain, &dir.join(file));
+            report.push(format!(
+                "  without ToMe: {same} from diffusers' unpatched image, {moved} from the ToMe golden"
+            ));
+            if same > 1 || moved <= 2 {
+                failures.push(format!("{file} (unpatched twin)"));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
+}
+
+/// The demo model and its FID network are pinned in models.lock, and the files there
+/// are the ones pinned; all weights together stay under 25 MB.
+#[test]
+fn demo_model_is_pinned_and_small() {
+    let lock = ModelsLock::load(&common::repo().join("models.lock")).unwrap();
+    for name in ["demo", "demo-fid"] {
+        let mut cache = DigestCache::in_memory();
+        let problems = lock.verify(name, &mut cache).unwrap();
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+    let mut weights = 0;
+    for part in ["text_encoder", "unet", "vae_decoder", "vae_encoder"] {
+        let path = demo_model().join(part).join("model.onnx");
+        weights += std::fs::metadata(&path).unwrap().len();
+    }
+    assert!(weights < 25_000_000, "{weights} bytes of weights");
+}
