@@ -11,9 +11,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::diffusion::pipeline::StableDiffusion;
 use tomex::model::{DigestCache, ModelDir, ModelsLock};
 use tomex::tome::{Targets, TomeConfig};
 
@@ -44,31 +44,6 @@ fn tome(case: &serde_json::Value) -> Option<TomeConfig> {
     })
 }
 
-fn request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: String::new(),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap() as f32,
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
-        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
-        tome,
-    }
-}
-
-fn max_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
-    let theirs = image::open(reference).unwrap().to_rgb8();
-    assert_eq!(ours.dimensions(), theirs.dimensions());
-    ours.as_raw()
-        .iter()
-        .zip(theirs.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap()
-}
-
 #[test]
 fn demo_images_match_diffusers_and_tomesd() {
     let dir = common::golden("demo");
@@ -83,17 +58,17 @@ fn demo_images_match_diffusers_and_tomesd() {
         let file = case["file"].as_str().unwrap();
         let config = tome(case);
         let bound = if config.is_some() { 2 } else { 1 };
-        let (image, _) = sd.generate(&request(case, config)).unwrap();
-        let diff = max_diff(&image, &dir.join(file));
+        let (image, _) = sd.generate(&common::golden_request(case, config)).unwrap();
+        let diff = common::max_pixel_diff(&image, &dir.join(file));
         report.push(format!("{file}: max diff {diff} (bound {bound})"));
         if diff > bound {
             failures.push(file.to_string());
         }
         if let Some(unpatched) = case.get("unpatched_file") {
-            let (plain, _) = sd.generate(&request(case, None)).unwrap();
+            let (plain, _) = sd.generate(&common::golden_request(case, None)).unwrap();
             let unpatched = dir.join(unpatched.as_str().unwrap());
-            let same = max_diff(&plain, &unpatched);
-            let moved = max_diff(&plain, &dir.join(file));
+            let same = common::max_pixel_diff(&plain, &unpatched);
+            let moved = common::max_pixel_diff(&plain, &dir.join(file));
             report.push(format!(
                 "  without ToMe: {same} from diffusers' unpatched image, {moved} from the ToMe golden"
             ));

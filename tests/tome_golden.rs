@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 
 use ndarray::{s, Array3, Array4, ArrayD, IxDyn};
-use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::diffusion::pipeline::StableDiffusion;
 use tomex::engine::{TomeUnet, Unet};
 use tomex::model::ModelDir;
 use tomex::onnx::{Precision, SplitOptions};
@@ -242,31 +242,6 @@ fn half_precision_unet_stays_within_float16_rounding_of_the_goldens() {
     );
 }
 
-fn tome_request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: String::new(),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap() as f32,
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
-        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
-        tome,
-    }
-}
-
-fn max_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
-    let theirs = image::open(reference).unwrap().to_rgb8();
-    assert_eq!(ours.dimensions(), theirs.dimensions());
-    ours.as_raw()
-        .iter()
-        .zip(theirs.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap()
-}
-
 fn pipeline() -> StableDiffusion {
     StableDiffusion::load(
         &common::runtime(),
@@ -283,11 +258,11 @@ fn images_match_diffusers_with_tomesd() {
     let mut report = Vec::new();
     for case in index.as_array().unwrap() {
         let (image, _) = sd
-            .generate(&tome_request(case, Some(config(&case["tome"]))))
+            .generate(&common::golden_request(case, Some(config(&case["tome"]))))
             .unwrap();
-        let diff = max_diff(&image, &dir.join(case["file"].as_str().unwrap()));
-        let (plain, _) = sd.generate(&tome_request(case, None)).unwrap();
-        let moved = max_diff(&plain, &dir.join(case["file"].as_str().unwrap()));
+        let diff = common::max_pixel_diff(&image, &dir.join(case["file"].as_str().unwrap()));
+        let (plain, _) = sd.generate(&common::golden_request(case, None)).unwrap();
+        let moved = common::max_pixel_diff(&plain, &dir.join(case["file"].as_str().unwrap()));
         report.push(format!(
             "{}: max diff {diff} (without ToMe: {moved})",
             case["file"]
@@ -322,8 +297,8 @@ fn half_precision_images_stay_near_the_goldens() {
     for case in index.as_array().unwrap() {
         let golden = dir.join(case["file"].as_str().unwrap());
         for tome in [Some(config(&case["tome"])), None] {
-            let (image, _) = sd.generate(&tome_request(case, tome)).unwrap();
-            let diff = max_diff(&image, &golden);
+            let (image, _) = sd.generate(&common::golden_request(case, tome)).unwrap();
+            let diff = common::max_pixel_diff(&image, &golden);
             report.push(format!(
                 "{} (ToMe: {}): max diff {diff}",
                 case["file"],
@@ -349,8 +324,10 @@ fn zero_ratio_is_the_uncut_unet_exactly() {
         ratio: 0.0,
         ..TomeConfig::default()
     };
-    let (plain, _) = sd.generate(&tome_request(&base, None)).unwrap();
-    let (with_zero, _) = sd.generate(&tome_request(&base, Some(zero))).unwrap();
+    let (plain, _) = sd.generate(&common::golden_request(&base, None)).unwrap();
+    let (with_zero, _) = sd
+        .generate(&common::golden_request(&base, Some(zero)))
+        .unwrap();
     assert_eq!(plain.as_raw(), with_zero.as_raw());
 
     let runtime = common::runtime();
@@ -403,14 +380,22 @@ fn random_partitions_are_reproducible_from_their_seed() {
         seed,
         ..TomeConfig::default()
     };
-    let (a, _) = sd.generate(&tome_request(&base, Some(random(5)))).unwrap();
-    let (b, _) = sd.generate(&tome_request(&base, Some(random(6)))).unwrap();
-    let (a_again, _) = sd.generate(&tome_request(&base, Some(random(5)))).unwrap();
+    let (a, _) = sd
+        .generate(&common::golden_request(&base, Some(random(5))))
+        .unwrap();
+    let (b, _) = sd
+        .generate(&common::golden_request(&base, Some(random(6))))
+        .unwrap();
+    let (a_again, _) = sd
+        .generate(&common::golden_request(&base, Some(random(5))))
+        .unwrap();
     let fixed = TomeConfig {
         random: false,
         ..random(5)
     };
-    let (c, _) = sd.generate(&tome_request(&base, Some(fixed))).unwrap();
+    let (c, _) = sd
+        .generate(&common::golden_request(&base, Some(fixed)))
+        .unwrap();
     assert_eq!(a.as_raw(), a_again.as_raw(), "same seed, same image");
     assert_ne!(a.as_raw(), b.as_raw(), "another seed, another partition");
     assert_ne!(a.as_raw(), c.as_raw(), "random differs from top-left dst");
@@ -441,7 +426,7 @@ fn one_unet_is_open_at_a_time_and_switching_changes_nothing() {
         None,
         Some(self_only),
     ]
-    .map(|tome| tome_request(&base, tome));
+    .map(|tome| common::golden_request(&base, tome));
     let mut sd = pipeline();
     assert_eq!(sd.open_unets(), 0, "nothing is opened before it is needed");
     let mut images = Vec::new();

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use tomex::diffusion::pipeline::Request;
 use tomex::engine::{Device, Runtime};
+use tomex::tome::TomeConfig;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -127,4 +129,32 @@ replace = false
     );
     std::fs::write(&spec, text).unwrap();
     spec
+}
+
+/// The generation a golden index case describes (`prompt`, `seed`, `steps`, `guidance`,
+/// `width`, `height`, `scheduler`; no negative prompt), with `tome` or without.
+pub fn golden_request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: String::new(),
+        seed: case["seed"].as_u64().unwrap(),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap() as f32,
+        width: case["width"].as_u64().unwrap() as usize,
+        height: case["height"].as_u64().unwrap() as usize,
+        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
+        tome,
+    }
+}
+
+/// The largest per-channel difference between `ours` and the PNG at `reference`.
+pub fn max_pixel_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
+    let theirs = image::open(reference).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    ours.as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
 }
