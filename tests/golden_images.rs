@@ -10,22 +10,8 @@ mod common;
 
 use std::path::Path;
 
-use tomex::diffusion::pipeline::{Request, StableDiffusion};
+use tomex::diffusion::pipeline::StableDiffusion;
 use tomex::model::ModelDir;
-
-fn request(case: &serde_json::Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: String::new(),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap() as f32,
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
-        scheduler: case["scheduler"].as_str().unwrap().parse().unwrap(),
-        tome: None,
-    }
-}
 
 /// Largest per-channel difference and how many channels differ at all.
 fn compare(ours: &image::RgbImage, reference: &Path) -> (u8, usize) {
@@ -55,7 +41,7 @@ fn check_model(model: &Path, schedulers: Option<&[&str]>) {
         if schedulers.is_some_and(|s| !s.contains(&scheduler)) {
             continue;
         }
-        let (image, _) = sd.generate(&request(case)).unwrap();
+        let (image, _) = sd.generate(&common::golden_request(case, None)).unwrap();
         let file = case["file"].as_str().unwrap();
         let (max, count) = compare(&image, &common::golden("images").join(file));
         report.push(format!("{file}: max diff {max}, {count} channels differ"));

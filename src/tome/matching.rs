@@ -212,51 +212,38 @@ fn best_dst(
 /// `torch.max(row, dim=-1)`: the largest value and the first index holding
 /// it; NaN wins (the first NaN), as torch's max propagates NaN.
 ///
-/// One pass over 8 independent lanes, each keeping its maximum and the first
-/// index holding it (a strict `>` keeps the earliest); the lanes are then
-/// reduced to the overall maximum at its smallest index. A NaN fails every
-/// comparison, so NaNs are flagged on the way and found by a second scan only
-/// when there is one.
+/// Two passes: the max over 8 independent lanes (vectorizes), then the first
+/// index holding it.
 fn torch_max(row: &[f32]) -> (f32, usize) {
     const LANES: usize = 8;
-    let mut best = [f32::NEG_INFINITY; LANES];
-    let mut at = [usize::MAX; LANES];
-    let mut nan = false;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for (c, chunk) in chunks.enumerate() {
+    for chunk in chunks {
         for k in 0..LANES {
             let v = chunk[k];
-            nan |= v.is_nan();
-            if v > best[k] {
-                best[k] = v;
-                at[k] = c * LANES + k;
-            }
+            lanes[k] = if v > lanes[k] { v } else { lanes[k] };
+            nan[k] |= v.is_nan();
         }
     }
-    let offset = row.len() - tail.len();
-    for (k, &v) in tail.iter().enumerate() {
-        nan |= v.is_nan();
-        if v > best[k] {
-            best[k] = v;
-            at[k] = offset + k;
-        }
-    }
-    if nan {
+    if nan.contains(&true) {
         let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
         return (row[first], first);
     }
-    let mut max = (f32::NEG_INFINITY, usize::MAX);
-    for (&v, &i) in best.iter().zip(&at) {
-        if i != usize::MAX && (v > max.0 || (v == max.0 && i < max.1)) {
-            max = (v, i);
+    let mut max = lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+    for &v in tail {
+        if v.is_nan() {
+            let first = row.iter().position(|v| v.is_nan()).expect("a NaN");
+            return (row[first], first);
         }
+        max = if v > max { v } else { max };
     }
-    if max.1 == usize::MAX {
-        // empty, or every value -inf: the first element holds the max
-        return row.first().map_or((f32::NEG_INFINITY, 0), |&v| (v, 0));
-    }
-    max
+    // all -inf (or empty lanes): the first element holds the max
+    let first = row.iter().position(|&v| v == max).unwrap_or(0);
+    (row[first], first)
 }
 
 #[cfg(test)]
