@@ -258,3 +258,77 @@ fn generate_with_tome_writes_a_png() {
     );
     assert!(image::open(&out).is_ok());
 }
+
+#[test]
+fn generate_defaults_to_the_models_own_size_and_scheduler() {
+    // The tiny model's UNet samples 8x8 latents and its VAE scales by 8: diffusers'
+    // pipeline makes 64x64 images of it, with the PNDM scheduler its config names.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("default.png");
+    let output = tomex(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--seed",
+        "7",
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = image::open(&out).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+
+    // A model saved with a scheduler tomex does not implement: named, with the way out.
+    let model = dir.path().join("lms");
+    copy_dir(&common::tiny_model(), &model);
+    let config = model.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("PNDMScheduler", "LMSDiscreteScheduler"),
+    )
+    .unwrap();
+    let lms_out = dir.path().join("lms.png");
+    let argv = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--seed",
+        "7",
+        "--steps",
+        "3",
+        "--out",
+        lms_out.to_str().unwrap(),
+    ];
+    expect_failure(
+        &tomex(&argv),
+        "the model's scheduler LMSDiscreteScheduler is not one tomex implements; choose one with --scheduler",
+    );
+    assert!(!lms_out.exists());
+    let mut chosen = argv.to_vec();
+    chosen.extend(["--scheduler", "euler"]);
+    assert!(tomex(&chosen).status.success());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::resolve::model_dir;
 use super::Global;
-use crate::diffusion::pipeline::{Request, StableDiffusion};
+use crate::diffusion::pipeline::{ModelDefaults, Request, StableDiffusion};
 use crate::diffusion::prompt::{cut_prompt, THESIS_MAX_CHARS};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::engine::{Device, Runtime};
@@ -30,13 +30,16 @@ pub struct GenerateArgs {
     steps: usize,
     #[arg(long, default_value_t = 7.5)]
     guidance: f32,
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    #[arg(long, default_value_t = 512)]
-    height: usize,
-    /// pndm, ddim, euler or dpmpp-2m.
-    #[arg(long, default_value = "pndm")]
-    scheduler: SchedulerKind,
+    /// Default: what diffusers' pipeline takes for this model, the UNet's sample_size
+    /// times the VAE's scale factor (512 for SD 1.5, 256 for the demo model).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Default: as --width.
+    #[arg(long)]
+    height: Option<usize>,
+    /// pndm, ddim, euler or dpmpp-2m. Default: the model's own (scheduler_config.json).
+    #[arg(long)]
+    scheduler: Option<SchedulerKind>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -120,20 +123,24 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         args.prompt.clone()
     };
+    check_writable(&args.out)?;
+    let model = model_dir(global, &args.model)?;
+    let defaults = ModelDefaults::of(&model)?;
     let request = Request {
         prompt,
         negative_prompt: args.negative_prompt.clone(),
         seed: args.seed,
         steps: args.steps,
         guidance: args.guidance,
-        width: args.width,
-        height: args.height,
-        scheduler: args.scheduler,
+        width: args.width.unwrap_or(defaults.size),
+        height: args.height.unwrap_or(defaults.size),
+        scheduler: match args.scheduler {
+            Some(kind) => kind,
+            None => defaults.scheduler()?,
+        },
         tome: args.tome.config(),
     };
     request.validate()?;
-    check_writable(&args.out)?;
-    let model = model_dir(global, &args.model)?;
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
     let mut sd = StableDiffusion::load_with(
         &runtime,

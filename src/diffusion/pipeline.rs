@@ -31,6 +31,42 @@ pub enum PipelineError {
     Tome(#[from] TomeError),
 }
 
+/// What diffusers' pipeline would take for a model when the caller says nothing: the
+/// image side (the UNet's sample_size times the VAE's scale factor; 512, SD 1.x's, when
+/// the export lacks the configs) and the scheduler class it was saved with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDefaults {
+    pub size: usize,
+    /// `scheduler_config.json`'s `_class_name`, if it names one.
+    pub scheduler_class: Option<String>,
+    scheduler_config: std::path::PathBuf,
+}
+
+impl ModelDefaults {
+    pub fn of(model: &ModelDir) -> Result<ModelDefaults, ModelError> {
+        Ok(ModelDefaults {
+            size: model.default_image_size()?.unwrap_or(512),
+            scheduler_class: model.scheduler_class()?,
+            scheduler_config: model.scheduler_config.clone(),
+        })
+    }
+
+    /// The scheduler the model was saved with (PNDM when its config names none); one
+    /// tomex does not implement is an error that says to choose one.
+    pub fn scheduler(&self) -> Result<SchedulerKind, PipelineError> {
+        let Some(class) = &self.scheduler_class else {
+            return Ok(SchedulerKind::Pndm);
+        };
+        SchedulerKind::from_diffusers_class(class).ok_or_else(|| {
+            PipelineError::Scheduler(format!(
+                "{}: the model's scheduler {class} is not one tomex implements; choose one with --scheduler ({})",
+                self.scheduler_config.display(),
+                SchedulerKind::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
 /// Everything that determines one image.
 #[derive(Clone, Debug)]
 pub struct Request {

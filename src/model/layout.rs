@@ -12,7 +12,18 @@ pub enum ModelError {
     MissingTokenizer { dir: PathBuf },
     #[error("cannot read {path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error("model {dir} is a {class} export (model_index.json's _class_name); tomex runs Stable Diffusion 1.x and 2.x exports ({supported})", supported = SUPPORTED_PIPELINES.join(", "))]
+    UnsupportedPipeline { dir: PathBuf, class: String },
 }
+
+/// The pipeline classes of the exports tomex runs (model_index.json's `_class_name`): the
+/// diffusers pipeline optimum's exporter copies, and the ONNX pipelines of diffusers and
+/// optimum. SDXL, SD 3, Flux and the rest are refused before anything loads.
+pub const SUPPORTED_PIPELINES: [&str; 3] = [
+    "StableDiffusionPipeline",
+    "OnnxStableDiffusionPipeline",
+    "ORTStableDiffusionPipeline",
+];
 
 /// Paths of the parts of one model; construction checks that each exists.
 #[derive(Clone, Debug)]
@@ -41,7 +52,15 @@ impl ModelDir {
                 })
             }
         };
-        need("model_index.json")?;
+        let index = need("model_index.json")?;
+        if let Some(class) = class_name(&read_json(&index)?) {
+            if !SUPPORTED_PIPELINES.contains(&class.as_str()) {
+                return Err(ModelError::UnsupportedPipeline {
+                    dir: root.to_path_buf(),
+                    class,
+                });
+            }
+        }
         let dir = ModelDir {
             root: root.to_path_buf(),
             text_encoder: need("text_encoder/model.onnx")?,
@@ -77,6 +96,43 @@ impl ModelDir {
     pub fn scheduler_config_text(&self) -> Result<String, ModelError> {
         read_text(&self.scheduler_config)
     }
+
+    /// The scheduler class the model was saved with (`scheduler_config.json`'s
+    /// `_class_name`), which diffusers' pipeline runs by default.
+    pub fn scheduler_class(&self) -> Result<Option<String>, ModelError> {
+        Ok(class_name(&read_json(&self.scheduler_config)?))
+    }
+
+    /// The image side diffusers' pipeline defaults to: the UNet's `sample_size` times the
+    /// VAE's scale factor, 2^(len(block_out_channels) - 1). `None` when the export lacks
+    /// either config (diffusers' own ONNX exports do not always write them).
+    pub fn default_image_size(&self) -> Result<Option<usize>, ModelError> {
+        let config = |rel: &str| {
+            let path = self.root.join(rel);
+            path.is_file().then(|| read_json(&path)).transpose()
+        };
+        let (Some(unet), Some(vae)) = (
+            config("unet/config.json")?,
+            config("vae_decoder/config.json")?,
+        ) else {
+            return Ok(None);
+        };
+        let sample = unet.get("sample_size").and_then(|v| v.as_u64());
+        let levels = vae
+            .get("block_out_channels")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len());
+        Ok(match (sample, levels) {
+            (Some(sample), Some(levels)) if (1..=8).contains(&levels) => {
+                Some(sample as usize * (1 << (levels - 1)))
+            }
+            _ => None,
+        })
+    }
+}
+
+fn class_name(config: &serde_json::Value) -> Option<String> {
+    config.get("_class_name")?.as_str().map(str::to_string)
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, ModelError> {
@@ -91,4 +147,101 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_model(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name)
+    }
+
+    /// A copy of the tiny model's small files (configs, tokenizer) with empty graphs.
+    fn tiny_copy() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let tiny = repo_model("tiny");
+        for rel in [
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "unet/config.json",
+            "vae_decoder/config.json",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+        ] {
+            let to = tmp.path().join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(tiny.join(rel), to).unwrap();
+        }
+        for rel in ["text_encoder", "unet", "vae_decoder"] {
+            std::fs::create_dir_all(tmp.path().join(rel)).unwrap();
+            std::fs::write(tmp.path().join(rel).join("model.onnx"), b"").unwrap();
+        }
+        tmp
+    }
+
+    fn set_key(path: &Path, key: &str, value: serde_json::Value) {
+        let mut config = read_json(path).unwrap();
+        config[key] = value;
+        std::fs::write(path, config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn defaults_come_from_the_models_own_configs() {
+        // tiny: sample_size 8, four VAE levels (x8); demo: 32 latents -> 256.
+        let tiny = ModelDir::open(&repo_model("tiny")).unwrap();
+        assert_eq!(tiny.default_image_size().unwrap(), Some(64));
+        assert_eq!(
+            tiny.scheduler_class().unwrap().as_deref(),
+            Some("PNDMScheduler")
+        );
+        let demo = ModelDir::open(&repo_model("demo")).unwrap();
+        assert_eq!(demo.default_image_size().unwrap(), Some(256));
+
+        let tmp = tiny_copy();
+        let root = tmp.path();
+        set_key(&root.join("unet/config.json"), "sample_size", 96.into());
+        set_key(
+            &root.join("scheduler/scheduler_config.json"),
+            "_class_name",
+            "DDIMScheduler".into(),
+        );
+        let dir = ModelDir::open(root).unwrap();
+        assert_eq!(dir.default_image_size().unwrap(), Some(768));
+        assert_eq!(
+            dir.scheduler_class().unwrap().as_deref(),
+            Some("DDIMScheduler")
+        );
+
+        std::fs::remove_file(root.join("vae_decoder/config.json")).unwrap();
+        assert_eq!(dir.default_image_size().unwrap(), None);
+    }
+
+    #[test]
+    fn other_pipeline_families_are_refused_by_name() {
+        let tmp = tiny_copy();
+        let index = tmp.path().join("model_index.json");
+        for class in SUPPORTED_PIPELINES {
+            set_key(&index, "_class_name", class.into());
+            ModelDir::open(tmp.path()).unwrap();
+        }
+        for class in [
+            "StableDiffusionXLPipeline",
+            "StableDiffusion3Pipeline",
+            "FluxPipeline",
+        ] {
+            set_key(&index, "_class_name", class.into());
+            let message = ModelDir::open(tmp.path()).unwrap_err().to_string();
+            assert!(message.contains(class), "{message}");
+            assert!(message.contains("StableDiffusionPipeline"), "{message}");
+        }
+        // An index without a class name (some hand-made exports) is taken as SD 1.x/2.x.
+        std::fs::write(&index, b"{}").unwrap();
+        ModelDir::open(tmp.path()).unwrap();
+        std::fs::write(&index, b"{not json").unwrap();
+        let message = ModelDir::open(tmp.path()).unwrap_err().to_string();
+        assert!(message.contains("model_index.json"), "{message}");
+    }
 }

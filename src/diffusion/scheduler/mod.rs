@@ -102,6 +102,12 @@ impl SchedulerKind {
         }
     }
 
+    /// The kind that mirrors a diffusers scheduler class, as `scheduler_config.json`'s
+    /// `_class_name` names it.
+    pub fn from_diffusers_class(class: &str) -> Option<SchedulerKind> {
+        Self::ALL.into_iter().find(|k| k.diffusers_class() == class)
+    }
+
     /// The diffusers class this kind mirrors.
     pub fn diffusers_class(self) -> &'static str {
         match self {
@@ -300,6 +306,20 @@ mod tests {
         assert!(
             err.contains("heun") && err.contains("pndm, ddim, euler, dpmpp-2m"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn diffusers_class_names_map_to_kinds() {
+        for k in SchedulerKind::ALL {
+            assert_eq!(
+                SchedulerKind::from_diffusers_class(k.diffusers_class()),
+                Some(k)
+            );
+        }
+        assert_eq!(
+            SchedulerKind::from_diffusers_class("LMSDiscreteScheduler"),
+            None
         );
     }
 
