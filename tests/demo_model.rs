@@ -8,6 +8,14 @@
 //! neighbouring level), at most 2 of 255 with ToMe (the merged tokens' means add their
 //! own rounding). Each ToMe golden differs from the same image made without ToMe by more
 //! than 2, so the bound tells merged from unmerged.
+//!
+//! With ToMe, one patch may go beyond 2: on the trained model's flat backgrounds many src
+//! tokens have near-equal best-match scores, and where two straddle the r-th place within
+//! the float summation difference, which one is merged depends on the order of the sums.
+//! diffusers + tomesd itself does this: case 02 made by torch on 1 thread differs from
+//! the golden (torch on 2 threads) by 4 of 255 in 54 values, and from tomex by at most 1.
+//! So a ToMe image may differ by up to 8 in at most 0.1% of its values
+//! (`FLIP_PATCH_*`), and by at most 2 everywhere else.
 
 mod common;
 
@@ -60,8 +68,15 @@ fn demo_images_match_diffusers_and_tomesd() {
         let bound = if config.is_some() { 2 } else { 1 };
         let (image, _) = sd.generate(&common::golden_request(case, config)).unwrap();
         let diff = common::max_pixel_diff(&image, &dir.join(file));
-        report.push(format!("{file}: max diff {diff} (bound {bound})"));
-        if diff > bound {
+        let beyond = values_beyond(&image, &dir.join(file), bound);
+        let total = image.as_raw().len();
+        report.push(format!(
+            "{file}: max diff {diff} (bound {bound}), {beyond} of {total} values beyond it"
+        ));
+        let flip_patch = config.is_some()
+            && diff <= FLIP_PATCH_MAX
+            && beyond as f64 <= FLIP_PATCH_SHARE * total as f64;
+        if diff > bound && !flip_patch {
             failures.push(file.to_string());
         }
         if let Some(unpatched) = case.get("unpatched_file") {
@@ -79,6 +94,20 @@ fn demo_images_match_diffusers_and_tomesd() {
     }
     eprintln!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
+}
+
+/// A ToMe image's allowance for a merge decided differently at a near-tie (module doc).
+const FLIP_PATCH_MAX: u8 = 8;
+const FLIP_PATCH_SHARE: f64 = 0.001;
+
+/// How many channel values of `ours` differ from the PNG at `reference` by more than `bound`.
+fn values_beyond(ours: &image::RgbImage, reference: &std::path::Path, bound: u8) -> usize {
+    let theirs = image::open(reference).unwrap().to_rgb8();
+    ours.as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .filter(|(a, b)| a.abs_diff(**b) > bound)
+        .count()
 }
 
 /// The demo model and its FID network are pinned in models.lock, and the files there

@@ -14,13 +14,22 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   latents   encode every scene once (posterior mean) and set the VAE's scaling_factor
   decoder   the decoder alone, on those latents (the encoder, and so what the UNet learns
             to make, stays fixed): the joint stage leaves colours wrong
-  unet      UNet + text encoder together, 10% empty captions (classifier-free guidance)
+  text      the CLIP text encoder alone, taught to name what a caption says (objects in
+            order with colour, shape and size, background, place, relation, count) from
+            its pooled state; frozen from here on, as SD's CLIP is. Trained jointly with
+            the UNet instead, it collapsed to one output for every caption and the UNet
+            learnt to ignore the text (tools/demo/train.log, first run)
+  unet      the UNet on the frozen encoder's states, 10% empty captions (classifier-free
+            guidance), cross-attention outputs zero-initialised, each timestep's loss
+            weighted by 1/SNR clamped to [1, 10], offset noise (backgrounds are flat white, gray or black: a
+            whole-image brightness that plain noise cannot teach under SD's non-zero
+            terminal SNR)
   features  the FID feature network: pytorch-fid's four outputs (64/192/768/2048),
             trained to name the colours, shapes, count and background of a scene
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; about 100 minutes on 2 cores):
+Usage (from the repository root; about 105 minutes on 2 cores):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
 """
@@ -31,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -111,11 +121,14 @@ STAGES = {
     # name: steps, batch, learning rate, checkpoint every
     "vae": dict(steps=1200, batch=8, lr=1e-3, every=200),
     "decoder": dict(steps=1600, batch=8, lr=5e-4, every=200),
-    "unet": dict(steps=1600, batch=32, lr=6e-4, every=200),
-    "features": dict(steps=500, batch=32, lr=1e-3, every=250),
+    "text": dict(steps=600, batch=256, lr=1e-3, every=200),
+    "unet": dict(steps=1800, batch=32, lr=6e-4, every=200),
+    "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
 CAPTION_DROP = 0.1
+MAX_LOSS_WEIGHT = 10.0  # of a timestep's loss, 1/SNR clamped to [1, this] (train_unet)
+OFFSET_NOISE = 0.1  # std of the per-image, per-channel constant added to the training noise
 EMA_MAX = 0.998
 
 
@@ -397,6 +410,105 @@ class Ema:
                         shadow[k].copy_(v)
 
 
+CAPTION_OBJECT = re.compile(r"a (?:(small|large) )?(" + "|".join(demo_world.COLOURS) + r") (" + "|".join(demo_world.SHAPES) + ")")
+BACKGROUND_PHRASE = re.compile(r"on a (" + "|".join(demo_world.BACKGROUNDS) + ") background")
+RELATIONS = ("left of", "right of", "above", "below", "and")
+SLOT_SIZES = (None, "small", "large")
+
+
+def caption_labels(caption: str) -> np.ndarray:
+    """What a caption says, as the text stage's targets: for each of three object slots
+    (left to right in the caption) its colour, shape and stated size; each colour-shape
+    pair named; the background, place and relation named (or none); the object count."""
+    objects = CAPTION_OBJECT.findall(caption)
+    colours, shapes = list(demo_world.COLOURS), list(demo_world.SHAPES)
+    y = []
+    for slot in range(3):
+        colour = np.zeros(len(colours) + 1, np.float32)
+        shape = np.zeros(len(shapes) + 1, np.float32)
+        size = np.zeros(len(SLOT_SIZES), np.float32)
+        if slot < len(objects):
+            s, c, h = objects[slot]
+            colour[colours.index(c)] = shape[shapes.index(h)] = size[SLOT_SIZES.index(s or None)] = 1
+        else:
+            colour[-1] = shape[-1] = size[0] = 1
+        y += [colour, shape, size]
+    pairs = np.zeros(len(colours) * len(shapes), np.float32)
+    for _, c, h in objects:
+        pairs[colours.index(c) * len(shapes) + shapes.index(h)] = 1
+    background = np.zeros(len(demo_world.BACKGROUNDS) + 1, np.float32)
+    m = BACKGROUND_PHRASE.search(caption)
+    background[list(demo_world.BACKGROUNDS).index(m.group(1)) if m else -1] = 1
+    place = np.zeros(len(demo_world.PLACES) + 1, np.float32)
+    named = [i for i, p in enumerate(demo_world.PLACES) if p in caption]
+    place[named[0] if named else -1] = 1
+    relation = np.zeros(len(RELATIONS) + 1, np.float32)
+    related = [i for i, r in enumerate(RELATIONS) if len(objects) == 2 and f" {r} a " in caption]
+    relation[related[0] if related else -1] = 1
+    count = np.zeros(3, np.float32)
+    count[max(1, len(objects)) - 1] = 1
+    return np.concatenate(y + [pairs, background, place, relation, count])
+
+
+def train_text(bench=False):
+    """The text encoder alone: its pooled state (the end token's, as CLIP pools) names what
+    the caption says through a linear head that is thrown away afterwards."""
+    cfg = STAGES["text"]
+    captions = json.loads((WORK / "captions.json").read_text())
+    ids = token_ids(captions)
+    labels = torch.from_numpy(np.stack([caption_labels(c) for c in captions]))
+    _, text = new_unet_and_text()
+    torch.manual_seed(15)
+    head = nn.Linear(TEXT_CONFIG["hidden_size"], labels.shape[1])
+    params = list(text.parameters()) + list(head.parameters())
+    # No weight decay: it would shrink the embedding rows of tokens the captions never use.
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    start = 0
+    ck = load_checkpoint("text")
+    if ck and not bench:
+        text.load_state_dict(ck["text"])
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+    steps = 4 if bench else cfg["steps"]
+    for step in range(start, steps):
+        g = step_generator("text", step)
+        idx = torch.randint(0, len(captions), (cfg["batch"],), generator=g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        out = text(ids[idx])
+        # The pooled state and the mean over all 77 positions both name the caption: the
+        # padding positions (which see the whole caption) then carry it too, so even the
+        # near-uniform attention of an untrained cross-attention passes it on.
+        logits = head(out.pooler_output)
+        loss = F.binary_cross_entropy_with_logits(logits, labels[idx]) + F.binary_cross_entropy_with_logits(
+            head(out.last_hidden_state.mean(dim=1)), labels[idx]
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step + 1 == steps:
+            with torch.no_grad():
+                exact = ((logits > 0).float() == labels[idx]).all(dim=1).float().mean()
+            log(f"text {step + 1}/{steps} loss {loss.item():.4f} captions read exactly {exact.item():.3f}")
+        if not bench and ((step + 1) % cfg["every"] == 0 or step + 1 == steps):
+            save_checkpoint("text", step + 1, {"text": text.state_dict(), "head": head.state_dict(), "opt": opt.state_dict()})
+    return text
+
+
+def frozen_text():
+    _, text = new_unet_and_text()
+    text.load_state_dict(load_checkpoint("text")["text"])
+    text.eval().requires_grad_(False)
+    return text
+
+
+def text_states(text, captions: list[str]) -> torch.Tensor:
+    ids = token_ids(captions)
+    with torch.no_grad():
+        return torch.cat([text(ids[i : i + 512]).last_hidden_state for i in range(0, len(ids), 512)])
+
+
 def train_unet(bench=False):
     from diffusers import DDPMScheduler
 
@@ -404,24 +516,26 @@ def train_unet(bench=False):
     data = encode_latents(load_images()) if not bench else {"latents": torch.randn(256, 4, 32, 32).half(), "scaling_factor": 1.0}
     latents = data["latents"].float() * data["scaling_factor"]
     captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
-    ids = token_ids(captions)
-    empty = token_ids([""])[0]
-    unet, text = new_unet_and_text()
-    modules = [unet, text]
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
-    ema = Ema(modules)
+    # The encoder is frozen: every caption's states once, float32 as the UNet sees them.
+    text = frozen_text() if not bench else new_unet_and_text()[1]
+    states_all = text_states(text, captions)
+    empty = text_states(text, [""])[0]
+    unet, _ = new_unet_and_text()
+    silence_cross_attention(unet)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    ema = Ema([unet])
     start = 0
     ck = load_checkpoint("unet")
     if ck and not bench:
         unet.load_state_dict(ck["unet"])
-        text.load_state_dict(ck["text"])
         opt.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
         start = ck["step"]
     sched = DDPMScheduler(
         **{k: SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
     )
+    probe = conditioning_probe(latents, states_all, empty, sched)
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     steps = 4 if bench else cfg["steps"]
     t0 = time.time()
     running = None
@@ -429,23 +543,29 @@ def train_unet(bench=False):
         g = step_generator("unet", step)
         idx = torch.randint(0, len(latents), (cfg["batch"],), generator=g)
         x0 = latents[idx]
-        cond = ids[idx].clone()
+        states = states_all[idx].clone()
         drop = torch.rand(cfg["batch"], generator=g) < CAPTION_DROP
-        cond[drop] = empty
+        states[drop] = empty
         noise = torch.randn(x0.shape, generator=g)
+        noise = noise + OFFSET_NOISE * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
         t = torch.randint(0, 1000, (cfg["batch"],), generator=g)
         xt = sched.add_noise(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast():
-            states = text(cond).last_hidden_state
             pred = unet(xt, t, encoder_hidden_states=states).sample.float()
-        loss = F.mse_loss(pred, noise)
+        # Per-timestep weights (the optimum at each t, and so the model's meaning, is
+        # unchanged): epsilon's error at high noise is the image's error scaled by
+        # sqrt(SNR), so plain MSE hardly sees the steps where the caption decides the
+        # colours and the background. 1/SNR, clamped to [1, 10], lifts them.
+        weight = (1 / snr[t]).clamp(1.0, MAX_LOSS_WEIGHT)
+        per_image = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight * per_image).sum() / weight.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        ema.update(modules, step)
+        ema.update([unet], step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if bench:
             log(f"unet step {step}: {time.time() - t0:.2f} s")
@@ -454,11 +574,44 @@ def train_unet(bench=False):
         if step % 50 == 0 or step + 1 == steps:
             log(f"unet {step + 1}/{steps} loss {loss.item():.4f} (running {running:.4f}) lr {lr_at(step, cfg):.2e}")
         if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
-            save_checkpoint(
-                "unet",
-                step + 1,
-                {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow},
-            )
+            log(f"unet {step + 1}: " + probe(unet))
+            save_checkpoint("unet", step + 1, {"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow})
+
+
+def silence_cross_attention(unet) -> None:
+    """Zero the output projections of every cross-attention, so the text path starts
+    silent and grows only where it lowers the loss (the zero-initialised conditioning
+    of ControlNet and DiT's adaLN-Zero). With diffusers' random initialisation the
+    caption enters as noise the young UNet learns to suppress: in the second run its loss
+    was the same with a scene's own caption, another's or none after 600 steps."""
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_out[0].weight.zero_()
+                module.to_out[0].bias.zero_()
+
+
+def conditioning_probe(latents, states_all, empty, sched):
+    """Whether the UNet reads the text: its loss on 32 fixed noised scenes at t = 700 and
+    900 (where the caption decides what the image becomes) with their own captions, with another scene's, and with the empty caption. Equal
+    losses mean the text is ignored (the first run's failure)."""
+    g = torch.Generator().manual_seed(99)
+    idx = torch.randint(0, len(latents), (32,), generator=g)
+    x0, own = latents[idx], states_all[idx]
+    other, blank = own.roll(1, dims=0), empty.expand_as(own)
+    noise = torch.randn(x0.shape, generator=g)
+
+    def run(unet) -> str:
+        out = []
+        with torch.no_grad(), autocast():
+            for tv in (700, 900):
+                t = torch.full((32,), tv)
+                xt = sched.add_noise(x0, noise, t)
+                losses = [F.mse_loss(unet(xt, t, encoder_hidden_states=s).sample.float(), noise).item() for s in (own, other, blank)]
+                out.append(f"t={tv} loss with own caption {losses[0]:.4f}, another's {losses[1]:.4f}, empty {losses[2]:.4f}")
+        return "; ".join(out)
+
+    return run
 
 
 def train_features(images, bench=False):
@@ -520,10 +673,9 @@ def save_pipeline():
     lat = torch.load(WORK / "latents.pt")
     vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=round(lat["scaling_factor"], 5))
     vae.load_state_dict(load_checkpoint("decoder")["model"])
-    unet, text = new_unet_and_text()
-    ema = load_checkpoint("unet")["ema"]
-    unet.load_state_dict(ema[0])
-    text.load_state_dict(ema[1])
+    unet, _ = new_unet_and_text()
+    unet.load_state_dict(load_checkpoint("unet")["ema"][0])
+    text = frozen_text()
     assert isinstance(unet, UNet2DConditionModel)
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -600,7 +752,7 @@ def main():
         train_unet(bench=True)
         train_features(images, bench=True)
         return
-    stages = args.only or ["data", "vae", "latents", "decoder", "unet", "features", "save"]
+    stages = args.only or ["data", "vae", "latents", "decoder", "text", "unet", "features", "save"]
     images = load_images()
     if "vae" in stages and not done("vae"):
         train_vae(images)
@@ -608,6 +760,8 @@ def main():
         encode_latents(images)
     if "decoder" in stages and not done("decoder"):
         train_decoder(images, args.decoder_threads)
+    if "text" in stages and not done("text"):
+        train_text()
     if "unet" in stages and not done("unet"):
         train_unet()
     if "features" in stages and not done("features"):
