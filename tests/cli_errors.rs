@@ -261,23 +261,25 @@ fn generate_with_tome_writes_a_png() {
 
 #[test]
 fn generate_defaults_to_the_models_own_size_and_scheduler() {
+    // `generate` on `model` with only prompt, seed and steps (plus `extra`) into `out`.
+    let bare = |model: &str, out: &Path, extra: &[&str]| {
+        let mut argv = vec!["generate", "--model", model, "--prompt", "a cat"];
+        argv.extend([
+            "--seed",
+            "7",
+            "--steps",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        argv.extend(extra);
+        tomex(&argv)
+    };
     // The tiny model's UNet samples 8x8 latents and its VAE scales by 8: diffusers'
     // pipeline makes 64x64 images of it, with the PNDM scheduler its config names.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("default.png");
-    let output = tomex(&[
-        "generate",
-        "--model",
-        "tiny",
-        "--prompt",
-        "a cat",
-        "--seed",
-        "7",
-        "--steps",
-        "3",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = bare("tiny", &out, &[]);
     assert!(
         output.status.success(),
         "{}",
@@ -297,27 +299,15 @@ fn generate_defaults_to_the_models_own_size_and_scheduler() {
     )
     .unwrap();
     let lms_out = dir.path().join("lms.png");
-    let argv = [
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "a cat",
-        "--seed",
-        "7",
-        "--steps",
-        "3",
-        "--out",
-        lms_out.to_str().unwrap(),
-    ];
+    let model = model.to_str().unwrap();
     expect_failure(
-        &tomex(&argv),
+        &bare(model, &lms_out, &[]),
         "the model's scheduler LMSDiscreteScheduler is not one tomex implements; choose one with --scheduler",
     );
     assert!(!lms_out.exists());
-    let mut chosen = argv.to_vec();
-    chosen.extend(["--scheduler", "euler"]);
-    assert!(tomex(&chosen).status.success());
+    assert!(bare(model, &lms_out, &["--scheduler", "euler"])
+        .status
+        .success());
 }
 
 fn copy_dir(from: &Path, to: &Path) {
