@@ -290,7 +290,7 @@ fn generate_defaults_to_the_models_own_size_and_scheduler() {
 
     // A model saved with a scheduler tomex does not implement: named, with the way out.
     let model = dir.path().join("lms");
-    copy_dir(&common::tiny_model(), &model);
+    common::copy_dir(&common::tiny_model(), &model);
     let config = model.join("scheduler/scheduler_config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
@@ -308,17 +308,4 @@ fn generate_defaults_to_the_models_own_size_and_scheduler() {
     assert!(bare(model, &lms_out, &["--scheduler", "euler"])
         .status
         .success());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

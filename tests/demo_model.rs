@@ -23,33 +23,9 @@ use std::path::PathBuf;
 
 use tomex::diffusion::pipeline::StableDiffusion;
 use tomex::model::{DigestCache, ModelDir, ModelsLock};
-use tomex::tome::{Targets, TomeConfig};
 
 fn demo_model() -> PathBuf {
     common::repo().join("models/demo")
-}
-
-fn tome(case: &serde_json::Value) -> Option<TomeConfig> {
-    let t = case.get("tome")?;
-    let merge: Vec<&str> = t["merge"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap())
-        .collect();
-    Some(TomeConfig {
-        ratio: t["ratio"].as_f64().unwrap(),
-        sx: t["sx"].as_u64().unwrap() as usize,
-        sy: t["sy"].as_u64().unwrap() as usize,
-        random: t["use_rand"].as_bool().unwrap(),
-        max_downsample: t["max_downsample"].as_u64().unwrap() as usize,
-        targets: Targets {
-            self_attn: merge.contains(&"self_attn"),
-            cross_attn: merge.contains(&"cross_attn"),
-            mlp: merge.contains(&"mlp"),
-        },
-        seed: 0,
-    })
 }
 
 #[test]
@@ -64,7 +40,7 @@ fn demo_images_match_diffusers_and_tomesd() {
     assert!(cases.iter().any(|c| c.get("tome").is_some()));
     for case in cases {
         let file = case["file"].as_str().unwrap();
-        let config = tome(case);
+        let config = case.get("tome").map(common::golden_tome);
         let bound = if config.is_some() { 2 } else { 1 };
         let (image, _) = sd.generate(&common::golden_request(case, config)).unwrap();
         let diff = common::max_pixel_diff(&image, &dir.join(file));

@@ -30,28 +30,6 @@ fn read_f32(path: &Path, shape: &[usize]) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
 }
 
-fn config(tome: &serde_json::Value) -> TomeConfig {
-    let merge: Vec<&str> = tome["merge"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    TomeConfig {
-        ratio: tome["ratio"].as_f64().unwrap(),
-        targets: Targets {
-            self_attn: merge.contains(&"self_attn"),
-            cross_attn: merge.contains(&"cross_attn"),
-            mlp: merge.contains(&"mlp"),
-        },
-        sx: tome["sx"].as_u64().unwrap() as usize,
-        sy: tome["sy"].as_u64().unwrap() as usize,
-        random: tome["use_rand"].as_bool().unwrap(),
-        seed: 0,
-        max_downsample: tome["max_downsample"].as_u64().unwrap() as usize,
-    }
-}
-
 fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     let num: f64 = a
         .iter()
@@ -161,7 +139,7 @@ fn unet_evaluations_match_tomesd() {
     let (mut checked, mut rejected, mut report) = (0, 0, Vec::new());
     for case in &cases {
         let name = &case.name;
-        let cfg = config(&case.tome);
+        let cfg = common::golden_tome(&case.tome);
         if case.tome["ratio_kind"] == "above_max" || cfg.ratio > cfg.max_ratio() {
             // tomesd caps silently; tomex refuses and names the maximum.
             let err = cfg.validate().unwrap_err().to_string();
@@ -213,7 +191,7 @@ fn half_precision_unet_stays_within_float16_rounding_of_the_goldens() {
     let mut half = Unets::load(cache.path(), Precision::Fp16);
     let (mut errors, mut report) = (Vec::new(), Vec::new());
     for case in &cases {
-        let cfg = config(&case.tome);
+        let cfg = common::golden_tome(&case.tome);
         if cfg.validate().is_err() {
             continue;
         }
@@ -258,7 +236,10 @@ fn images_match_diffusers_with_tomesd() {
     let mut report = Vec::new();
     for case in index.as_array().unwrap() {
         let (image, _) = sd
-            .generate(&common::golden_request(case, Some(config(&case["tome"]))))
+            .generate(&common::golden_request(
+                case,
+                Some(common::golden_tome(&case["tome"])),
+            ))
             .unwrap();
         let diff = common::max_pixel_diff(&image, &dir.join(case["file"].as_str().unwrap()));
         let (plain, _) = sd.generate(&common::golden_request(case, None)).unwrap();
@@ -296,7 +277,7 @@ fn half_precision_images_stay_near_the_goldens() {
     let mut report = Vec::new();
     for case in index.as_array().unwrap() {
         let golden = dir.join(case["file"].as_str().unwrap());
-        for tome in [Some(config(&case["tome"])), None] {
+        for tome in [Some(common::golden_tome(&case["tome"])), None] {
             let (image, _) = sd.generate(&common::golden_request(case, tome)).unwrap();
             let diff = common::max_pixel_diff(&image, &golden);
             report.push(format!(

@@ -133,6 +133,30 @@ replace = false
 
 /// The generation a golden index case describes (`prompt`, `seed`, `steps`, `guidance`,
 /// `width`, `height`, `scheduler`; no negative prompt), with `tome` or without.
+/// A golden case's `tome` object (tomesd's `apply_patch` arguments, as the golden
+/// scripts write them) as a configuration.
+pub fn golden_tome(tome: &serde_json::Value) -> TomeConfig {
+    let merge: Vec<&str> = tome["merge"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    TomeConfig {
+        ratio: tome["ratio"].as_f64().unwrap(),
+        targets: tomex::tome::Targets {
+            self_attn: merge.contains(&"self_attn"),
+            cross_attn: merge.contains(&"cross_attn"),
+            mlp: merge.contains(&"mlp"),
+        },
+        sx: tome["sx"].as_u64().unwrap() as usize,
+        sy: tome["sy"].as_u64().unwrap() as usize,
+        random: tome["use_rand"].as_bool().unwrap(),
+        seed: 0,
+        max_downsample: tome["max_downsample"].as_u64().unwrap() as usize,
+    }
+}
+
 pub fn golden_request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
     Request {
         prompt: case["prompt"].as_str().unwrap().to_string(),
