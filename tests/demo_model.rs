@@ -1,6 +1,8 @@
 //! The trained demo model (models/demo: optimum's export of tools/demo/diffusers) against
 //! diffusers + tomesd 0.1.3 on the diffusers folder it came from (golden/demo, made by
-//! tools/golden_demo.py): 256x256 images, 20 PNDM steps.
+//! tools/golden_demo.py): 20 PNDM steps at 256x256, and at 200x136 and 136x200, whose
+//! latents the UNet's downsampling does not divide (diffusers' `upsample_size`; tomex's
+//! rewrite in src/onnx/upsample.rs), one of them with ToMe.
 //!
 //! Tolerances are the tiny model's (tests/golden_images.rs, tests/tome_golden.rs): at
 //! most 1 of 255 per channel without ToMe (ONNX Runtime and torch sum floats in other

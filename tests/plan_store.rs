@@ -90,6 +90,7 @@ fn spec(name: &str, configs: Vec<ConfigSpec>, sample: usize, size: usize) -> Spe
             negative_prompt: String::new(),
             batch_size: 1,
             precision: Precision::Fp32,
+            from_model: Default::default(),
         },
         prompts: PromptSource {
             file: PathBuf::from("prompts.csv"),

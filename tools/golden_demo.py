@@ -3,7 +3,8 @@
 
 The reference is the diffusers folder the export came from (tools/demo/diffusers, written by
 tools/train_demo.py); tomex runs its optimum export, models/demo. Each case is one
-StableDiffusionPipeline generation at 256x256 (PNDM, guidance 7.5), unpatched or with
+StableDiffusionPipeline generation (PNDM, guidance 7.5; 256x256, and two sizes whose latents
+the UNet's downsampling does not divide), unpatched or with
 tomesd.apply_patch(pipe, ..., use_rand=False); every ToMe case also stores its unpatched twin,
 so the test can check that the golden tells merged from unmerged.
 
@@ -33,13 +34,18 @@ OUT = ROOT / "golden" / "demo"
 SIZE = 256
 STEPS = 20
 GUIDANCE = 7.5
-# (prompt, seed, tome config or None)
+# (prompt, seed, tome config or None, (width, height)). 200x136 and 136x200 have latents
+# (17x25, 25x17) that the UNet's two downsamplings do not divide: diffusers then sizes each
+# upsampler by its skip connection (`upsample_size`), which the export's fixed 2x `Resize`
+# does not (tomex rewrites it: src/onnx/upsample.rs).
 CASES = [
-    ("a red circle", 7, None),
-    ("a small blue square left of a yellow triangle on a black background", 1234, None),
-    ("a green triangle on a white background", 99, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2)),
+    ("a red circle", 7, None, (SIZE, SIZE)),
+    ("a small blue square left of a yellow triangle on a black background", 1234, None, (SIZE, SIZE)),
+    ("a green triangle on a white background", 99, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (SIZE, SIZE)),
     ("a purple circle, a yellow square and a red triangle", 2024,
-     dict(ratio=0.5, merge=["self_attn", "cross_attn"], sx=1, sy=2)),
+     dict(ratio=0.5, merge=["self_attn", "cross_attn"], sx=1, sy=2), (SIZE, SIZE)),
+    ("a yellow square on a gray background", 5, None, (200, 136)),
+    ("a blue circle at the top", 6, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (136, 200)),
 ]
 
 
@@ -82,18 +88,20 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     onnx_diff = check_onnx_unet(pipe)
 
-    def gen(prompt, seed):
-        return pipe(prompt, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+    def gen(prompt, seed, size):
+        width, height = size
+        return pipe(prompt, height=height, width=width, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                     generator=torch.Generator().manual_seed(seed), output_type="pil").images[0]
 
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     index = []
-    for i, (prompt, seed, t) in enumerate(CASES):
-        base = f"{i:02d}_pndm_{SIZE}_{STEPS}steps_seed{seed}"
-        plain = gen(prompt, seed)
-        entry = {"prompt": prompt, "seed": seed, "width": SIZE, "height": SIZE, "steps": STEPS,
+    for i, (prompt, seed, t, size) in enumerate(CASES):
+        width, height = size
+        base = f"{i:02d}_pndm_{width}x{height}_{STEPS}steps_seed{seed}"
+        plain = gen(prompt, seed, size)
+        entry = {"prompt": prompt, "seed": seed, "width": width, "height": height, "steps": STEPS,
                  "guidance": GUIDANCE, "scheduler": "pndm"}
         if t is None:
             entry["file"] = f"{base}.png"
@@ -106,7 +114,7 @@ def main() -> None:
             tomesd.apply_patch(pipe, ratio=t["ratio"], max_downsample=1, sx=t["sx"], sy=t["sy"], use_rand=False,
                                merge_attn="self_attn" in t["merge"], merge_crossattn="cross_attn" in t["merge"],
                                merge_mlp="mlp" in t["merge"])
-            merged = gen(prompt, seed)
+            merged = gen(prompt, seed, size)
             tomesd.remove_patch(pipe)
             merged.save(OUT / entry["file"], format="PNG", optimize=False)
             a, b = np.asarray(merged).astype(np.int32), np.asarray(plain).astype(np.int32)

@@ -14,7 +14,8 @@
 //!     <whole key>-whole.onnx          and the graph (when any attention was fused)
 //! ```
 //!
-//! Cuts and whole graphs are made with the attention rewritten into ONNX Runtime's
+//! Cuts and whole graphs are made with fixed-scale upsamplers sized by their skip
+//! connections (see [`super::upsample`]) and with the attention rewritten into ONNX Runtime's
 //! `MultiHeadAttention` (see [`super::attention`]; with `Flash`, then handed to tomex's
 //! `FlashAttention`) unless `SplitOptions::attention` says `Exported`, and in float16 when `SplitOptions::precision` says `Fp16` (see
 //! [`super::precision`]); the keys include both choices.
@@ -41,6 +42,7 @@ use super::proto::tensor_proto::DataLocation;
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use super::split::{finish, plan, DataFile, ShapeProbe, SplitManifest, TensorInfo, FORMAT};
 use super::unet::ComponentId;
+use super::upsample::upsample_to_skips;
 use super::{io_error, read_model, write_model, OnnxError};
 
 /// Embedded initializers at least this large move to the cache's weights file.
@@ -168,18 +170,35 @@ pub fn prepare_split(
     Ok((made.manifest, CacheStatus::Built))
 }
 
-/// The rewrites `attention` asks for: the attention fused and the GEGLU projections
-/// split (not for `Exported`), the fused attention handed to tomex's kernel (`Flash`).
-/// Returns what the fusion did and how many projections were split.
-fn rewrite(model: &mut ModelProto, attention: Attention) -> (Fusion, usize) {
+/// What [`rewrite`] did to a graph.
+struct Rewritten {
+    fusion: Fusion,
+    geglu_splits: usize,
+    upsamplers: usize,
+}
+
+/// The rewrites every graph gets (upsamplers sized by their skip connections, so any
+/// multiple of 8 runs, see [`super::upsample`]) and those `attention` asks for: the
+/// attention fused and the GEGLU projections split (not for `Exported`), the fused
+/// attention handed to tomex's kernel (`Flash`).
+fn rewrite(model: &mut ModelProto, attention: Attention) -> Rewritten {
+    let upsamplers = upsample_to_skips(model);
     if !attention.is_fused() {
-        return (Fusion::default(), 0);
+        return Rewritten {
+            fusion: Fusion::default(),
+            geglu_splits: 0,
+            upsamplers,
+        };
     }
-    let done = (fuse_attention(model), split_geglu(model));
+    let (fusion, geglu_splits) = (fuse_attention(model), split_geglu(model));
     if attention == Attention::Flash {
         use_flash_kernel(model);
     }
-    done
+    Rewritten {
+        fusion,
+        geglu_splits,
+        upsamplers,
+    }
 }
 
 /// The model's digest and its cache folder.
@@ -205,8 +224,8 @@ pub struct Whole {
     pub path: PathBuf,
     /// What the attention rewrite did (empty with `Attention::Exported`).
     pub fusion: Fusion,
-    /// `None` where the model's own file is used as it is.
-    pub status: Option<CacheStatus>,
+    /// Whether the record (and graph) came from the cache.
+    pub status: CacheStatus,
 }
 
 /// The record of a rewritten whole graph, written after the graph.
@@ -220,17 +239,10 @@ struct WholeRecord {
     data_files: Vec<DataFile>,
 }
 
-/// The whole graph at `model_path` with its attention fused and in the precision asked
-/// for (from the cache, or made now), or the model itself when `options` ask for the
-/// exported attention in float32.
+/// The whole graph at `model_path` rewritten (see [`rewrite`]) and in the precision
+/// asked for, from the cache or made now; the model's own file where no rewrite
+/// applies.
 pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole, OnnxError> {
-    if options.attention == Attention::Exported && options.precision == Precision::Fp32 {
-        return Ok(Whole {
-            path: model_path.to_path_buf(),
-            fusion: Fusion::default(),
-            status: None,
-        });
-    }
     let (digest, dir) = model_folder(model_path, options)?;
     let key = {
         let mut h = Sha256::new();
@@ -250,7 +262,7 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
             .as_ref()
             .map_or_else(|| model_path.to_path_buf(), |f| dir.join(f)),
         fusion: record.fusion,
-        status: Some(status),
+        status,
     };
     if let Some(mut record) = std::fs::read_to_string(&record_path)
         .ok()
@@ -264,12 +276,18 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     }
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
-    let (fusion, geglu_splits) = rewrite(&mut model, options.attention);
+    let Rewritten {
+        fusion,
+        geglu_splits,
+        upsamplers,
+    } = rewrite(&mut model, options.attention);
     if options.precision == Precision::Fp16 {
         to_half(model.graph.mut_or_insert_default());
     }
-    let unchanged =
-        fusion.fused.is_empty() && geglu_splits == 0 && options.precision == Precision::Fp32;
+    let unchanged = fusion.fused.is_empty()
+        && geglu_splits == 0
+        && upsamplers == 0
+        && options.precision == Precision::Fp32;
     let (file, data_files) = if unchanged {
         (None, Vec::new())
     } else {

@@ -30,6 +30,7 @@ pub use onnx_protobuf as proto;
 pub mod split;
 pub mod token_ops;
 pub mod unet;
+mod upsample;
 
 use std::path::{Path, PathBuf};
 

@@ -39,7 +39,7 @@ use super::unet::{blocks_of_nodes, BlockId, ComponentId};
 use super::OnnxError;
 
 /// Bumped whenever the cut or the cache layout changes, so old caches are not reused.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// The cut graph as stored on disk: `<cache>/<cut key>.json` beside the part files.
 #[derive(Clone, Debug, Serialize, Deserialize)]

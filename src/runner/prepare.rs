@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use crate::diffusion::pipeline::ModelDefaults;
 use crate::model::{digest_files, DigestCache, ModelDir, ModelsLock};
 use crate::plan::{self, Plan};
-use crate::spec::{self, ModelRef, Spec};
+use crate::spec::{self, Location, ModelRef, Problem, Spec};
 
 /// Where the spec's model stands.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub enum ModelStatus {
     Pinned {
         files: BTreeMap<String, String>,
         note: String,
+        /// Where the lock says the model is, when that folder exists.
+        dir: Option<PathBuf>,
     },
     /// Unknown: job keys are provisional.
     Missing(String),
@@ -58,7 +61,7 @@ impl Prepared {
 /// Loads and validates `spec_path` and expands it. `strict`: the model must be
 /// present and match `models.lock`, and the prompt file readable.
 pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::Result<Prepared> {
-    let spec = spec::load(spec_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let mut spec = spec::load(spec_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     if strict {
         let problems = spec::check_inputs(&spec);
         if !problems.is_empty() {
@@ -67,6 +70,7 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
         }
     }
     let model = model_status(&spec, lock, strict)?;
+    take_model_defaults(&mut spec, &model)?;
     let files = match &model {
         ModelStatus::Ready { files, .. } | ModelStatus::Pinned { files, .. } => Some(files),
         ModelStatus::Missing(_) => None,
@@ -95,6 +99,45 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
         model,
         prompts: status,
     })
+}
+
+/// The image size and scheduler a spec leaves out, from its model as diffusers'
+/// pipeline takes them. A model that is not here leaves 512 and PNDM, and a warning
+/// that the job keys are provisional.
+fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<()> {
+    if !spec.generation.from_model.any() {
+        return Ok(());
+    }
+    let dir = match model {
+        ModelStatus::Ready { dir, .. } => Some(dir.clone()),
+        ModelStatus::Pinned {
+            dir: Some(path), ..
+        } => ModelDir::open(path).ok(),
+        _ => None,
+    };
+    let Some(dir) = dir else {
+        spec.warnings.push(Problem::new(
+            Location::new(&spec.path, None),
+            "generation",
+            "the model is not here to say its image size and scheduler, which the spec leaves \
+             out: 512x512 and PNDM until it is (job keys are provisional)",
+        ));
+        return Ok(());
+    };
+    let defaults = ModelDefaults::of(&dir)?;
+    let scheduler = if spec.generation.from_model.scheduler {
+        defaults.scheduler().with_context(|| {
+            format!(
+                "{}: generation.scheduler is left to the model",
+                spec.path.display()
+            )
+        })?
+    } else {
+        spec.generation.scheduler
+    };
+    spec.generation
+        .take_model_defaults(defaults.size, scheduler);
+    Ok(())
 }
 
 fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Result<ModelStatus> {
@@ -152,7 +195,8 @@ fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Resul
                         dir.display()
                     )
                 };
-                return Ok(ModelStatus::Pinned { files, note });
+                let dir = dir.is_dir().then_some(dir);
+                return Ok(ModelStatus::Pinned { files, note, dir });
             }
             let mut cache = DigestCache::open_default();
             let problems = lock.verify(name, &mut cache)?;

@@ -83,6 +83,40 @@ pub struct Generation {
     pub batch_size: usize,
     /// The UNet's precision (`fp16`: activations in float16, for CUDA).
     pub precision: Precision,
+    /// The keys the spec leaves out that the model decides, as diffusers' pipeline
+    /// does: until [`Generation::take_model_defaults`] they hold 512 and PNDM.
+    pub from_model: FromModel,
+}
+
+/// Which of `width`, `height` and `scheduler` a spec leaves to the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FromModel {
+    pub width: bool,
+    pub height: bool,
+    pub scheduler: bool,
+}
+
+impl FromModel {
+    pub fn any(&self) -> bool {
+        self.width || self.height || self.scheduler
+    }
+}
+
+impl Generation {
+    /// Fills the keys the spec left out with the model's own image size (its UNet's
+    /// `sample_size` times the VAE's scale factor) and scheduler.
+    pub fn take_model_defaults(&mut self, size: usize, scheduler: SchedulerKind) {
+        if self.from_model.width {
+            self.width = size;
+        }
+        if self.from_model.height {
+            self.height = size;
+        }
+        if self.from_model.scheduler {
+            self.scheduler = scheduler;
+        }
+        self.from_model = FromModel::default();
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -273,6 +273,11 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         Some(v) => v.value as f32,
         None => 7.5,
     };
+    let from_model = FromModel {
+        width: !g.has("width"),
+        height: !g.has("height"),
+        scheduler: !g.has("scheduler"),
+    };
     let scheduler = named(
         ctx,
         &g,
@@ -295,6 +300,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         negative_prompt,
         batch_size,
         precision,
+        from_model,
     })
 }
 
