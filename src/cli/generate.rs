@@ -149,6 +149,9 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     )?;
     sd.set_token_ops(global.token_ops(args.device))?;
     super::note_precision(args.device, sd.precision());
+    if let Some(why) = sd.tome_merges_nothing(&request)? {
+        eprintln!("warning: --tome-ratio {} {why}", args.tome.tome_ratio);
+    }
     let (image, timings) = sd.generate(&request)?;
     write_png_atomically(&image, &args.out)?;
     println!(

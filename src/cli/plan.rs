@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Global;
 use crate::plan::{NormalTome, Shard};
-use crate::runner::{prepare, ModelStatus, PromptStatus};
+use crate::runner::{prepare, ModelStatus, Prepared, PromptStatus};
 use crate::store::Store;
 
 #[derive(Args)]
@@ -44,6 +44,9 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         PromptStatus::Missing(note) => println!("  prompts: {note}"),
     }
     let plan = &prepared.plan;
+    for warning in cuts_that_merge_nothing(&prepared) {
+        eprintln!("warning: {warning}");
+    }
     let jobs = plan.shard(shard);
     println!(
         "jobs: {} unique for {} cells ({} configurations x {} ratios x {} prompts, r = 0 shared){}",
@@ -123,4 +126,39 @@ fn hms(seconds: f64) -> String {
         (0, m, s) => format!("{m} min {s} s"),
         (h, m, _) => format!("{h} h {m} min"),
     }
+}
+
+/// A warning for each configuration that merges nothing at the spec's size (no
+/// transformer block within its `max_downsample`), read from the model's UNet graph
+/// when the model is here.
+fn cuts_that_merge_nothing(prepared: &Prepared) -> Vec<String> {
+    let unet = match &prepared.model {
+        ModelStatus::Ready { dir, .. } => Some(dir.unet.clone()),
+        ModelStatus::Pinned {
+            dir: Some(path), ..
+        } => crate::model::ModelDir::open(path).ok().map(|d| d.unet),
+        _ => None,
+    };
+    let Some(unet) = unet else {
+        return Vec::new();
+    };
+    let Ok(blocks) = crate::engine::transformer_blocks(&unet) else {
+        return Vec::new(); // `run` reports an unreadable graph where it matters
+    };
+    let mut warned = Vec::new();
+    let mut out = Vec::new();
+    for job in prepared.plan.jobs() {
+        let (Some(cfg), Some(cell)) = (job.material.tome_config(), job.cells.first()) else {
+            continue;
+        };
+        if warned.contains(&cell.config) {
+            continue;
+        }
+        let latent_hw = (job.material.height / 8, job.material.width / 8);
+        if let Some(why) = crate::engine::merges_nothing(&blocks, latent_hw, &cfg) {
+            out.push(format!("configuration `{}` {why}", cell.config));
+            warned.push(cell.config.clone());
+        }
+    }
+    out
 }

@@ -185,4 +185,9 @@ impl RunObserver for Progress {
         }
         self.bar.inc(1);
     }
+
+    fn warning(&mut self, message: &str) {
+        // Shown even with --quiet: it says the run will not measure what was asked.
+        eprintln!("warning: {message}");
+    }
 }

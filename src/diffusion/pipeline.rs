@@ -300,16 +300,31 @@ impl StableDiffusion {
             return Ok(true);
         };
         self.unet = None;
+        let tome_unet = self.tome_unet()?;
+        let cut = tome_unet.cut_for((req.height / 8, req.width / 8), cfg)?;
+        tome_unet.close_others(Some(&cut));
+        Ok(tome_unet.open(&cut)?)
+    }
+
+    /// The ToMe UNet, read now if it was not (its graph's blocks; no session opens).
+    fn tome_unet(&mut self) -> Result<&mut TomeUnet, PipelineError> {
         if self.tome_unet.is_none() {
             let options = self.unet_options.clone();
             let mut tome_unet = TomeUnet::load(&self.runtime, &self.unet_path, options)?;
             tome_unet.set_token_ops(self.token_ops)?;
             self.tome_unet = Some(tome_unet);
         }
-        let tome_unet = self.tome_unet.as_mut().expect("opened above");
-        let cut = tome_unet.cut_for((req.height / 8, req.width / 8), cfg)?;
-        tome_unet.close_others(Some(&cut));
-        Ok(tome_unet.open(&cut)?)
+        Ok(self.tome_unet.as_mut().expect("read above"))
+    }
+
+    /// Why `req`'s ToMe merges nothing at its size, if it asks for merging and does
+    /// not (SDXL's first level has no attention: tomesd's default merges nothing).
+    pub fn tome_merges_nothing(&mut self, req: &Request) -> Result<Option<String>, PipelineError> {
+        let Some(cfg) = req.merging() else {
+            return Ok(None);
+        };
+        let latent_hw = (req.height / 8, req.width / 8);
+        Ok(self.tome_unet()?.merges_nothing(latent_hw, cfg))
     }
 
     /// Makes the UNet for `req` ready before an image is timed: opened (closing the

@@ -20,6 +20,6 @@ pub use library::{find_library, LibrarySearch, FETCH_HINT};
 pub use runtime::{EngineError, Runtime};
 pub use split_unet::{transformer_blocks, NoHooks, ResidentHooks, SplitUnet, TokenHooks};
 pub use text_encoder::TextEncoder;
-pub use tome_unet::{TokenOps, TomeUnet};
+pub use tome_unet::{merges_nothing, TokenOps, TomeUnet};
 pub use unet::Unet;
 pub use vae::VaeDecoder;

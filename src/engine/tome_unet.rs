@@ -107,6 +107,12 @@ impl TomeUnet {
         Ok(cut)
     }
 
+    /// Why `cfg` merges nothing at a `latent_hw` latent although its ratio is above 0,
+    /// if it does not (see [`merges_nothing`]).
+    pub fn merges_nothing(&self, latent_hw: (usize, usize), cfg: &TomeConfig) -> Option<String> {
+        merges_nothing(&self.blocks, latent_hw, cfg)
+    }
+
     /// The components a configuration targets at the levels it may merge, whatever
     /// the ratio: the cut that `r = 0` runs with when measuring the cuts' own cost.
     pub fn cut_ignoring_ratio(
@@ -211,6 +217,38 @@ impl TomeUnet {
 
 /// Tokens of a block at UNet `level`: each downsampling conv (kernel 3, stride 2,
 /// padding 1) maps a side `s` to `ceil(s / 2)`, and up blocks match their skip's size.
+/// Why a configuration with `r > 0` merges nothing at a `latent_hw` latent, if it does
+/// not: no block holding a component it targets sits at a downsample
+/// `cfg.max_downsample` allows. SDXL has no transformer block at full resolution, so
+/// tomesd's default (`max_downsample = 1`) merges nothing there; the message names the
+/// smallest `max_downsample` that would merge.
+pub fn merges_nothing(
+    blocks: &[TransformerBlock],
+    latent_hw: (usize, usize),
+    cfg: &TomeConfig,
+) -> Option<String> {
+    if !cfg.merges_anything() {
+        return None;
+    }
+    let downsamples = blocks
+        .iter()
+        .filter(|b| targeted(b, cfg).next().is_some())
+        .map(|b| tome::downsample(latent_hw, tokens_at_level(latent_hw, b.id.level)));
+    let first = downsamples.min();
+    if first.is_some_and(|ds| ds <= cfg.max_downsample) {
+        return None;
+    }
+    let (h, w) = latent_hw;
+    let hint = match first {
+        Some(ds) => format!("; use max_downsample = {ds}"),
+        None => "; the UNet has no transformer block with a component it targets".to_string(),
+    };
+    Some(format!(
+        "merges nothing at a {h}x{w} latent: no transformer block at downsample <= {}{hint}",
+        cfg.max_downsample
+    ))
+}
+
 fn tokens_at_level(latent_hw: (usize, usize), level: usize) -> usize {
     let (mut h, mut w) = latent_hw;
     for _ in 0..level {
@@ -341,7 +379,55 @@ impl ResidentHooks for GraphHooks<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::tokens_at_level;
+    use super::{merges_nothing, tokens_at_level};
+    use crate::onnx::{BlockId, ComponentKind, Stage, TransformerBlock};
+    use crate::tome::TomeConfig;
+
+    /// One full transformer block (self, cross, MLP) at `level` of the down path.
+    fn block_at(level: usize) -> TransformerBlock {
+        TransformerBlock {
+            id: BlockId {
+                stage: Stage::Down,
+                block: level,
+                attention: 0,
+                transformer: 0,
+                level,
+            },
+            components: vec![
+                ComponentKind::Attn1,
+                ComponentKind::Attn2,
+                ComponentKind::Ff,
+            ],
+        }
+    }
+
+    #[test]
+    fn a_cut_without_blocks_in_reach_is_named_with_the_downsample_that_merges() {
+        let half = TomeConfig {
+            ratio: 0.5,
+            ..TomeConfig::default()
+        };
+        // SD 1.x: blocks at full resolution; tomesd's default merges there.
+        assert_eq!(
+            merges_nothing(&[block_at(0), block_at(1)], (128, 128), &half),
+            None
+        );
+        // SDXL: no block at full resolution, the first at downsample 2.
+        let sdxl = [block_at(1), block_at(2)];
+        let message = merges_nothing(&sdxl, (128, 128), &half).expect("merges nothing");
+        assert!(
+            message.contains("downsample <= 1; use max_downsample = 2"),
+            "{message}"
+        );
+        let two = TomeConfig {
+            max_downsample: 2,
+            ..half
+        };
+        assert_eq!(merges_nothing(&sdxl, (128, 128), &two), None);
+        // r = 0 merges nothing anywhere by design: no warning.
+        let zero = TomeConfig { ratio: 0.0, ..half };
+        assert_eq!(merges_nothing(&sdxl, (128, 128), &zero), None);
+    }
 
     #[test]
     fn token_counts_follow_the_downsampling_convs() {

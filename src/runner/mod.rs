@@ -25,6 +25,9 @@ pub trait RunObserver {
     fn job_started(&mut self, label: &str);
     /// A job ended (`Err` holds the message recorded in the store).
     fn job_finished(&mut self, outcome: &Result<f64, String>);
+    /// Something the user should know before the jobs run (a configuration that
+    /// merges nothing at the spec's size).
+    fn warning(&mut self, message: &str);
 }
 
 /// How a run went.
@@ -77,7 +80,11 @@ pub fn label(job: &Job) -> String {
 /// Checks before the first timed image that every UNet the jobs need opens and
 /// runs (making each ToMe cut once, on disk), then makes a one-step image of the
 /// first job, so that its text encoder, VAE and UNet are warm.
-pub fn warm_up(sd: &mut StableDiffusion, jobs: &[&Job]) -> Result<(), String> {
+pub fn warm_up(
+    sd: &mut StableDiffusion,
+    jobs: &[&Job],
+    observer: &mut dyn RunObserver,
+) -> Result<(), String> {
     let mut seen = Vec::new();
     for job in jobs.iter().rev() {
         let tome = job.material.tome.clone();
@@ -86,6 +93,12 @@ pub fn warm_up(sd: &mut StableDiffusion, jobs: &[&Job]) -> Result<(), String> {
         }
         seen.push(tome);
         let request = request_for(job)?;
+        if let Some(why) = sd
+            .tome_merges_nothing(&request)
+            .map_err(|e| format!("warm-up: {e}"))?
+        {
+            observer.warning(&format!("{} {why}", label(job)));
+        }
         sd.prepare_unet(&request)
             .map_err(|e| format!("warm-up: {e}"))?;
     }
@@ -120,7 +133,7 @@ pub fn execute(
     if todo.is_empty() {
         return Ok(summary);
     }
-    if let Err(e) = warm_up(sd, &todo) {
+    if let Err(e) = warm_up(sd, &todo, observer) {
         // Every job would fail the same way; record it on the first and stop.
         if let Some(claim) = store.try_claim(&todo[0].key, &Worker::current(shard.to_string()))? {
             store.fail(claim, todo[0], &e)?;
