@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Build a tiny random-weight Stable Diffusion 2.x pipeline and export it as a user would.
+
+SD 2.1's layout at toy width: per-level head counts, linear projections in the
+transformers (`use_linear_projection`), attention upcast to float32 (`upcast_attention`),
+a GELU text encoder, the OpenCLIP tokenizer convention of padding with `!` (id 0) and
+SD 2.1's scheduler config (DDIM, v-prediction). The epsilon variant (SD 2.0-base, 2.1-base)
+differs only in `prediction_type`; the tests make it from a copy of this one.
+
+Writes
+  tools/.work/tiny_sd2_pt/   diffusers StableDiffusionPipeline (the golden script's
+                             reference; git-ignored)
+  tests/fixtures/tiny_sd2/   optimum's ONNX export of it (`optimum-cli export onnx
+                             --task text-to-image`, the export venv of tools/export_demo.sh)
+
+Usage (from the repository root):
+  tools/.venv/bin/python tools/make_tiny_sd2.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PT_DIR = ROOT / "tools" / ".work" / "tiny_sd2_pt"
+ONNX_DIR = ROOT / "tests" / "fixtures" / "tiny_sd2"
+TOKENIZER_DIR = ROOT / "models" / "tiny" / "tokenizer"
+EXPORT_VENV = ROOT / "tools" / ".work" / "venv-export"
+
+SEED = 20261205
+
+# stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json.
+SD21_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.8.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(16, 32, 32),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    # SD 2.x's per-level head counts (diffusers' historical name), here 2 then 4.
+    attention_head_dim=(2, 4, 4),
+    use_linear_projection=True,
+    upcast_attention=True,
+    norm_num_groups=8,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 16, 16, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+    scaling_factor=0.18215,
+)
+
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=32,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=0,
+)
+
+
+def write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def sd2_tokenizer(dst: Path) -> None:
+    """The tiny model's CLIP vocabulary with SD 2's padding: `!` (id 0), not the end token."""
+    shutil.copytree(TOKENIZER_DIR, dst)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = dst / name
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["pad_token"] = "!"
+        write_json(path, config)
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(dst))
+    assert tok.pad_token == "!" and tok.pad_token_id == 0, (tok.pad_token, tok.pad_token_id)
+
+
+def build():
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(SEED + 1)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(SEED + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    for m in (unet, vae, text_encoder):
+        # bfloat16-representable float32 weights: the files compress ~2x in git.
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+        m.eval()
+    if PT_DIR.exists():
+        shutil.rmtree(PT_DIR)
+    PT_DIR.mkdir(parents=True)
+    sd2_tokenizer(PT_DIR / "tokenizer-src")
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(PT_DIR / "tokenizer-src")),
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(PT_DIR), safe_serialization=True)
+    write_json(PT_DIR / "scheduler" / "scheduler_config.json", SD21_SCHEDULER_CONFIG)
+    shutil.rmtree(PT_DIR / "tokenizer")
+    (PT_DIR / "tokenizer-src").rename(PT_DIR / "tokenizer")
+    # transformers 5 writes CLIPTextModel's weights without the `text_model.` prefix,
+    # which transformers 4 (optimum's exporter) would not find: write them as SD has them.
+    from safetensors.torch import load_file, save_file
+
+    weights = PT_DIR / "text_encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, weights,
+              metadata={"format": "pt"})
+    print(f"wrote {PT_DIR.relative_to(ROOT)}")
+
+
+def export() -> None:
+    cli = EXPORT_VENV / "bin" / "optimum-cli"
+    if not cli.exists():
+        sys.exit(f"{cli} missing: run `bash tools/export_demo.sh` once (it makes the export venv)")
+    if ONNX_DIR.exists():
+        shutil.rmtree(ONNX_DIR)
+    subprocess.run([str(cli), "export", "onnx", "--model", str(PT_DIR), "--task", "text-to-image", str(ONNX_DIR)],
+                   check=True)
+    # Only what tomex reads: the text encoder, UNet, VAE decoder, configs and tokenizer.
+    for unused in ("vae_encoder",):
+        shutil.rmtree(ONNX_DIR / unused, ignore_errors=True)
+    size = sum(p.stat().st_size for p in ONNX_DIR.rglob("*") if p.is_file())
+    print(f"wrote {ONNX_DIR.relative_to(ROOT)} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    build()
+    export()
