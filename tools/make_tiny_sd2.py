@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import golden_schedulers  # noqa: E402
+import make_tiny_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 PT_DIR = ROOT / "tools" / ".work" / "tiny_sd2_pt"
 ONNX_DIR = ROOT / "tests" / "fixtures" / "tiny_sd2"
@@ -35,21 +39,11 @@ EXPORT_VENV = ROOT / "tools" / ".work" / "venv-export"
 
 SEED = 20261205
 
-# stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json.
-SD21_SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.8.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+# stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json, and the tiny SD 1.x
+# model's VAE (the VAE did not change between SD 1 and 2).
+SD21_SCHEDULER_CONFIG = golden_schedulers.SD21
+VAE_CONFIG = make_tiny_model.VAE_CONFIG
+write_json = make_tiny_model.write_json
 
 UNET_CONFIG = dict(
     sample_size=8,
@@ -67,19 +61,6 @@ UNET_CONFIG = dict(
     norm_num_groups=8,
 )
 
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 16, 16, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    sample_size=64,
-    scaling_factor=0.18215,
-)
-
 TEXT_CONFIG = dict(
     vocab_size=49408,
     hidden_size=32,
@@ -94,12 +75,6 @@ TEXT_CONFIG = dict(
     eos_token_id=49407,
     pad_token_id=0,
 )
-
-
-def write_json(path: Path, obj) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
 
 
 def sd2_tokenizer(dst: Path) -> None:

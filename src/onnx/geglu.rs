@@ -22,8 +22,8 @@
 use std::collections::HashSet;
 
 use super::graph::{dtype, int64_values};
-use super::pattern::{remove_dead_nodes, View};
-use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
+use super::pattern::{int64_constant_node, remove_dead_nodes, View};
+use super::proto::{ModelProto, NodeProto, TensorProto};
 
 /// One projection to split: node indices and the tensors the halves are built from.
 struct Match {
@@ -79,11 +79,11 @@ fn halves(matmul_name: &str, m: &Match) -> Vec<NodeProto> {
     let prefix = matmul_name.rsplit_once('/').map_or(matmul_name, |(p, _)| p);
     let name = |what: &str| format!("{prefix}/geglu_{what}");
     let mut nodes = vec![
-        int_constant(&name("start"), 0),
-        int_constant(&name("half"), m.half),
-        int_constant(&name("end"), 2 * m.half),
-        int_constant(&name("columns"), 1),
-        int_constant(&name("rows"), 0),
+        int64_constant_node(&name("start"), 0),
+        int64_constant_node(&name("half"), m.half),
+        int64_constant_node(&name("end"), 2 * m.half),
+        int64_constant_node(&name("columns"), 1),
+        int64_constant_node(&name("rows"), 0),
     ];
     let ranges = [("hidden", "start", "half"), ("gate", "half", "end")];
     for ((what, from, to), out) in ranges.into_iter().zip(&m.outputs) {
@@ -126,27 +126,6 @@ fn halves(matmul_name: &str, m: &Match) -> Vec<NodeProto> {
         ]);
     }
     nodes
-}
-
-fn int_constant(name: &str, value: i64) -> NodeProto {
-    NodeProto {
-        name: name.into(),
-        op_type: "Constant".into(),
-        output: vec![name.into()],
-        attribute: vec![AttributeProto {
-            name: "value".into(),
-            type_: super::proto::attribute_proto::AttributeType::TENSOR.into(),
-            t: Some(TensorProto {
-                dims: vec![1],
-                data_type: dtype::INT64,
-                int64_data: vec![value],
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// A float constant's dimensions.

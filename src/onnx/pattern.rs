@@ -123,6 +123,28 @@ impl<'g> View<'g> {
     }
 }
 
+/// A `Constant` node named `name` whose output (of the same name) is the int64 `[value]`.
+pub(super) fn int64_constant_node(name: &str, value: i64) -> NodeProto {
+    NodeProto {
+        name: name.into(),
+        op_type: "Constant".into(),
+        output: vec![name.into()],
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            type_: super::proto::attribute_proto::AttributeType::TENSOR.into(),
+            t: Some(TensorProto {
+                dims: vec![1],
+                data_type: dtype::INT64,
+                int64_data: vec![value],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 pub(super) fn is_default_domain(n: &NodeProto) -> bool {
     n.domain.is_empty() || n.domain == "ai.onnx"
 }

@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 
 use super::graph::dtype;
-use super::pattern::{attr, is_default_domain, View};
+use super::pattern::{attr, int64_constant_node, is_default_domain, View};
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
 
 /// One fixed-scale upsampler: its `Resize` and the skip it must match.
@@ -96,9 +96,9 @@ fn size_nodes(resize_name: &str, x: &str, skip: &str) -> (Vec<NodeProto>, String
         ..Default::default()
     });
     let nodes = vec![
-        int_constant(&name("zero"), 0),
-        int_constant(&name("two"), 2),
-        int_constant(&name("four"), 4),
+        int64_constant_node(&name("zero"), 0),
+        int64_constant_node(&name("two"), 2),
+        int64_constant_node(&name("four"), 4),
         node("Shape", "x_shape", vec![x.to_string()]),
         node("Shape", "skip_shape", vec![skip.to_string()]),
         node(
@@ -114,27 +114,6 @@ fn size_nodes(resize_name: &str, x: &str, skip: &str) -> (Vec<NodeProto>, String
         concat,
     ];
     (nodes, name("sizes"))
-}
-
-fn int_constant(name: &str, value: i64) -> NodeProto {
-    NodeProto {
-        name: name.into(),
-        op_type: "Constant".into(),
-        output: vec![name.into()],
-        attribute: vec![AttributeProto {
-            name: "value".into(),
-            type_: super::proto::attribute_proto::AttributeType::TENSOR.into(),
-            t: Some(TensorProto {
-                dims: vec![1],
-                data_type: dtype::INT64,
-                int64_data: vec![value],
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// The float values of a constant tensor (`float_data` or raw little-endian bytes).
