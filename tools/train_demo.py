@@ -34,7 +34,7 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; about 105 minutes on 2 cores):
+Usage (from the repository root; about 100 minutes on 2 cores):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
 """
