@@ -1,7 +1,7 @@
 //! The process-wide ONNX Runtime environment and session construction.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
@@ -64,22 +64,32 @@ impl Runtime {
         let loaded = match LOADED.get() {
             Some(loaded) => loaded,
             None => {
-                let load_err = |reason: String| EngineError::LibraryLoad {
-                    path: path.clone(),
-                    reason,
-                };
-                let environment = ort::init_from(&path)
-                    .map_err(|e| load_err(e.to_string()))?
-                    .with_name("tomex")
-                    .build()
-                    .map_err(|e| load_err(e.to_string()))?;
-                share_cpu_arena(&environment).map_err(load_err)?;
-                // A race between two first calls leaves one environment; both are the same library.
-                let _ = LOADED.set(Loaded {
-                    path: path.clone(),
-                    environment,
-                });
-                LOADED.get().expect("set above")
+                // ONNX Runtime allows one environment per process: a second first call
+                // racing this one would fail to build its own (tests open runtimes from
+                // parallel threads), so the first calls take turns and the later ones
+                // find the environment made.
+                static INIT: Mutex<()> = Mutex::new(());
+                let _turn = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match LOADED.get() {
+                    Some(loaded) => loaded,
+                    None => {
+                        let load_err = |reason: String| EngineError::LibraryLoad {
+                            path: path.clone(),
+                            reason,
+                        };
+                        let environment = ort::init_from(&path)
+                            .map_err(|e| load_err(e.to_string()))?
+                            .with_name("tomex")
+                            .build()
+                            .map_err(|e| load_err(e.to_string()))?;
+                        share_cpu_arena(&environment).map_err(load_err)?;
+                        let _ = LOADED.set(Loaded {
+                            path: path.clone(),
+                            environment,
+                        });
+                        LOADED.get().expect("set above")
+                    }
+                }
             }
         };
         if same_file(&loaded.path, &path) || explicit_library.is_none() {
