@@ -45,36 +45,15 @@ SD21_SCHEDULER_CONFIG = golden_schedulers.SD21
 VAE_CONFIG = make_tiny_model.VAE_CONFIG
 write_json = make_tiny_model.write_json
 
+# The tiny SD 1.x model's sizes with SD 2.x's choices.
 UNET_CONFIG = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(16, 32, 32),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    # SD 2.x's per-level head counts (diffusers' historical name), here 2 then 4.
+    make_tiny_model.UNET_CONFIG,
+    # per-level head counts (diffusers' historical name), here 2 then 4
     attention_head_dim=(2, 4, 4),
     use_linear_projection=True,
     upcast_attention=True,
-    norm_num_groups=8,
 )
-
-TEXT_CONFIG = dict(
-    vocab_size=49408,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    layer_norm_eps=1e-5,
-    projection_dim=32,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=0,
-)
+TEXT_CONFIG = dict(make_tiny_model.TEXT_CONFIG, hidden_act="gelu", pad_token_id=0)
 
 
 def sd2_tokenizer(dst: Path) -> None:
