@@ -14,31 +14,13 @@ mod common;
 
 use std::path::Path;
 
-use ndarray::{s, Array3, Array4, ArrayD, IxDyn};
+use common::{read_f32, rel_l2};
+use ndarray::{s, Array3, Array4, ArrayD};
 use tomex::diffusion::pipeline::StableDiffusion;
 use tomex::engine::{TomeUnet, Unet};
 use tomex::model::ModelDir;
 use tomex::onnx::{Precision, SplitOptions};
 use tomex::tome::{PartitionRng, Targets, TomeConfig};
-
-fn read_f32(path: &Path, shape: &[usize]) -> ArrayD<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
-}
-
-fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
 
 fn split_options(dir: &Path) -> SplitOptions {
     SplitOptions {

@@ -4,13 +4,16 @@
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ndarray::{concatenate, s, Array3, Array4, Axis, Ix4};
+use ndarray::{concatenate, s, Array2, Array3, Array4, Axis, Ix4};
 
 use super::pixels::to_rgb8;
 use super::rng::randn;
 use super::scheduler::{self, SchedulerConfig, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
-use crate::engine::{EngineError, Runtime, TextEncoder, TokenOps, TomeUnet, Unet, VaeDecoder};
+use crate::engine::{
+    AddedConditions, Conditioning, EngineError, Runtime, TextEncoder, TokenOps, TomeUnet, Unet,
+    VaeDecoder,
+};
 use crate::model::{ModelDir, ModelError};
 use crate::onnx::{Attention, Fusion, Precision, SplitOptions};
 use crate::tome::{PartitionRng, TomeConfig, TomeError};
@@ -130,6 +133,11 @@ pub struct Timings {
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: TextEncoder,
+    /// SDXL's second tokenizer and text encoder (OpenCLIP bigG's layout).
+    xl: Option<SecondEncoder>,
+    /// SDXL: an empty negative prompt conditions on zeros (model_index.json's
+    /// `force_zeros_for_empty_prompt`), as diffusers does when no negative prompt is given.
+    force_zeros_for_empty_prompt: bool,
     /// The whole UNet (attention rewritten as `unet_options` say), when open.
     unet: Option<Unet>,
     /// The graph it is opened from (the cached rewrite, or the export itself).
@@ -147,6 +155,23 @@ pub struct StableDiffusion {
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
     vae_scaling_factor: f32,
+}
+
+struct SecondEncoder {
+    tokenizer: ClipTokenizer,
+    text_encoder: TextEncoder,
+}
+
+/// The UNet's conditioning for one image: text states, and SDXL's added conditions.
+struct Conditions {
+    hidden: Array3<f32>,
+    added: Option<AddedConditions>,
+}
+
+impl Conditions {
+    fn view(&self) -> Conditioning<'_> {
+        Conditioning::new(&self.hidden, self.added.as_ref())
+    }
 }
 
 impl StableDiffusion {
@@ -171,9 +196,31 @@ impl StableDiffusion {
             .map_err(|e| {
                 PipelineError::Scheduler(format!("{}: {e}", model.scheduler_config.display()))
             })?;
+        // SDXL reads both encoders' penultimate layers, and the second's pooled output.
+        let (text_encoder, xl) = match &model.text_encoder_2 {
+            None => (TextEncoder::load(runtime, &model.text_encoder)?, None),
+            Some(second) => {
+                let text_encoder_2 = TextEncoder::load_penultimate(runtime, &second.text_encoder)?;
+                if !text_encoder_2.has_pooled() {
+                    return Err(PipelineError::Invalid(format!(
+                        "{}: SDXL's second text encoder has no `text_embeds` output",
+                        second.text_encoder.display()
+                    )));
+                }
+                (
+                    TextEncoder::load_penultimate(runtime, &model.text_encoder)?,
+                    Some(SecondEncoder {
+                        tokenizer: ClipTokenizer::from_dir(&second.tokenizer_dir)?,
+                        text_encoder: text_encoder_2,
+                    }),
+                )
+            }
+        };
         Ok(StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.tokenizer_dir)?,
-            text_encoder: TextEncoder::load(runtime, &model.text_encoder)?,
+            text_encoder,
+            xl,
+            force_zeros_for_empty_prompt: model.force_zeros_for_empty_prompt,
             unet: None,
             whole_unet: whole.path,
             unet_options,
@@ -224,13 +271,11 @@ impl StableDiffusion {
             .map_err(|e| PipelineError::Scheduler(e.to_string()))?;
         let guided = req.guidance > 1.0;
 
-        // Text: unconditional first, as diffusers concatenates [negative, positive].
-        let mut rows = Vec::with_capacity(2);
-        if guided {
-            rows.push(self.tokenizer.encode(&req.negative_prompt)?);
-        }
-        rows.push(self.tokenizer.encode(&req.prompt)?);
-        let hidden: Array3<f32> = self.text_encoder.encode(&rows)?;
+        let conditions = self.conditions(
+            &req.prompt,
+            guided.then_some(req.negative_prompt.as_str()),
+            (req.height, req.width),
+        )?;
         let text_encoding = start.elapsed();
 
         // Initial noise from torch's CPU generator, scaled as the scheduler wants.
@@ -251,7 +296,8 @@ impl StableDiffusion {
             } else {
                 scaled
             };
-            let noise = self.predict_noise(&input, t, &hidden, tome, &mut partition_rng)?;
+            let noise =
+                self.predict_noise(&input, t, conditions.view(), tome, &mut partition_rng)?;
             let noise = if guided {
                 let (uncond, text) = (
                     noise.slice(s![0..1, .., .., ..]),
@@ -285,6 +331,66 @@ impl StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// The UNet's conditioning: text states, unconditional row first as diffusers
+    /// concatenates [negative, positive] when `negative` is given (guidance).
+    ///
+    /// SDXL (diffusers' `StableDiffusionXLPipeline.encode_prompt`): each encoder's
+    /// penultimate hidden states, concatenated along the channels; the second encoder's
+    /// pooled `text_embeds`; `time_ids` = (original size, crop top-left (0, 0), target
+    /// size), both sizes the image's. An empty negative prompt with the model's
+    /// `force_zeros_for_empty_prompt` conditions on zeros, as diffusers does when no
+    /// negative prompt is given.
+    fn conditions(
+        &mut self,
+        prompt: &str,
+        negative: Option<&str>,
+        (height, width): (usize, usize),
+    ) -> Result<Conditions, PipelineError> {
+        let Some(xl) = self.xl.as_mut() else {
+            let mut rows = Vec::with_capacity(2);
+            if let Some(negative) = negative {
+                rows.push(self.tokenizer.encode(negative)?);
+            }
+            rows.push(self.tokenizer.encode(prompt)?);
+            return Ok(Conditions {
+                hidden: self.text_encoder.encode(&rows)?,
+                added: None,
+            });
+        };
+        let zero_negative = negative == Some("") && self.force_zeros_for_empty_prompt;
+        let mut prompts = Vec::with_capacity(2);
+        if let Some(negative) = negative.filter(|_| !zero_negative) {
+            prompts.push(negative);
+        }
+        prompts.push(prompt);
+        let rows = |tok: &ClipTokenizer| -> Result<Vec<Vec<u32>>, TokenizerError> {
+            prompts.iter().map(|p| tok.encode(p)).collect()
+        };
+        let first = self.text_encoder.encode(&rows(&self.tokenizer)?)?;
+        let second = xl.text_encoder.encode_states(&rows(&xl.tokenizer)?)?;
+        let mut hidden = concatenate![Axis(2), first, second.hidden];
+        let mut pooled = second.pooled.ok_or_else(|| {
+            PipelineError::Invalid("internal: the second text encoder gave no pooled output".into())
+        })?;
+        if zero_negative {
+            hidden = concatenate![Axis(0), Array3::zeros(hidden.raw_dim()), hidden];
+            pooled = concatenate![Axis(0), Array2::zeros(pooled.raw_dim()), pooled];
+        }
+        // ONNX Runtime takes row-major arrays; a concatenation along the last axis is not.
+        let hidden = hidden.as_standard_layout().into_owned();
+        let pooled = pooled.as_standard_layout().into_owned();
+        let rows = hidden.shape()[0];
+        let (h, w) = (height as f32, width as f32);
+        let time_ids = Array2::from_shape_fn((rows, 6), |(_, k)| [h, w, 0.0, 0.0, h, w][k]);
+        Ok(Conditions {
+            hidden,
+            added: Some(AddedConditions {
+                text_embeds: pooled,
+                time_ids,
+            }),
+        })
+    }
+
     /// Opens the UNet that `req` needs and closes the other ones first, so that
     /// only one copy of the weights is ever held. `true` when it was opened now.
     fn open_unet(&mut self, req: &Request) -> Result<bool, PipelineError> {
@@ -335,17 +441,16 @@ impl StableDiffusion {
         if !self.open_unet(req)? {
             return Ok(());
         }
-        let rows = if req.guidance > 1.0 { 2 } else { 1 };
-        let empty = self.tokenizer.encode("")?;
-        let hidden = self.text_encoder.encode(&vec![empty; rows])?;
+        let guided = req.guidance > 1.0;
+        let conditions = self.conditions("", guided.then_some(""), (req.height, req.width))?;
         let one = four_d(randn(req.seed, &[1, 4, req.height / 8, req.width / 8]))?;
-        let sample = if rows == 2 {
+        let sample = if guided {
             concatenate![Axis(0), one, one]
         } else {
             one
         };
         let mut rng = PartitionRng::new(0);
-        self.predict_noise(&sample, 999.0, &hidden, req.merging(), &mut rng)?;
+        self.predict_noise(&sample, 999.0, conditions.view(), req.merging(), &mut rng)?;
         Ok(())
     }
 
@@ -354,7 +459,7 @@ impl StableDiffusion {
         &mut self,
         sample: &Array4<f32>,
         t: f32,
-        hidden: &Array3<f32>,
+        cond: Conditioning<'_>,
         tome: Option<&TomeConfig>,
         rng: &mut PartitionRng,
     ) -> Result<Array4<f32>, PipelineError> {
@@ -362,13 +467,13 @@ impl StableDiffusion {
         Ok(match tome {
             Some(cfg) => {
                 let split = self.tome_unet.as_mut().ok_or_else(closed)?;
-                split.predict(sample, t, hidden, cfg, rng)?
+                split.predict(sample, t, cond, cfg, rng)?
             }
             None => self
                 .unet
                 .as_mut()
                 .ok_or_else(closed)?
-                .predict(sample, t, hidden)?,
+                .predict(sample, t, cond)?,
         })
     }
 }

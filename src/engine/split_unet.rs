@@ -18,7 +18,7 @@ use super::device::Device;
 use super::io::{input_spec, run_error, unexpected};
 use super::resident::{dims, download_f32, run_resident, upload};
 use super::runtime::{shrink_arenas, EngineError, Runtime};
-use super::unet::UnetInputs;
+use super::unet::{Conditioning, UnetInputs};
 use crate::onnx::{
     self, BlockId, CacheStatus, ComponentId, PartKind, ShapeProbe, SplitManifest, SplitOptions,
     TensorInfo, TransformerBlock,
@@ -94,6 +94,9 @@ enum Source {
     Sample,
     Timestep,
     Hidden,
+    /// SDXL's added conditions.
+    TextEmbeds,
+    TimeIds,
     /// The value slot an earlier part filled.
     Slot(usize),
 }
@@ -250,6 +253,10 @@ impl SplitUnet {
                     Source::Timestep
                 } else if *name == hidden {
                     Source::Hidden
+                } else if *name == "text_embeds" {
+                    Source::TextEmbeds
+                } else if *name == "time_ids" {
+                    Source::TimeIds
                 } else {
                     let slot = *slot_of.get(name).ok_or_else(|| {
                         unexpected(
@@ -329,7 +336,8 @@ impl SplitUnet {
                 )
             })
         };
-        let inputs = UnetInputs::new(path, spec(&sample)?, spec(&timestep)?, hidden)?;
+        let inputs = UnetInputs::new(path, spec(&sample)?, spec(&timestep)?, hidden)?
+            .with_added(path, manifest.graph_inputs.iter().map(String::as_str))?;
         Ok(SplitUnet {
             parts,
             path: path.to_path_buf(),
@@ -361,13 +369,15 @@ impl SplitUnet {
 
     /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states,
     /// calling `hooks` around every cut component.
-    pub fn predict(
+    pub fn predict<'c>(
         &mut self,
         sample: &Array4<f32>,
         timestep: f32,
-        hidden: &Array3<f32>,
+        cond: impl Into<Conditioning<'c>>,
         hooks: &mut dyn TokenHooks,
     ) -> Result<Array4<f32>, EngineError> {
+        let cond = cond.into();
+        self.inputs.check(&self.path, &cond)?;
         let model = self.path.as_path();
         let t = self
             .inputs
@@ -402,9 +412,17 @@ impl SplitUnet {
                     Source::Sample => TensorRef::from_array_view(sample.view())
                         .map_err(run_err)?
                         .into(),
-                    Source::Hidden => TensorRef::from_array_view(hidden.view())
+                    Source::Hidden => TensorRef::from_array_view(cond.hidden)
                         .map_err(run_err)?
                         .into(),
+                    Source::TextEmbeds | Source::TimeIds => {
+                        let added = match *source {
+                            Source::TextEmbeds => cond.text_embeds(),
+                            _ => cond.time_ids(),
+                        };
+                        let added = added.expect("checked: the graph's added inputs are given");
+                        TensorRef::from_array_view(added).map_err(run_err)?.into()
+                    }
                     Source::Timestep => (&t).into(),
                     Source::Slot(s) => match &merged {
                         Some((slot, m, _)) if *slot == s => TensorRef::from_array_view(m.view())
@@ -484,13 +502,15 @@ impl SplitUnet {
     /// As [`predict`](Self::predict) with every tensor left on the device between
     /// the parts (I/O binding): the inputs go to the device once, the hooks work on
     /// device values, and only the noise prediction comes back to the host.
-    pub fn predict_resident(
+    pub fn predict_resident<'c>(
         &mut self,
         sample: &Array4<f32>,
         timestep: f32,
-        hidden: &Array3<f32>,
+        cond: impl Into<Conditioning<'c>>,
         hooks: &mut dyn ResidentHooks,
     ) -> Result<Array4<f32>, EngineError> {
+        let cond = cond.into();
+        self.inputs.check(&self.path, &cond)?;
         let model = self.path.as_path();
         let device = self.device;
         let err = |e| run_error(model, e);
@@ -501,7 +521,27 @@ impl SplitUnet {
                 .map_err(err)?,
         )?;
         let sample = to_device(Tensor::from_array(sample.clone()).map_err(err)?.into_dyn())?;
-        let hidden = to_device(Tensor::from_array(hidden.clone()).map_err(err)?.into_dyn())?;
+        let hidden = to_device(
+            Tensor::from_array(cond.hidden.to_owned())
+                .map_err(err)?
+                .into_dyn(),
+        )?;
+        // SDXL's added conditions go to the device once, as the other inputs.
+        let added = match cond.added {
+            Some(a) => Some((
+                to_device(
+                    Tensor::from_array(a.text_embeds.clone())
+                        .map_err(err)?
+                        .into_dyn(),
+                )?,
+                to_device(
+                    Tensor::from_array(a.time_ids.clone())
+                        .map_err(err)?
+                        .into_dyn(),
+                )?,
+            )),
+            None => None,
+        };
         let mut values: Vec<Option<DynValue>> = (0..self.slots).map(|_| None).collect();
         for part in &mut self.parts {
             let part_path = part.path.as_path();
@@ -530,6 +570,16 @@ impl SplitUnet {
                     Source::Sample => &sample,
                     Source::Hidden => &hidden,
                     Source::Timestep => &t,
+                    Source::TextEmbeds | Source::TimeIds => {
+                        let (text, time) = added
+                            .as_ref()
+                            .expect("checked: the graph's added inputs are given");
+                        if *source == Source::TextEmbeds {
+                            text
+                        } else {
+                            time
+                        }
+                    }
                     Source::Slot(s) => match &merged {
                         Some((slot, m, _)) if *slot == s => m,
                         _ => values[s]

@@ -13,6 +13,7 @@ use super::graph_token_ops::{GraphMerge, GraphTokenOps};
 use super::resident;
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::{transformer_blocks, ResidentHooks, SplitUnet, TokenHooks};
+use super::unet::Conditioning;
 use crate::onnx::{BlockId, ComponentId, ComponentKind, SplitOptions, TransformerBlock};
 use crate::tome::{self, Component, Merge, PartitionRng, TomeConfig};
 
@@ -129,29 +130,30 @@ impl TomeUnet {
 
     /// One UNet evaluation with ToMe; `rng` draws the random dst cells (one fresh
     /// generator per image keeps images reproducible whatever ran before).
-    pub fn predict(
+    pub fn predict<'c>(
         &mut self,
         sample: &Array4<f32>,
         timestep: f32,
-        hidden: &Array3<f32>,
+        cond: impl Into<Conditioning<'c>>,
         cfg: &TomeConfig,
         rng: &mut PartitionRng,
     ) -> Result<Array4<f32>, EngineError> {
         let latent_hw = (sample.shape()[2], sample.shape()[3]);
         let cut = self.cut_for(latent_hw, cfg)?;
-        self.predict_with_cut(sample, timestep, hidden, cfg, rng, cut)
+        self.predict_with_cut(sample, timestep, cond, cfg, rng, cut)
     }
 
     /// As [`predict`](Self::predict) on an explicit cut (benchmarks: cuts at r = 0).
-    pub fn predict_with_cut(
+    pub fn predict_with_cut<'c>(
         &mut self,
         sample: &Array4<f32>,
         timestep: f32,
-        hidden: &Array3<f32>,
+        cond: impl Into<Conditioning<'c>>,
         cfg: &TomeConfig,
         rng: &mut PartitionRng,
         cut: Vec<ComponentId>,
     ) -> Result<Array4<f32>, EngineError> {
+        let cond = cond.into();
         let latent_hw = (sample.shape()[2], sample.shape()[3]);
         self.open(&cut)?;
         let split = self.splits.get_mut(&cut).expect("opened above");
@@ -164,7 +166,7 @@ impl TomeUnet {
                 merges: HashMap::new(),
                 elapsed: Duration::ZERO,
             };
-            let out = split.predict_resident(sample, timestep, hidden, &mut hooks);
+            let out = split.predict_resident(sample, timestep, cond, &mut hooks);
             self.token_ops += hooks.elapsed;
             return out;
         }
@@ -178,7 +180,7 @@ impl TomeUnet {
         // On one of rayon's workers: the token ops' parallel loops then start on this
         // thread instead of waking a sleeping worker and waiting for it, which cost
         // more than the work itself at small latents (about 0.1 ms per loop).
-        let out = rayon::scope(|_| split.predict(sample, timestep, hidden, &mut hooks))?;
+        let out = rayon::scope(|_| split.predict(sample, timestep, cond, &mut hooks))?;
         self.token_ops += hooks.elapsed;
         Ok(out)
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array0, Array1, Array3, Array4};
+use ndarray::{Array0, Array1, Array2, Array3, Array4, ArrayView2, ArrayView3};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef};
 
@@ -17,12 +17,64 @@ pub struct Unet {
     output: String,
 }
 
-/// The UNet's three graph inputs as an export declares them: their names, and the
+/// SDXL's added conditions (`added_cond_kwargs` in diffusers): the second text
+/// encoder's pooled embedding `text_embeds` `[batch, dim]` and `time_ids` `[batch, 6]`
+/// (original size, crop top-left, target size).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddedConditions {
+    pub text_embeds: Array2<f32>,
+    pub time_ids: Array2<f32>,
+}
+
+/// What the UNet is conditioned on besides the noisy sample and the timestep: the text
+/// states, and SDXL's added conditions. A plain `&Array3` of text states converts.
+#[derive(Clone, Copy, Debug)]
+pub struct Conditioning<'a> {
+    pub hidden: ArrayView3<'a, f32>,
+    pub added: Option<&'a AddedConditions>,
+}
+
+impl<'a> From<&'a Array3<f32>> for Conditioning<'a> {
+    fn from(hidden: &'a Array3<f32>) -> Self {
+        Conditioning {
+            hidden: hidden.view(),
+            added: None,
+        }
+    }
+}
+
+impl<'a> Conditioning<'a> {
+    pub fn new(hidden: &'a Array3<f32>, added: Option<&'a AddedConditions>) -> Self {
+        Conditioning {
+            hidden: hidden.view(),
+            added,
+        }
+    }
+
+    pub fn text_embeds(&self) -> Option<ArrayView2<'a, f32>> {
+        self.added.map(|a| a.text_embeds.view())
+    }
+
+    pub fn time_ids(&self) -> Option<ArrayView2<'a, f32>> {
+        self.added.map(|a| a.time_ids.view())
+    }
+}
+
+/// The graph input names of SDXL's added conditions.
+#[derive(Clone, Debug)]
+pub(super) struct AddedNames {
+    pub text_embeds: String,
+    pub time_ids: String,
+}
+
+/// The UNet's graph inputs as an export declares them: their names, and the
 /// timestep's type and shape (shared by [`Unet`] and the split executor).
 pub(super) struct UnetInputs {
     pub sample: String,
     pub timestep: InputSpec,
     pub hidden: String,
+    /// SDXL's `text_embeds` and `time_ids`, when the graph takes them.
+    pub added: Option<AddedNames>,
 }
 
 impl UnetInputs {
@@ -63,7 +115,47 @@ impl UnetInputs {
             sample: sample.name,
             timestep,
             hidden,
+            added: None,
         })
+    }
+
+    /// With SDXL's added conditions when the graph's inputs (`names`) include both
+    /// `text_embeds` and `time_ids`; one without the other is an error.
+    pub fn with_added<'n>(
+        mut self,
+        path: &Path,
+        names: impl Iterator<Item = &'n str> + Clone,
+    ) -> Result<UnetInputs, EngineError> {
+        let has = |want: &str| names.clone().any(|n| n == want);
+        self.added = match (has("text_embeds"), has("time_ids")) {
+            (true, true) => Some(AddedNames {
+                text_embeds: "text_embeds".into(),
+                time_ids: "time_ids".into(),
+            }),
+            (false, false) => None,
+            _ => {
+                return Err(unexpected(
+                    path,
+                    "it takes one of SDXL's added conditions `text_embeds` and `time_ids` but not the other".into(),
+                ))
+            }
+        };
+        Ok(self)
+    }
+
+    /// Checks that `cond` carries the added conditions exactly when the graph takes them.
+    pub fn check(&self, path: &Path, cond: &Conditioning<'_>) -> Result<(), EngineError> {
+        match (&self.added, cond.added) {
+            (Some(_), None) => Err(unexpected(
+                path,
+                "the UNet takes SDXL's `text_embeds` and `time_ids`, but the pipeline gave none (is the model's model_index.json an SDXL one, with text_encoder_2/?)".into(),
+            )),
+            (None, Some(_)) => Err(unexpected(
+                path,
+                "the pipeline gave SDXL's `text_embeds` and `time_ids`, but the UNet takes neither".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The timestep in the graph's type and shape: a scalar, `[1]` when the graph fixes
@@ -127,7 +219,8 @@ impl Unet {
             input_spec(&session, path, "sample", 0)?,
             input_spec(&session, path, "timestep", 1)?,
             input_spec(&session, path, "encoder_hidden_states", 2)?.name,
-        )?;
+        )?
+        .with_added(path, session.inputs().iter().map(|o| o.name()))?;
         let output = output_name(&session, "out_sample");
         Ok(Unet {
             session,
@@ -137,28 +230,35 @@ impl Unet {
         })
     }
 
-    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states.
-    pub fn predict(
+    /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states
+    /// (and SDXL's added conditions).
+    pub fn predict<'c>(
         &mut self,
         sample: &Array4<f32>,
         timestep: f32,
-        hidden: &Array3<f32>,
+        cond: impl Into<Conditioning<'c>>,
     ) -> Result<Array4<f32>, EngineError> {
+        let cond = cond.into();
+        self.inputs.check(&self.path, &cond)?;
         let run_err = |e| run_error(&self.path, e);
         let t = self
             .inputs
             .timestep_value(timestep, sample.shape()[0])
             .map_err(run_err)?;
         let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
-        let hidden_in = TensorRef::from_array_view(hidden.view()).map_err(run_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![
-                self.inputs.sample.as_str() => sample_in,
-                self.inputs.timestep.name.as_str() => t,
-                self.inputs.hidden.as_str() => hidden_in,
-            ])
-            .map_err(run_err)?;
+        let hidden_in = TensorRef::from_array_view(cond.hidden).map_err(run_err)?;
+        let mut feed = ort::inputs![
+            self.inputs.sample.as_str() => sample_in,
+            self.inputs.timestep.name.as_str() => t,
+            self.inputs.hidden.as_str() => hidden_in,
+        ];
+        if let (Some(names), Some(added)) = (&self.inputs.added, cond.added) {
+            let text = TensorRef::from_array_view(added.text_embeds.view()).map_err(run_err)?;
+            let time = TensorRef::from_array_view(added.time_ids.view()).map_err(run_err)?;
+            feed.push((names.text_embeds.as_str().into(), text.into()));
+            feed.push((names.time_ids.as_str().into(), time.into()));
+        }
+        let outputs = self.session.run(feed).map_err(run_err)?;
         let noise = outputs[self.output.as_str()]
             .try_extract_array::<f32>()
             .map_err(run_err)?;

@@ -8,22 +8,32 @@ pub enum ModelError {
     MissingDir(PathBuf),
     #[error("model {dir} lacks {file} (expected the diffusers/optimum ONNX layout: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/scheduler_config.json)")]
     MissingFile { dir: PathBuf, file: String },
-    #[error("model {dir}: tokenizer/ needs vocab.json and merges.txt, or tokenizer.json")]
-    MissingTokenizer { dir: PathBuf },
+    #[error("model {dir}: {name}/ needs vocab.json and merges.txt, or tokenizer.json")]
+    MissingTokenizer { dir: PathBuf, name: String },
     #[error("cannot read {path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
-    #[error("model {dir} is a {class} export (model_index.json's _class_name); tomex runs Stable Diffusion 1.x and 2.x exports ({supported})", supported = SUPPORTED_PIPELINES.join(", "))]
+    #[error("model {dir} is a {class} export (model_index.json's _class_name); tomex runs Stable Diffusion 1.x, 2.x and XL exports ({supported})", supported = SUPPORTED_PIPELINES.join(", "))]
     UnsupportedPipeline { dir: PathBuf, class: String },
 }
 
 /// The pipeline classes of the exports tomex runs (model_index.json's `_class_name`): the
 /// diffusers pipeline optimum's exporter copies, and the ONNX pipelines of diffusers and
-/// optimum. SDXL, SD 3, Flux and the rest are refused before anything loads.
-pub const SUPPORTED_PIPELINES: [&str; 3] = [
+/// optimum. SD 3, Flux and the rest are refused before anything loads.
+pub const SUPPORTED_PIPELINES: [&str; 5] = [
     "StableDiffusionPipeline",
     "OnnxStableDiffusionPipeline",
     "ORTStableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "ORTStableDiffusionXLPipeline",
 ];
+
+/// SDXL's second text encoder (OpenCLIP bigG's layout: `CLIPTextModelWithProjection`)
+/// and its tokenizer.
+#[derive(Clone, Debug)]
+pub struct SecondTextEncoder {
+    pub text_encoder: PathBuf,
+    pub tokenizer_dir: PathBuf,
+}
 
 /// Paths of the parts of one model; construction checks that each exists.
 #[derive(Clone, Debug)]
@@ -34,6 +44,11 @@ pub struct ModelDir {
     pub vae_decoder: PathBuf,
     pub tokenizer_dir: PathBuf,
     pub scheduler_config: PathBuf,
+    /// SDXL's `text_encoder_2/` and `tokenizer_2/`; `None` for SD 1.x and 2.x.
+    pub text_encoder_2: Option<SecondTextEncoder>,
+    /// model_index.json's `force_zeros_for_empty_prompt` (SDXL: an empty negative prompt
+    /// conditions on zeros, not on the encoded empty string).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 impl ModelDir {
@@ -52,15 +67,29 @@ impl ModelDir {
                 })
             }
         };
-        let index = need("model_index.json")?;
-        if let Some(class) = class_name(&read_json(&index)?) {
+        let index = read_json(&need("model_index.json")?)?;
+        let class = class_name(&index);
+        if let Some(class) = &class {
             if !SUPPORTED_PIPELINES.contains(&class.as_str()) {
                 return Err(ModelError::UnsupportedPipeline {
                     dir: root.to_path_buf(),
-                    class,
+                    class: class.clone(),
                 });
             }
         }
+        // SDXL by its class, or (an index without one) by its second encoder.
+        let xl = class.as_deref().map_or_else(
+            || root.join("text_encoder_2").is_dir(),
+            |c| c.contains("XL"),
+        );
+        let text_encoder_2 = if xl {
+            Some(SecondTextEncoder {
+                text_encoder: need("text_encoder_2/model.onnx")?,
+                tokenizer_dir: root.join("tokenizer_2"),
+            })
+        } else {
+            None
+        };
         let dir = ModelDir {
             root: root.to_path_buf(),
             text_encoder: need("text_encoder/model.onnx")?,
@@ -68,15 +97,31 @@ impl ModelDir {
             vae_decoder: need("vae_decoder/model.onnx")?,
             tokenizer_dir: root.join("tokenizer"),
             scheduler_config: need("scheduler/scheduler_config.json")?,
+            force_zeros_for_empty_prompt: index
+                .get("force_zeros_for_empty_prompt")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            text_encoder_2,
         };
-        let tok = &dir.tokenizer_dir;
-        let has_bpe = tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file();
-        if !has_bpe && !tok.join("tokenizer.json").is_file() {
-            return Err(ModelError::MissingTokenizer {
-                dir: root.to_path_buf(),
-            });
+        let tokenizers = std::iter::once(&dir.tokenizer_dir)
+            .chain(dir.text_encoder_2.as_ref().map(|t| &t.tokenizer_dir));
+        for tok in tokenizers {
+            let has_bpe = tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file();
+            if !has_bpe && !tok.join("tokenizer.json").is_file() {
+                return Err(ModelError::MissingTokenizer {
+                    dir: root.to_path_buf(),
+                    name: tok
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                });
+            }
         }
         Ok(dir)
+    }
+
+    /// Whether this is a Stable Diffusion XL model (two text encoders, added conditions).
+    pub fn is_xl(&self) -> bool {
+        self.text_encoder_2.is_some()
     }
 
     /// The VAE's latent scaling factor: `vae_decoder/config.json`'s `scaling_factor`
@@ -223,15 +268,15 @@ mod tests {
     fn other_pipeline_families_are_refused_by_name() {
         let tmp = tiny_copy();
         let index = tmp.path().join("model_index.json");
-        for class in SUPPORTED_PIPELINES {
-            set_key(&index, "_class_name", class.into());
+        for class in SUPPORTED_PIPELINES.iter().filter(|c| !c.contains("XL")) {
+            set_key(&index, "_class_name", (*class).into());
             ModelDir::open(tmp.path()).unwrap();
         }
-        for class in [
-            "StableDiffusionXLPipeline",
-            "StableDiffusion3Pipeline",
-            "FluxPipeline",
-        ] {
+        // An SDXL index needs the second encoder, and says which file is missing.
+        set_key(&index, "_class_name", "StableDiffusionXLPipeline".into());
+        let message = ModelDir::open(tmp.path()).unwrap_err().to_string();
+        assert!(message.contains("text_encoder_2/model.onnx"), "{message}");
+        for class in ["StableDiffusion3Pipeline", "FluxPipeline"] {
             set_key(&index, "_class_name", class.into());
             let message = ModelDir::open(tmp.path()).unwrap_err().to_string();
             assert!(message.contains(class), "{message}");

@@ -10,6 +10,8 @@
 //!   is cast to float16 where the graph reads it; rank 0 and 1 inputs (the timestep)
 //!   stay float32, so the sinusoidal timestep embedding is computed in float32 as
 //!   diffusers computes it (`t * freq` in float16 would lose the phase of `sin`);
+//!   SDXL's `time_ids` (rank 2) stay float32 for the same reason: diffusers embeds them
+//!   in float32 and casts the embedding to float16 where it joins `text_embeds`;
 //! * a node that reads a float16 activation computes in float16: its other float
 //!   inputs (weights, constants, the float32 timestep path) are cast to float16 where
 //!   it reads them, and its float outputs become float16. ONNX Runtime folds the casts
@@ -100,6 +102,7 @@ pub fn to_half(graph: &mut GraphProto) -> HalfReport {
         .input
         .iter()
         .filter(|v| is_float(&v.name) && ranks.get(&v.name).is_none_or(|&r| r >= 2))
+        .filter(|v| v.name != "time_ids")
         .map(|v| v.name.clone())
         .collect();
 
@@ -347,6 +350,37 @@ mod tests {
         assert_eq!(declared("ts"), Some(dtype::FLOAT));
         assert!(graph::topological_order(&g.node)
             .is_some_and(|o| o.iter().enumerate().all(|(i, &k)| i == k)));
+    }
+
+    /// SDXL's `time_ids` ([batch, 6], rank 2) are embedded in float32 like the timestep;
+    /// `text_embeds` (rank 2 as well) is an activation and enters in float16.
+    #[test]
+    fn sdxl_time_ids_stay_float_and_text_embeds_go_half() {
+        let mut g = GraphProto {
+            node: vec![
+                node("Mul", &["time_ids", "freq"], "targ"),
+                node("Sin", &["targ"], "tsin"),
+                node("Concat", &["text_embeds", "tsin"], "added"),
+            ],
+            input: vec![
+                value("time_ids", dtype::FLOAT, 2),
+                value("text_embeds", dtype::FLOAT, 2),
+            ],
+            output: vec![value("added", dtype::FLOAT, 2)],
+            initializer: vec![float_initializer("freq", &[1])],
+            ..Default::default()
+        };
+        to_half(&mut g);
+        let types = graph::elem_types(&g, &g.node);
+        for name in ["targ", "tsin", "added"] {
+            assert_eq!(types[name], dtype::FLOAT, "{name}");
+        }
+        let by_output = |o: &str| g.node.iter().find(|n| n.output[0] == o).unwrap();
+        assert_eq!(by_output("targ").input, ["time_ids", "freq"]);
+        assert_eq!(
+            by_output("added__fp16").input,
+            ["text_embeds__fp16", "tsin__to_fp16"]
+        );
     }
 
     #[test]

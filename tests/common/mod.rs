@@ -160,7 +160,7 @@ pub fn golden_tome(tome: &serde_json::Value) -> TomeConfig {
 pub fn golden_request(case: &serde_json::Value, tome: Option<TomeConfig>) -> Request {
     Request {
         prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: String::new(),
+        negative_prompt: case["negative_prompt"].as_str().unwrap_or("").to_string(),
         seed: case["seed"].as_u64().unwrap(),
         steps: case["steps"].as_u64().unwrap() as usize,
         guidance: case["guidance"].as_f64().unwrap() as f32,
@@ -181,4 +181,25 @@ pub fn max_pixel_diff(ours: &image::RgbImage, reference: &Path) -> u8 {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap()
+}
+
+/// A little-endian float32 file (the golden scripts' `.f32`) as an array of `shape`.
+pub fn read_f32(path: &Path, shape: &[usize]) -> ndarray::ArrayD<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), values).unwrap()
+}
+
+/// Relative L2 distance of `a` from the reference `b`.
+pub fn rel_l2(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
 }
