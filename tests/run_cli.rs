@@ -374,3 +374,52 @@ fn smoke_spec_ends_with_fid_figure_table_grids_and_summaries() {
         "every FID and time cell has a value:\n{md}"
     );
 }
+
+/// specs/sdxl_smoke.toml on the tiny SDXL export: `plan`, `run` and `generate` say that
+/// tomesd's default merges nothing on SDXL (no transformer block at the full-resolution
+/// level) and name the max_downsample that would; the run completes every job and its
+/// FID and report.
+#[test]
+fn sdxl_smoke_spec_runs_and_names_the_configuration_that_merges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = common::repo();
+    let spec_text = std::fs::read_to_string(repo.join("specs/sdxl_smoke.toml"))
+        .unwrap()
+        .replace(r#"store = "../results""#, r#"store = "store""#)
+        .replace("\"../tests/", &format!("\"{}/tests/", repo.display()))
+        .replace(
+            "\"prompts/smoke.csv\"",
+            &format!("\"{}/specs/prompts/smoke.csv\"", repo.display()),
+        );
+    let spec = dir.path().join("sdxl_smoke.toml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let warning = "merges nothing at a 16x16 latent: no transformer block at downsample <= 1; use max_downsample = 2";
+
+    let plan = tomex().arg("plan").arg(&spec).output().unwrap();
+    let plan_err = String::from_utf8_lossy(&plan.stderr).to_string();
+    let plan_out = stdout(&plan);
+    assert!(plan_err.contains(&format!("configuration `default_md1` {warning}")), "{plan_err}");
+    assert!(!plan_err.contains("self_md2"), "{plan_err}");
+    assert!(plan_out.contains("to run: 12"), "{plan_out}");
+
+    let out = run(&spec, &[]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let text = stdout(&out);
+    assert!(err.contains(&format!("default_md1, r = 0.5 {warning}")), "{err}");
+    assert!(text.contains("12 jobs: 12 generated"), "{text}");
+    assert!(text.contains("FID: 2 of 2"), "{text}");
+
+    let png = dir.path().join("xl.png");
+    let gen = tomex()
+        .args(["generate", "--model"])
+        .arg(repo.join("tests/fixtures/tiny_sdxl"))
+        .args(["--prompt", "a red circle", "--seed", "1", "--steps", "3"])
+        .args(["--tome-ratio", "0.5", "--out"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    let gen_err = String::from_utf8_lossy(&gen.stderr).to_string();
+    common::succeeded(gen);
+    assert!(gen_err.contains(&format!("--tome-ratio 0.5 {warning}")), "{gen_err}");
+    assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (128, 128));
+}
