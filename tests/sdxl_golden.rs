@@ -58,8 +58,39 @@ fn sdxl_images_match_diffusers_and_tomesd() {
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert_eq!(report.len(), 7, "every golden case ran");
+    assert_eq!(report.len(), 8, "every golden case ran");
     assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
+}
+
+/// `tomex generate --model <sdxl export> --prompt P --seed S` and nothing else is
+/// diffusers' `StableDiffusionXLPipeline(prompt, generator=...)`: 50 Euler steps,
+/// guidance 5.0, the model's size, zeroed negative conditioning. Bound 1/255 as above.
+#[test]
+fn sdxl_generate_without_flags_is_the_pipelines_defaults() {
+    let golden = common::golden("sdxl");
+    let index = common::read_json(&golden.join("index.json"));
+    let case = index["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["all_defaults"] == true)
+        .expect("golden_sdxl.py writes an all-defaults case");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("defaults.png");
+    let o = common::tomex_command()
+        .args(["generate", "--model"])
+        .arg(fixture())
+        .args(["--prompt", case["prompt"].as_str().unwrap()])
+        .args(["--seed", &case["seed"].to_string()])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    common::succeeded(o);
+    let image = image::open(&out).unwrap().to_rgb8();
+    let file = golden.join(case["file"].as_str().unwrap());
+    let diff = common::max_pixel_diff(&image, &file);
+    assert!(diff <= 1, "{}: max diff {diff} (bound 1)", file.display());
 }
 
 /// The UNet's added conditions reach every path: one evaluation of golden/sdxl/unet with

@@ -1,4 +1,4 @@
-//! A spec that leaves out the image size or the scheduler gets the model's own, as
+//! A spec that leaves out the image size, the scheduler or the guidance gets the model's own, as
 //! diffusers' pipeline defaults them: the UNet's `sample_size` times the VAE's scale
 //! factor, and the class `scheduler_config.json` names.
 
@@ -92,4 +92,24 @@ fn a_scheduler_tomex_lacks_is_named_with_the_key_to_set() {
     // Naming one in the spec is the way out.
     let chosen = spec(dir.path(), &model, "scheduler = \"pndm\"");
     assert!(prepare(&chosen, None, false).is_ok());
+}
+
+/// SDXL: a spec that leaves everything to the model gets StableDiffusionXLPipeline's
+/// defaults (the model's 128 px here, SDXL base's 1024; Euler; guidance 5.0); SD 1.x's
+/// guidance default stays 7.5, and a written guidance wins.
+#[test]
+fn an_sdxl_spec_gets_the_xl_pipelines_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let xl = common::repo().join("tests/fixtures/tiny_sdxl");
+    let prepared = prepare(&spec(dir.path(), &xl, ""), None, false).unwrap();
+    let g = &prepared.spec.generation;
+    assert_eq!(
+        (g.width, g.height, g.scheduler, g.guidance),
+        (128, 128, SchedulerKind::Euler, 5.0)
+    );
+    let prepared = prepare(&spec(dir.path(), &xl, "guidance = 3.5"), None, false).unwrap();
+    assert_eq!(prepared.spec.generation.guidance, 3.5);
+    let tiny = common::tiny_model();
+    let prepared = prepare(&spec(dir.path(), &tiny, ""), None, false).unwrap();
+    assert_eq!(prepared.spec.generation.guidance, 7.5);
 }

@@ -74,6 +74,7 @@ START, END = "<!-- bench-unet:start -->", "<!-- bench-unet:end -->"
 BATCH = 2
 TIMESTEP = 500
 TEXT_LEN = 77
+SDXL_TEXT_EMBEDS = 1280  # pooled text_embeds of an SDXL-layout UNet (addition_embed_type text_time)
 
 # name, label, ratio, merge targets, uncut (tomex), torch runs this case itself
 CASES = [
@@ -113,19 +114,28 @@ def torch_worker(args) -> None:
                                                 low_cpu_mem_usage=False).eval()
     if args.ratio > 0:
         tomesd.apply_patch(unet, ratio=args.ratio, merge_attn="self_attn" in merge,
-                           merge_crossattn="cross_attn" in merge, use_rand=False)
+                           merge_crossattn="cross_attn" in merge, use_rand=False,
+                           max_downsample=args.max_downsample)
     load_s = time.perf_counter() - t0
     load_mib = peak_mib()
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(args.batch, 4, h, w, generator=g)
     ehs = torch.randn(args.batch, TEXT_LEN, unet.config.cross_attention_dim, generator=g)
     t = torch.tensor(TIMESTEP, dtype=torch.int64)
+    # SDXL: the added conditions (pooled text, time_ids of an 8h x 8w image), as
+    # tools/make_bench_unet.py's export takes them.
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        added = {"text_embeds": torch.randn(args.batch, SDXL_TEXT_EMBEDS, generator=g),
+                 "time_ids": torch.tensor([[8.0 * h, 8.0 * w, 0.0, 0.0, 8.0 * h, 8.0 * w]] * args.batch)}
     cuda = args.device.startswith("cuda")
     if args.precision == "fp16":
         unet, sample, ehs = unet.half(), sample.half(), ehs.half()
+        added = added and {k: v.half() for k, v in added.items()}
     if cuda:
         dev = torch.device(args.device)
         unet, sample, ehs, t = unet.to(dev), sample.to(dev), ehs.to(dev), t.to(dev)
+        added = added and {k: v.to(dev) for k, v in added.items()}
         torch.cuda.reset_peak_memory_stats(dev)
 
     def sync() -> None:
@@ -142,10 +152,11 @@ def torch_worker(args) -> None:
                 from torch.utils.flop_counter import FlopCounterMode
 
                 with FlopCounterMode(display=False) as counter:
-                    out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+                    out = unet(sample, t, encoder_hidden_states=ehs, added_cond_kwargs=added,
+                               return_dict=False)[0]
                 flops = counter.get_total_flops()
             else:
-                out = unet(sample, t, encoder_hidden_states=ehs, return_dict=False)[0]
+                out = unet(sample, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)[0]
             sync()
             dt_s = time.perf_counter() - t1
             if i > 0:
@@ -283,7 +294,7 @@ def torch_cmd(a, hw, ratio, merge) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--torch-worker", "--model-dir", str(a.model_dir),
             "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
             "--threads", str(a.threads), "--ratio", str(ratio), "--merge", ",".join(merge),
-            "--device", a.device, "--precision", a.precision]
+            "--device", a.device, "--precision", a.precision, "--max-downsample", str(a.max_downsample)]
 
 
 def attention_text(results) -> str:
@@ -302,10 +313,17 @@ def tomex_cmd(a, hw, ratio, merge, uncut, attention=None) -> list[str]:
            "--device", a.device, "--unet", str(Path(a.model_dir) / "onnx" / "unet" / "model.onnx"),
            "--latent", f"{hw[0]},{hw[1]}", "--batch", str(BATCH), "--repeats", str(a.repeats),
            "--threads", str(a.threads)]
+    config = json.loads((Path(a.model_dir) / "torch" / "config.json").read_text())
+    cmd += ["--hidden-dim", str(config["cross_attention_dim"])]
+    if config.get("addition_embed_type") == "text_time":
+        cmd += ["--text-embeds-dim", str(SDXL_TEXT_EMBEDS)]
     if uncut:
         cmd.append("--uncut")
+    elif ratio == 0 and a.max_downsample != 1:
+        cmd += ["--tome-max-downsample", str(a.max_downsample)]  # the cuts at the levels it may merge
     if ratio > 0:
-        cmd += ["--tome-ratio", str(ratio), "--tome-merge", ",".join(merge), "--tome-no-rand"]
+        cmd += ["--tome-ratio", str(ratio), "--tome-merge", ",".join(merge), "--tome-no-rand",
+                "--tome-max-downsample", str(a.max_downsample)]
     return cmd
 
 
@@ -354,6 +372,9 @@ def model_facts(model_dir: Path) -> dict:
     try:
         cfg = json.loads((model_dir / "torch" / "config.json").read_text())
         facts["block_out_channels"] = cfg.get("block_out_channels")
+        facts["cross_attention_dim"] = cfg.get("cross_attention_dim")
+        facts["xl"] = cfg.get("addition_embed_type") == "text_time"
+        facts["transformer_layers_per_block"] = cfg.get("transformer_layers_per_block")
     except (OSError, json.JSONDecodeError):
         pass
     try:
@@ -396,20 +417,27 @@ def render(results: dict, a, facts: dict, mfacts: dict, command: str, stamp: str
     L.append("")
     L.append(f"Made by `{command}` on {stamp}.")
     L.append("")
-    L.append(f"* Model: random-weight `UNet2DConditionModel` with SD 1.5's layout, block_out_channels {chs}"
+    layout = "SD 1.5's layout"
+    if mfacts.get("xl"):
+        layout = f"SDXL base's layout (transformer_layers_per_block {mfacts.get('transformer_layers_per_block')})"
+    L.append(f"* Model: random-weight `UNet2DConditionModel` with {layout}, block_out_channels {chs}"
              + (f" ({mfacts['weights_mb']} MB float32 weights)" if "weights_mb" in mfacts else "")
              + f", made by `tools/make_bench_unet.py`; computed in {PRECISION_TEXT[a.precision]}"
              + (f" on {a.device}." if a.device != "cpu" else ", CPU.")),
     L.append(f"* Input: batch {BATCH} (as with guidance), timestep {TIMESTEP}, encoder_hidden_states "
-             f"[{BATCH}, {TEXT_LEN}, 768]; "
+             f"[{BATCH}, {TEXT_LEN}, {mfacts.get('cross_attention_dim') or 768}]"
+             + (f", text_embeds [{BATCH}, {SDXL_TEXT_EMBEDS}] and the time_ids of an image 8x the latent; "
+                if mfacts.get("xl") else "; ")
              + (f"one warm-up evaluation, then the median of {a.repeats} timed ones." if a.rounds == 1 else
                 f"{a.rounds} processes per side and case, in rounds that alternate torch with every tomex case "
                 f"of the same r (at r = 0: torch, then tomex uncut and cut, their order swapped every other round), each one warm-up evaluation "
                 f"then {a.repeats} timed ones; the median of all {a.rounds * a.repeats}."))
     L.append("* torch: diffusers' UNet (default attention processor, `scaled_dot_product_attention`) under "
              "`torch.no_grad()`; r > 0: `tomesd.apply_patch(unet, ratio=0.5, merge_attn=True, "
-             "merge_crossattn=<self+cross>, use_rand=False)` (max_downsample=1, sx=sy=2: merging in the "
-             "highest-resolution transformer blocks only). tomex: `tomex bench-unet` (ONNX Runtime, "
+             f"merge_crossattn=<self+cross>, use_rand=False, max_downsample={a.max_downsample})` (sx=sy=2: "
+             + ("merging in the highest-resolution transformer blocks only). " if a.max_downsample == 1 else
+                f"merging in the transformer blocks at downsample <= {a.max_downsample}). ")
+             + "tomex: `tomex bench-unet` (ONNX Runtime, "
              f"{'CPU' if a.device == 'cpu' else 'CUDA'}, token ops `{a.token_ops}`); "
              "\"uncut\" is the whole graph in one session, the other rows the graph cut at the transformer "
              "blocks with Rust token ops in between (`--tome-no-rand`); attention is fused (" + attention_text(results)
@@ -586,6 +614,9 @@ def main() -> None:
                     help="where tomex runs ToMe's token ops (tomex --token-ops)")
     ap.add_argument("--attention", choices=("flash", "fused"),
                     help="tomex --attention for the fused cases (default: tomex's choice for the device)")
+    ap.add_argument("--max-downsample", type=int, default=1,
+                    help="tomesd's max_downsample for both sides (default 1, tomesd's; an SDXL layout "
+                         "needs 2: its full-resolution level has no attention)")
     ap.add_argument("--exported-max", type=int, default=64,
                     help="run the exported-attention case only at latents up to this side (default 64)")
     ap.add_argument("--tomex", type=Path, default=DEFAULT_TOMEX, help="tomex binary (default target/release/tomex)")

@@ -50,6 +50,9 @@ CASES = [
     (None, "a lighthouse in a storm", "people", 4, (64, 96), ALL_MD2),
     (None, "a small blue square", None, 21, (128, 128), SELF_MD1),
 ]
+# `pipe(prompt, generator=...)` and nothing else: what `tomex generate --model M --prompt P
+# --seed S` must reproduce (50 steps, guidance 5.0, the model's size and scheduler).
+DEFAULTS_CASE = ("a cat sitting on a chair", 7)
 
 
 def scheduler_for(own, name: str | None):
@@ -117,6 +120,15 @@ def main() -> None:
                 sys.exit(f"golden_sdxl: {entry['file']}: max_downsample 1 changed the image")
         index.append(entry)
         print(f"{entry['file']}: {prompt!r} {entry.get('diff_vs_unpatched', '')}")
+    prompt, seed = DEFAULTS_CASE
+    pipe.scheduler = own
+    image = pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="pil").images[0]
+    entry = {"prompt": prompt, "negative_prompt": "", "seed": seed, "width": image.width, "height": image.height,
+             "steps": 50, "guidance": 5.0, "scheduler": "euler", "model_default_scheduler": True,
+             "all_defaults": True, "file": f"{len(index):02d}_all_defaults_seed{seed}.png"}
+    image.save(OUT / entry["file"], format="PNG", optimize=False)
+    index.append(entry)
+    print(f"{entry['file']}: {prompt!r}")
     unet_case = gen_unet(pipe.unet, tomesd)
     with open(OUT / "index.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump({"model": "tools/.work/tiny_sdxl_pt (= tests/fixtures/tiny_sdxl)", "cases": index,

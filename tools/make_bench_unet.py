@@ -71,17 +71,62 @@ SD15_UNET_CONFIG = dict(
 )
 
 
+# Stable Diffusion XL base 1.0's unet/config.json, less block_out_channels, the head
+# counts (which follow the channels: 64 per head, as SDXL's 5/10/20 at 320/640/1280) and
+# transformer_layers_per_block (set per run; SDXL: 1, 2, 10).
+SDXL_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # pooled text 1280 + 6 x 256
+)
+SDXL_TEXT_EMBEDS = 1280
+
+
 def parse_pair(s: str) -> tuple[int, int]:
     a, b = s.split(",")
     return int(a), int(b)
 
 
-def build_unet(channels: tuple[int, ...]):
+def build_unet(channels: tuple[int, ...], layout: str = "sd15", layers: tuple[int, ...] = (1, 2, 10)):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**SD15_UNET_CONFIG, block_out_channels=channels)
+    if layout == "sdxl":
+        heads = tuple(c // 64 for c in channels)
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG, block_out_channels=channels, attention_head_dim=heads,
+                                    transformer_layers_per_block=layers)
+    else:
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG, block_out_channels=channels)
     return unet.eval()
+
+
+def is_xl(unet) -> bool:
+    return unet.config.addition_embed_type == "text_time"
+
+
+def added_inputs(unet, batch: int, hw: tuple[int, int], g) -> dict:
+    """SDXL's added conditions for a batch: random pooled text, time_ids of an 8h x 8w image."""
+    if not is_xl(unet):
+        return {}
+    h, w = hw
+    return {"text_embeds": torch.randn(batch, SDXL_TEXT_EMBEDS, generator=g),
+            "time_ids": torch.tensor([[8.0 * h, 8.0 * w, 0.0, 0.0, 8.0 * h, 8.0 * w]] * batch)}
 
 
 def export_unet(unet, out_dir: Path, trace_hw: tuple[int, int]) -> Path:
@@ -97,26 +142,47 @@ def export_unet(unet, out_dir: Path, trace_hw: tuple[int, int]) -> Path:
     sample = torch.randn(2, 4, h, w, generator=g)
     ehs = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     timestep = torch.tensor(981, dtype=torch.int64)
+    added = added_inputs(unet, 2, trace_hw, g)
     t0 = time.perf_counter()
     # Models over 2 GB (the full 320-channel layout) get external data from torch
     # itself (one file per tensor); either way we re-save below as one file.
-    torch.onnx.export(
-        unet,
-        (sample, timestep, ehs),
-        str(tmp / "model.onnx"),
-        kwargs={"return_dict": False},
-        dynamo=False,
-        opset_version=OPSET,
-        do_constant_folding=True,
-        input_names=["sample", "timestep", "encoder_hidden_states"],
-        output_names=["out_sample"],
-        dynamic_axes={
-            "sample": {0: "batch_size", 2: "height", 3: "width"},
-            "timestep": {},
-            "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
-            "out_sample": {0: "batch_size", 2: "height", 3: "width"},
-        },
-    )
+    args, names = (sample, timestep, ehs), ["sample", "timestep", "encoder_hidden_states"]
+    axes = {
+        "sample": {0: "batch_size", 2: "height", 3: "width"},
+        "timestep": {},
+        "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
+        "out_sample": {0: "batch_size", 2: "height", 3: "width"},
+    }
+    if added:
+        # SDXL: the added conditions as graph inputs of their own, as optimum exports them.
+        # The UNet's own forward is replaced (not wrapped in a module), so node names keep
+        # diffusers' module paths (/down_blocks.1/attentions.0/...), which tomex's cut reads.
+        inner = unet.forward
+
+        def forward(sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+            return inner(sample, timestep, encoder_hidden_states, return_dict=False,
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
+
+        unet.forward = forward
+        args = args + (added["text_embeds"], added["time_ids"])
+        names += ["text_embeds", "time_ids"]
+        axes.update({"text_embeds": {0: "batch_size"}, "time_ids": {0: "batch_size"}})
+    try:
+        torch.onnx.export(
+            unet,
+            args,
+            str(tmp / "model.onnx"),
+            kwargs={} if added else {"return_dict": False},
+            dynamo=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            input_names=names,
+            output_names=["out_sample"],
+            dynamic_axes=axes,
+        )
+    finally:
+        if added:
+            del unet.forward  # the class's forward again
     print(f"torch.onnx.export: {time.perf_counter() - t0:.1f} s")
     model = onnx.load(str(tmp / "model.onnx"), load_external_data=True)
     path = out_dir / "model.onnx"
@@ -166,10 +232,13 @@ def check_ort_vs_torch(unet, path: Path, hw: tuple[int, int], threads: int) -> f
     x = torch.randn(2, 4, h, w, generator=g)
     e = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     t = 500
+    added = added_inputs(unet, 2, hw, g)
     with torch.no_grad():
-        ref = unet(x, torch.tensor(t), encoder_hidden_states=e, return_dict=False)[0].numpy()
-    out = sess.run(None, {"sample": x.numpy(), "timestep": np.array(t, np.int64),
-                          "encoder_hidden_states": e.numpy()})[0]
+        ref = unet(x, torch.tensor(t), encoder_hidden_states=e, return_dict=False,
+                   added_cond_kwargs=added or None)[0].numpy()
+    feed = {"sample": x.numpy(), "timestep": np.array(t, np.int64), "encoder_hidden_states": e.numpy()}
+    feed.update({k: v.numpy() for k, v in added.items()})
+    out = sess.run(None, feed)[0]
     rel = float(np.linalg.norm((out - ref).ravel()) / np.linalg.norm(ref.ravel()))
     print(f"check b=2 latent {h}x{w}: |out| std={ref.std():.4f} max={np.abs(ref).max():.4f}; "
           f"ORT vs torch max|diff|={np.abs(out - ref).max():.3e} relative L2={rel:.3e}")
@@ -178,8 +247,13 @@ def check_ort_vs_torch(unet, path: Path, hw: tuple[int, int], threads: int) -> f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--channels", default="128,256,512,512",
-                    help="block_out_channels (default 128,256,512,512; SD 1.5: 320,640,1280,1280)")
+    ap.add_argument("--layout", choices=("sd15", "sdxl"), default="sd15",
+                    help="sd15 (default) or sdxl: SDXL base's config (added text_embeds/time_ids inputs)")
+    ap.add_argument("--channels", default=None,
+                    help="block_out_channels (default 128,256,512,512; SD 1.5: 320,640,1280,1280; "
+                         "sdxl default 128,256,512, SDXL: 320,640,1280)")
+    ap.add_argument("--transformer-layers", default="1,2,10",
+                    help="sdxl: transformer_layers_per_block (default SDXL's 1,2,10)")
     ap.add_argument("--out", default=None,
                     help="output directory (default target/bench/unet-<first channel count>)")
     ap.add_argument("--trace-latent", default="16,16", help="H,W traced by the exporter (divisible by 8)")
@@ -188,14 +262,18 @@ def main() -> None:
     ap.add_argument("--skip-check", action="store_true")
     args = ap.parse_args()
 
-    channels = tuple(int(c) for c in args.channels.split(","))
-    if len(channels) != 4:
-        sys.exit("--channels: SD 1.5's layout has 4 levels")
-    out = Path(args.out) if args.out else ROOT / "target" / "bench" / f"unet-{channels[0]}"
+    default_channels = "128,256,512" if args.layout == "sdxl" else "128,256,512,512"
+    channels = tuple(int(c) for c in (args.channels or default_channels).split(","))
+    levels = 3 if args.layout == "sdxl" else 4
+    if len(channels) != levels:
+        sys.exit(f"--channels: the {args.layout} layout has {levels} levels")
+    layers = tuple(int(c) for c in args.transformer_layers.split(","))
+    prefix = "unet-sdxl" if args.layout == "sdxl" else "unet"
+    out = Path(args.out) if args.out else ROOT / "target" / "bench" / f"{prefix}-{channels[0]}"
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    unet = build_unet(channels)
+    unet = build_unet(channels, args.layout, layers)
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"UNet2DConditionModel block_out_channels={channels}: {n_params / 1e6:.1f} M parameters "
           f"({n_params * 4 / 1e6:.0f} MB float32), built in {time.perf_counter() - t0:.1f} s")

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use ndarray::{Array3, Array4};
+use ndarray::{Array2, Array3, Array4};
 
 use super::generate::TomeArgs;
 use super::Global;
 use crate::diffusion::rng::randn;
-use crate::engine::{Device, Runtime, TomeUnet, Unet};
+use crate::engine::{AddedConditions, Conditioning, Device, Runtime, TomeUnet, Unet};
 use crate::tome::PartitionRng;
 
 #[derive(Args)]
@@ -25,9 +25,13 @@ pub struct BenchUnetArgs {
     latent: Vec<usize>,
     #[arg(long, default_value_t = 2)]
     batch: usize,
-    /// Width of the text states (768 for SD 1.x).
+    /// Width of the text states (768 for SD 1.x, 2048 for SDXL).
     #[arg(long, default_value_t = 768)]
     hidden_dim: usize,
+    /// SDXL: width of the pooled `text_embeds` (1280 for SDXL); with it the UNet also
+    /// gets the `time_ids` of an image of 8 x the latent.
+    #[arg(long)]
+    text_embeds_dim: Option<usize>,
     /// Timed evaluations after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -59,6 +63,19 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
     };
     let sample: Array4<f32> = randn(0, &[args.batch, 4, h, w]).into_dimensionality()?;
     let hidden: Array3<f32> = randn(1, &[args.batch, 77, args.hidden_dim]).into_dimensionality()?;
+    let added = match args.text_embeds_dim {
+        Some(d) => {
+            let (ih, iw) = ((8 * h) as f32, (8 * w) as f32);
+            Some(AddedConditions {
+                text_embeds: randn(2, &[args.batch, d]).into_dimensionality()?,
+                time_ids: Array2::from_shape_fn((args.batch, 6), |(_, k)| {
+                    [ih, iw, 0.0, 0.0, ih, iw][k]
+                }),
+            })
+        }
+        None => None,
+    };
+    let cond = Conditioning::new(&hidden, added.as_ref());
     let timestep = 500.0;
 
     let options = global.unet_options(args.device, global.precision.unwrap_or_default())?;
@@ -70,7 +87,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         fused = Some(fusion.fused.len());
         for i in 0..=args.repeats {
             let start = Instant::now();
-            unet.predict(&sample, timestep, &hidden)?;
+            unet.predict(&sample, timestep, cond)?;
             if i > 0 {
                 times.push(start.elapsed());
             }
@@ -87,7 +104,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         for i in 0..=args.repeats {
             let mut rng = PartitionRng::new(cfg.seed);
             let start = Instant::now();
-            unet.predict_with_cut(&sample, timestep, &hidden, &cfg, &mut rng, cut.clone())?;
+            unet.predict_with_cut(&sample, timestep, cond, &cfg, &mut rng, cut.clone())?;
             let elapsed = start.elapsed();
             let ops = unet.take_token_ops_time();
             if i > 0 {

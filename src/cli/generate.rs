@@ -28,8 +28,9 @@ pub struct GenerateArgs {
     seed: u64,
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f32,
+    /// Classifier-free guidance scale. Default: the model's pipeline's (7.5; SDXL 5.0)
+    #[arg(long)]
+    guidance: Option<f32>,
     /// Default: what diffusers' pipeline takes for this model, the UNet's sample_size
     /// times the VAE's scale factor (512 for SD 1.5, 256 for the demo model).
     #[arg(long)]
@@ -131,7 +132,7 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
         negative_prompt: args.negative_prompt.clone(),
         seed: args.seed,
         steps: args.steps,
-        guidance: args.guidance,
+        guidance: args.guidance.unwrap_or(defaults.guidance),
         width: args.width.unwrap_or(defaults.size),
         height: args.height.unwrap_or(defaults.size),
         scheduler: match args.scheduler {

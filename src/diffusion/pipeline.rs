@@ -36,10 +36,12 @@ pub enum PipelineError {
 
 /// What diffusers' pipeline would take for a model when the caller says nothing: the
 /// image side (the UNet's sample_size times the VAE's scale factor; 512, SD 1.x's, when
-/// the export lacks the configs) and the scheduler class it was saved with.
+/// the export lacks the configs), the scheduler class it was saved with, and the
+/// guidance scale (`StableDiffusionXLPipeline`'s 5.0, `StableDiffusionPipeline`'s 7.5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelDefaults {
     pub size: usize,
+    pub guidance: f32,
     /// `scheduler_config.json`'s `_class_name`, if it names one.
     pub scheduler_class: Option<String>,
     scheduler_config: std::path::PathBuf,
@@ -49,6 +51,7 @@ impl ModelDefaults {
     pub fn of(model: &ModelDir) -> Result<ModelDefaults, ModelError> {
         Ok(ModelDefaults {
             size: model.default_image_size()?.unwrap_or(512),
+            guidance: if model.is_xl() { 5.0 } else { 7.5 },
             scheduler_class: model.scheduler_class()?,
             scheduler_config: model.scheduler_config.clone(),
         })

@@ -119,8 +119,8 @@ fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<(
         spec.warnings.push(Problem::new(
             Location::new(&spec.path, None),
             "generation",
-            "the model is not here to say its image size and scheduler, which the spec leaves \
-             out: 512x512 and PNDM until it is (job keys are provisional)",
+            "the model is not here to say its image size, scheduler or guidance, which the spec \
+             leaves out: 512x512, PNDM and 7.5 until it is (job keys are provisional)",
         ));
         return Ok(());
     };
@@ -136,7 +136,7 @@ fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<(
         spec.generation.scheduler
     };
     spec.generation
-        .take_model_defaults(defaults.size, scheduler);
+        .take_model_defaults(defaults.size, scheduler, defaults.guidance);
     Ok(())
 }
 

@@ -88,24 +88,25 @@ pub struct Generation {
     pub from_model: FromModel,
 }
 
-/// Which of `width`, `height` and `scheduler` a spec leaves to the model.
+/// Which of `width`, `height`, `scheduler` and `guidance` a spec leaves to the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FromModel {
     pub width: bool,
     pub height: bool,
     pub scheduler: bool,
+    pub guidance: bool,
 }
 
 impl FromModel {
     pub fn any(&self) -> bool {
-        self.width || self.height || self.scheduler
+        self.width || self.height || self.scheduler || self.guidance
     }
 }
 
 impl Generation {
     /// Fills the keys the spec left out with the model's own image size (its UNet's
-    /// `sample_size` times the VAE's scale factor) and scheduler.
-    pub fn take_model_defaults(&mut self, size: usize, scheduler: SchedulerKind) {
+    /// `sample_size` times the VAE's scale factor), scheduler and guidance scale.
+    pub fn take_model_defaults(&mut self, size: usize, scheduler: SchedulerKind, guidance: f32) {
         if self.from_model.width {
             self.width = size;
         }
@@ -114,6 +115,9 @@ impl Generation {
         }
         if self.from_model.scheduler {
             self.scheduler = scheduler;
+        }
+        if self.from_model.guidance {
+            self.guidance = guidance;
         }
         self.from_model = FromModel::default();
     }

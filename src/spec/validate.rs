@@ -277,6 +277,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         width: !g.has("width"),
         height: !g.has("height"),
         scheduler: !g.has("scheduler"),
+        guidance: !g.has("guidance"),
     };
     let scheduler = named(
         ctx,
