@@ -798,14 +798,19 @@ fn complete_writes_image_then_record() {
     assert_eq!(rec.worker, "test");
     assert!(rec.finished_at >= rec.started_at);
     // done: nobody claims it again; the claim log ends in `completed`, which
-    // holds even where the record is not seen (another host's stale cache)
+    // holds even where the record is not seen (another host's stale cache: a worker
+    // on another machine, within the claim timeout)
     assert!(store.try_claim(&job.key, &me).unwrap().is_none());
     let log = dir.path().join("claims").join(&job.key);
     let last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(log.join("00000001.json")).unwrap()).unwrap();
     assert_eq!(last["state"], "completed");
+    let elsewhere = Worker {
+        host: "another-host".into(),
+        ..Worker::current("elsewhere")
+    };
     std::fs::rename(store.record_path(&job.key), dir.path().join("hidden")).unwrap();
-    assert!(store.try_claim(&job.key, &me).unwrap().is_none());
+    assert!(store.try_claim(&job.key, &elsewhere).unwrap().is_none());
     std::fs::rename(dir.path().join("hidden"), store.record_path(&job.key)).unwrap();
     // no temporary files anywhere
     let object = store.object_dir(&job.key);
@@ -955,12 +960,12 @@ fn failures_are_recorded_and_retried() {
     assert_eq!(failures[0].error, "UNet: out of memory again");
     assert_eq!(failures[0].job, js[0].material);
     let c = store.try_claim(&js[1].key, &me).unwrap().unwrap();
-    store.complete(c, &js[1], b"png", measurement(1.0)).unwrap();
+    store.complete(c, &js[1], &png_of(&js[1].key), measurement(1.0)).unwrap();
     let counts = store.counts(&js);
     assert_eq!((counts.done, counts.failed, counts.todo), (1, 1, 1));
     // a retry that succeeds clears the error
     let c = store.try_claim(&js[0].key, &me).unwrap().unwrap();
-    store.complete(c, &js[0], b"png", measurement(1.0)).unwrap();
+    store.complete(c, &js[0], &png_of(&js[0].key), measurement(1.0)).unwrap();
     assert_eq!(store.failures().unwrap().count(), 0);
     assert!(store.error(&js[0].key).unwrap().is_none());
     assert!(!store.object_dir(&js[0].key).join("error.json").exists());

@@ -11,6 +11,7 @@ mod plan;
 mod report;
 mod resolve;
 mod run;
+mod store;
 
 use std::path::PathBuf;
 
@@ -72,6 +73,9 @@ enum Command {
     /// List, verify and add models in models.lock.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Check (and repair) a results store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -84,18 +88,21 @@ pub fn main() -> i32 {
         token_ops: cli.token_ops,
         precision: cli.precision,
     };
+    // Each command's exit code: 0 on success unless it says otherwise.
+    let ok = |r: anyhow::Result<()>| r.map(|()| 0);
     let result = match cli.command {
-        Command::Generate(args) => generate::run(&global, args),
-        Command::Models(cmd) => models::run(&global, cmd),
-        Command::BenchUnet(args) => bench::run(&global, args),
-        Command::Run(args) => run::run(&global, args),
-        Command::Plan(args) => plan::run(&global, args),
-        Command::Report(args) => report::run(&global, args),
-        Command::Fid(args) => fid::run(&global, args),
-        Command::BenchFid(args) => bench_fid::run(&global, args),
+        Command::Generate(args) => ok(generate::run(&global, args)),
+        Command::Models(cmd) => ok(models::run(&global, cmd)),
+        Command::BenchUnet(args) => ok(bench::run(&global, args)),
+        Command::Run(args) => ok(run::run(&global, args)),
+        Command::Plan(args) => ok(plan::run(&global, args)),
+        Command::Report(args) => ok(report::run(&global, args)),
+        Command::Fid(args) => ok(fid::run(&global, args)),
+        Command::BenchFid(args) => ok(bench_fid::run(&global, args)),
+        Command::Store(cmd) => store::run(cmd),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             1

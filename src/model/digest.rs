@@ -20,12 +20,23 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
+    Ok(prefixed_hex(hasher))
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    prefixed_hex(hasher)
+}
+
+fn prefixed_hex(hasher: Sha256) -> String {
     let hex: String = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(format!("sha256:{hex}"))
+    format!("sha256:{hex}")
 }
 
 /// Digests already computed, stored as JSON in the user's cache folder.

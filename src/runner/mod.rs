@@ -120,6 +120,9 @@ pub fn execute(
     observer: &mut dyn RunObserver,
 ) -> Result<Summary, crate::store::StoreError> {
     let jobs = prepared.plan.shard(shard);
+    for (key, why) in store.damaged(jobs.iter().copied()) {
+        observer.warning(&Store::damage_message(&key, &why));
+    }
     let todo: Vec<&Job> = jobs
         .iter()
         .copied()

@@ -335,6 +335,16 @@ pub(crate) fn next_step(head: &Head, me: &Worker, timeout: Duration) -> Next {
     }
 }
 
+/// Whether a `completed` entry can no longer be ahead of the object it stands for: the
+/// completing worker is on this machine (one file system view), or the entry is older
+/// than `timeout` (another host's lagging view has caught up by then). A store that
+/// then lacks the object, or holds it damaged, lost it after the fact.
+pub(crate) fn completion_is_settled(info: &ClaimInfo, me: &Worker, timeout: Duration) -> bool {
+    info.state == ClaimState::Completed
+        && (me.same_machine(info)
+            || now_ms().saturating_sub(info.heartbeat_unix_ms) > timeout.as_millis() as u64)
+}
+
 /// Whether the worker of `info` is dead (see the module docs).
 pub fn is_stale(info: &ClaimInfo, me: &Worker, timeout: Duration) -> bool {
     if me.same_machine(info) {

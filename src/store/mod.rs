@@ -10,6 +10,7 @@
 //! <root>/objects/<key>/error.json   the last failure (ErrorRecord) of a job not done
 //! <root>/claims/<key>/<gen>.json    who runs the job (see `claim`)
 //! <root>/manifest.csv               every stored job, for other tools
+//! <root>/damaged/<key>-<unix ms>/   a damaged object, moved aside before its job reruns
 //! ```
 //!
 //! # Invariants
@@ -35,6 +36,17 @@
 //!    that no longer exists: on the same machine that is seen at once (pid gone or
 //!    reused), from other machines once its heartbeat is older than the claim
 //!    timeout. The next worker then claims the following generation.
+//!
+//! 5. **Damage from outside is not "done".** A record that does not parse or names
+//!    another key, or an image that is missing, is not a PNG or has another size than
+//!    its record says, makes the object *damaged* ([`ObjectState`]): it counts as not
+//!    stored, and the next worker to claim the job moves it to `damaged/` (nothing is
+//!    deleted) and runs it again. A deleted object is simply missing. A claim log that
+//!    ends in `completed` does not hold such a job back once the completing worker is
+//!    seen to be on this machine, or its entry is older than the claim timeout (the
+//!    window in which another host's view of the directory may lag). The image's
+//!    digest is checked by [`Store::verify`] (`tomex store verify`), which also finds
+//!    leftovers and, with `repair`, makes the store consistent.
 //!
 //! The claim protocol, and what it assumes of the file system and clocks, is in
 //! [`claim`]; the primitives in [`fsx`].
@@ -90,6 +102,37 @@ const MARKER: &str = "tomex-store.json";
 const IMAGE: &str = "image.png";
 const RECORD: &str = "record.json";
 const ERROR: &str = "error.json";
+const DAMAGED: &str = "damaged";
+const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Object directories looked at, and how many hold an intact job.
+    pub objects: usize,
+    pub intact: usize,
+    pub findings: Vec<Finding>,
+    /// Whether the findings were repaired.
+    pub repaired: bool,
+}
+
+/// One problem [`Store::verify`] found, and what the repair did about it.
+#[derive(Debug)]
+pub struct Finding {
+    pub key: String,
+    pub problem: String,
+    pub action: Option<String>,
+}
+
+/// What the store holds for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectState {
+    /// Nothing finished (a failure, a leftover, or no directory at all).
+    Absent,
+    Done(Box<Record>),
+    /// A record that cannot be trusted, and why.
+    Damaged(String),
+}
 /// The default manifest file name, in the store's root.
 pub const MANIFEST: &str = "manifest.csv";
 
@@ -209,14 +252,94 @@ impl Store {
         self.root.join("claims").join(key)
     }
 
-    /// Whether the job's record exists.
+    /// Whether the job is stored: its record reads and its image is there, a PNG of
+    /// the size the record says (see [`ObjectState`]).
     pub fn is_done(&self, key: &str) -> bool {
-        self.record_path(key).is_file()
+        matches!(self.state(key), ObjectState::Done(_))
     }
 
-    /// The job's record, `None` when it is not done.
+    /// The job's record, `None` when it is not done (or damaged).
     pub fn record(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        read_json(&self.record_path(key))
+        Ok(match self.state(key) {
+            ObjectState::Done(record) => Some(*record),
+            _ => None,
+        })
+    }
+
+    /// What the store holds for the job, with the cheap checks every run makes: the
+    /// record parses and names this key; the image exists, starts as a PNG does, and has
+    /// the size the record says. The image's digest is [`Store::verify`]'s.
+    pub fn state(&self, key: &str) -> ObjectState {
+        let path = self.record_path(key);
+        let record: Record = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return ObjectState::Absent,
+            Err(e) => return ObjectState::Damaged(format!("record.json cannot be read: {e}")),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => return ObjectState::Damaged(format!("record.json does not parse: {e}")),
+            },
+        };
+        if record.key != key {
+            return ObjectState::Damaged(format!("record.json names key {}", record.key));
+        }
+        let image = self.image_path(key);
+        let mut head = [0u8; 8];
+        let read = fs::File::open(&image).and_then(|mut f| {
+            use std::io::Read;
+            let len = f.metadata()?.len();
+            f.read_exact(&mut head).map(|_| len)
+        });
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ObjectState::Damaged("image.png is missing".into())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                ObjectState::Damaged("image.png is truncated (under 8 bytes)".into())
+            }
+            Err(e) => ObjectState::Damaged(format!("image.png cannot be read: {e}")),
+            Ok(_) if &head != PNG_SIGNATURE => {
+                ObjectState::Damaged("image.png is not a PNG".into())
+            }
+            Ok(len) if record.image_bytes.is_some_and(|b| b != len) => {
+                ObjectState::Damaged(format!(
+                    "image.png has {len} bytes, its record says {}",
+                    record.image_bytes.unwrap_or_default()
+                ))
+            }
+            Ok(_) => ObjectState::Done(Box::new(record)),
+        }
+    }
+
+    /// The damaged objects among `jobs`, with why: each counts as not stored.
+    pub fn damaged<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> Vec<(String, String)> {
+        jobs.into_iter()
+            .filter_map(|j| match self.state(&j.key) {
+                ObjectState::Damaged(why) => Some((j.key.clone(), why)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The one line `plan` and `run` say about a damaged object.
+    pub fn damage_message(key: &str, why: &str) -> String {
+        format!(
+            "objects/{key} is damaged ({why}): it counts as not stored and runs again \
+             (its files move to damaged/)"
+        )
+    }
+
+    /// Moves a damaged object aside (`damaged/<key>-<unix ms>/`); nothing is deleted.
+    fn quarantine(&self, key: &str) -> Result<Option<PathBuf>, StoreError> {
+        let from = self.object_dir(key);
+        if !from.exists() {
+            return Ok(None);
+        }
+        let aside = self.root.join(DAMAGED);
+        fs::create_dir_all(&aside).map_err(|e| StoreError::io(&aside, e))?;
+        let to = aside.join(format!("{key}-{}", claim::now_ms()));
+        fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
+        fsx::sync_dir(&aside);
+        Ok(Some(to))
     }
 
     /// The job's last failure, `None` when it never failed or is done.
@@ -224,7 +347,8 @@ impl Store {
         if self.is_done(key) {
             return Ok(None);
         }
-        read_json(&self.object_dir(key).join(ERROR))
+        // An unreadable error.json (damage) is no failure to show: the job reruns.
+        Ok(read_json(&self.object_dir(key).join(ERROR)).unwrap_or(None))
     }
 
     /// Claims the job for `worker`: `None` when it is done or held by a live
@@ -234,21 +358,37 @@ impl Store {
         let dir = self.claim_dir(key);
         // every failed attempt means another worker made progress on this job
         for _ in 0..16 {
-            if self.is_done(key) {
+            let state = self.state(key);
+            if matches!(state, ObjectState::Done(_)) {
                 return Ok(None);
             }
             let head = claim::read_head(&dir)?;
             let generation = match claim::next_step(&head, worker, self.claim_timeout) {
-                claim::Next::Held | claim::Next::Done => return Ok(None),
+                claim::Next::Held => return Ok(None),
+                // Completed, but the object is gone or damaged: see invariant 5.
+                claim::Next::Done => match &head {
+                    claim::Head::Info(info)
+                        if claim::completion_is_settled(info, worker, self.claim_timeout) =>
+                    {
+                        info.generation + 1
+                    }
+                    _ => return Ok(None),
+                },
                 claim::Next::Claim(g) => g,
             };
             let Some(info) = claim::try_create(&dir, key, generation, worker)? else {
                 continue;
             };
             let claim = Claim::new(dir.clone(), info);
-            if self.is_done(key) {
-                claim.release_with("already done")?;
-                return Ok(None);
+            match self.state(key) {
+                ObjectState::Done(_) => {
+                    claim.release_with("already done")?;
+                    return Ok(None);
+                }
+                ObjectState::Damaged(_) => {
+                    self.quarantine(key)?;
+                }
+                ObjectState::Absent => {}
             }
             return Ok(Some(claim));
         }
@@ -287,6 +427,8 @@ impl Store {
             worker: info.worker.clone(),
             started_at: info.started_at.clone(),
             finished_at: claim::rfc3339(claim::now_ms()),
+            image_sha256: Some(crate::model::sha256_bytes(image_png)),
+            image_bytes: Some(image_png.len() as u64),
         };
         let dir = self.object_dir(&job.key);
         claim.check()?;
@@ -392,6 +534,104 @@ impl Store {
             }
         }
         c
+    }
+
+    /// Checks every object and claim log, the image digests included (`tomex store
+    /// verify`); with `repair`, makes the store consistent so that the next run
+    /// regenerates exactly what was lost: damaged objects are moved to `damaged/`, and
+    /// claim logs that hold back a job the store does not have are removed. Run it
+    /// with no worker on the store (a repair would take a live worker's claim for dead
+    /// once its heartbeat is older than the claim timeout).
+    pub fn verify(&self, repair: bool) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for key in self.object_keys()? {
+            report.objects += 1;
+            let problem = match self.state(&key) {
+                ObjectState::Absent => continue,
+                ObjectState::Damaged(why) => why,
+                ObjectState::Done(record) => match self.image_problem(&key, &record) {
+                    None => {
+                        report.intact += 1;
+                        continue;
+                    }
+                    Some(why) => why,
+                },
+            };
+            let action = if repair {
+                let to = self.quarantine(&key)?;
+                claim::remove_log(&self.claim_dir(&key));
+                to.map(|to| format!("moved to {}", to.display()))
+            } else {
+                None
+            };
+            report.findings.push(Finding {
+                key,
+                problem,
+                action,
+            });
+        }
+        let claims = self.root.join("claims");
+        let me = Worker::current("verify");
+        for entry in fs::read_dir(&claims)
+            .map_err(|e| StoreError::io(&claims, e))?
+            .flatten()
+        {
+            let key = entry.file_name().to_string_lossy().into_owned();
+            let reported = report.findings.iter().any(|f| f.key == key);
+            if check_key(&key).is_err() || reported || self.is_done(&key) {
+                continue;
+            }
+            let dir = entry.path();
+            let problem = match claim::read_head(&dir)? {
+                claim::Head::Info(info) if info.state == ClaimState::Completed => {
+                    "its claim log says completed, but the object is not stored".to_string()
+                }
+                claim::Head::Info(info)
+                    if info.state == ClaimState::Claimed
+                        && claim::is_stale(&info, &me, self.claim_timeout) =>
+                {
+                    format!(
+                        "claimed by a worker that is gone ({} pid {})",
+                        info.host, info.pid
+                    )
+                }
+                claim::Head::Unreadable { age, .. } if age > self.claim_timeout => {
+                    "its claim log's last entry does not parse".to_string()
+                }
+                _ => continue,
+            };
+            let action = repair.then(|| {
+                claim::remove_log(&dir);
+                "claim log removed".to_string()
+            });
+            report.findings.push(Finding {
+                key,
+                problem,
+                action,
+            });
+        }
+        report.repaired = repair;
+        Ok(report)
+    }
+
+    /// What is wrong with a done job's image beyond the cheap checks: its digest
+    /// differs from the record's, or (records without one) it does not decode.
+    fn image_problem(&self, key: &str, record: &Record) -> Option<String> {
+        let path = self.image_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("image.png cannot be read: {e}")),
+        };
+        match &record.image_sha256 {
+            Some(want) => {
+                let got = crate::model::sha256_bytes(&bytes);
+                (&got != want)
+                    .then(|| format!("image.png's digest {got} is not its record's {want}"))
+            }
+            None => image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+                .err()
+                .map(|e| format!("image.png does not decode: {e}")),
+        }
     }
 
     /// Removes the claim logs of done jobs; returns how many. Run it when no

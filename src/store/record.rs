@@ -64,6 +64,12 @@ pub struct Record {
     /// When the claim was made (the job started).
     pub started_at: String,
     pub finished_at: String,
+    /// `sha256:<hex>` of `image.png` and its size, checked by `tomex store verify`
+    /// (the size also by every run); absent in records written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
 }
 
 /// `objects/<key>/error.json`: the last failure of a job not yet done.

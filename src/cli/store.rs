@@ -1,0 +1,74 @@
+//! `tomex store verify [--repair] STORE`: the store's own integrity check.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::metrics::Statistics;
+use crate::runner::fid::STATS_DIR;
+use crate::store::Store;
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Check every stored image against its record (digest, size, PNG), every claim
+    /// log, and the cached FID statistics; exit 1 when something is wrong. With
+    /// --repair, make the store consistent: damaged objects move to `damaged/`, claim
+    /// logs that hold back jobs the store lacks are removed, and FID statistics are
+    /// dropped when an image was repaired (they are recomputed), so the next `run`
+    /// regenerates exactly what was lost. Run it with no worker on the store.
+    Verify {
+        /// The store's folder (a spec's `store`).
+        store: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
+    let StoreCommand::Verify { store, repair } = cmd;
+    let opened = Store::open(&store).with_context(|| format!("store {}", store.display()))?;
+    let report = opened.verify(repair)?;
+    for f in &report.findings {
+        match &f.action {
+            Some(action) => println!("objects/{}: {} ({action})", f.key, f.problem),
+            None => println!("objects/{}: {}", f.key, f.problem),
+        }
+    }
+    // Cached FID statistics: unreadable files; all of them once an image was
+    // repaired (a statistic may have been computed from the damaged image).
+    let stats_dir = store.join("reports").join(STATS_DIR);
+    let mut stats_problems = 0;
+    let images_repaired = repair && report.findings.iter().any(|f| f.action.is_some());
+    for entry in std::fs::read_dir(&stats_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "npz") {
+            continue;
+        }
+        let unreadable = Statistics::load_npz(&path).err();
+        if let Some(e) = &unreadable {
+            stats_problems += 1;
+            println!("{}: unreadable FID statistics: {e}", path.display());
+        }
+        if repair && (unreadable.is_some() || images_repaired) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    let problems = report.findings.len() + stats_problems;
+    println!(
+        "store {}: {} objects, {} intact, {problems} problem(s){}",
+        store.display(),
+        report.objects,
+        report.intact,
+        match (problems, repair) {
+            (0, _) => "",
+            (_, true) => "; repaired: the next run regenerates what was lost",
+            (_, false) => "; run with --repair to make the store consistent",
+        }
+    );
+    Ok(i32::from(problems > 0 && !repair))
+}
