@@ -435,3 +435,25 @@ fn sdxl_smoke_spec_runs_and_names_the_configuration_that_merges_nothing() {
         (128, 128)
     );
 }
+
+/// `tomex run SPEC | head -1`: a closed stdout ends nothing; the run still stores
+/// every image and writes its report, exits 0, and panics nowhere.
+#[test]
+fn a_closed_stdout_ends_quietly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), 32, 2);
+    let mut child = tomex()
+        .arg("run")
+        .arg(&spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the first line
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(records(&dir.path().join("results")).len(), 12);
+    assert!(dir.path().join("results/reports/test/summary.md").is_file());
+}

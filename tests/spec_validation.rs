@@ -116,8 +116,28 @@ fn steps_guidance_batch_size() {
         &format!("[generation]\nsteps = 0\nguidance = nan\nbatch_size = -1\n\n{MINIMAL}"),
         &[
             "{f}:2:9: generation.steps: must be at least 1, got 0",
-            "{f}:3:12: generation.guidance: must be a finite number, got NaN",
+            "{f}:3:12: generation.guidance: must be a number from -100 to 100 (Stable Diffusion is used at 1 to 20), got NaN",
             "{f}:4:14: generation.batch_size: must be at least 1, got -1",
+        ],
+    );
+}
+
+/// Values that used to pass the check and fail (or abort) at run time are refused at
+/// load, each at its place: a guidance that overflows float32, a side whose VAE decode
+/// cannot fit memory, more steps than the scheduler's training timesteps, and image
+/// batches (not implemented).
+#[test]
+fn limits_are_checked_at_load() {
+    assert_errors(
+        &format!(
+            "[generation]\nsteps = 2000\nguidance = 1e300\nwidth = 2147483648\nheight = 8192\nbatch_size = 2\n\n{MINIMAL}"
+        ),
+        &[
+            "{f}:2:9: generation.steps: must be at most 1000, got 2000",
+            "{f}:3:12: generation.guidance: must be a number from -100 to 100 (Stable Diffusion is used at 1 to 20), got 1e300",
+            "{f}:4:9: generation.width: must be at most 4096 (the VAE decoder's activations at 4096x4096 already take 8 GiB each), got 2147483648",
+            "{f}:5:10: generation.height: must be at most 4096 (the VAE decoder's activations at 4096x4096 already take 8 GiB each), got 8192",
+            "{f}:6:14: generation.batch_size: 2 images per UNet batch are not implemented yet; set 1 (one image per pipeline call, as the thesis timed them)",
         ],
     );
 }

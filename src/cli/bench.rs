@@ -126,7 +126,7 @@ pub fn run(global: &Global, args: BenchUnetArgs) -> anyhow::Result<()> {
         "fused_attentions": fused,
         "onnxruntime": runtime.version(),
     });
-    println!("{json}");
+    say!("{json}");
     Ok(())
 }
 

@@ -121,7 +121,7 @@ pub fn run(global: &Global, args: BenchFidArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("featurising needs both --images DIR and --inception MODEL"),
     };
-    println!(
+    say!(
         "{}",
         json!({
             "threads": rayon::current_num_threads(),

@@ -85,7 +85,7 @@ pub fn run(global: &Global, args: FidArgs) -> anyhow::Result<()> {
     if stats.len() == 2 {
         let fid = frechet_distance(&stats[0], &stats[1])?;
         // As `python -m pytorch_fid` prints it: print('FID: ', fid_value).
-        println!("FID:  {fid}");
+        say!("FID:  {fid}");
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn run_fid_step(
         &mut observer,
     ) {
         Ok(o) => {
-            println!(
+            say!(
                 "FID: {} of {} (config, r > 0) values in {} ({} set(s) featurised, {} from the cache)",
                 o.measured,
                 o.cells,
@@ -49,7 +49,7 @@ pub fn run_fid_step(
                 o.cached
             );
             for note in &o.notes {
-                println!("  {note}");
+                say!("  {note}");
             }
             (o.notes, None)
         }

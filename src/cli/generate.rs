@@ -155,7 +155,7 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     }
     let (image, timings) = sd.generate(&request)?;
     write_png_atomically(&image, &args.out)?;
-    println!(
+    say!(
         "{}: {:.3} s (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}",
         args.out.display(),
         timings.total.as_secs_f64(),

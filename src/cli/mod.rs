@@ -1,6 +1,15 @@
 //! The command line: clap definitions and the glue from arguments to library calls.
 //! Errors come back as located, human messages; nothing here panics on bad input.
 
+/// `println!` that ignores a closed stdout (`tomex run … | head -1`): the command goes
+/// on to its FID and report and ends quietly, where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod bench_fid;
 mod fid;

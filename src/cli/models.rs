@@ -37,7 +37,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             let lock = ModelsLock::load(&lock_path(global)?)?;
             for name in lock.names() {
                 let entry = lock.entry(name)?;
-                println!(
+                say!(
                     "{name}\t{}\t{} files\t{}",
                     entry.path.display(),
                     entry.files.len(),
@@ -57,12 +57,12 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             for name in &names {
                 let problems = lock.verify(name, &mut cache)?;
                 if problems.is_empty() {
-                    println!("{name}: ok ({} files)", lock.entry(name)?.files.len());
+                    say!("{name}: ok ({} files)", lock.entry(name)?.files.len());
                 } else {
                     bad += 1;
-                    println!("{name}: {} problem(s)", problems.len());
+                    say!("{name}: {} problem(s)", problems.len());
                     for p in problems {
-                        println!("  {p}");
+                        say!("  {p}");
                     }
                 }
             }
@@ -100,7 +100,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             lock.add(&name, &path, &source, &mut cache)?;
             cache.save();
             lock.save()?;
-            println!(
+            say!(
                 "{name}: {} files recorded in {}",
                 lock.entry(&name)?.files.len(),
                 lock_path.display()

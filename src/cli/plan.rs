@@ -29,26 +29,26 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     let shard = super::run::shard(args.shard)?;
-    println!("spec `{}` ({})", spec.name, spec.path.display());
+    say!("spec `{}` ({})", spec.name, spec.path.display());
     match &prepared.model {
-        ModelStatus::Ready { dir, .. } => println!("  model: {}", dir.root.display()),
-        ModelStatus::Pinned { note, .. } => println!("  model: {note}"),
-        ModelStatus::Missing(note) => println!("  model: {note} (job keys are provisional)"),
+        ModelStatus::Ready { dir, .. } => say!("  model: {}", dir.root.display()),
+        ModelStatus::Pinned { note, .. } => say!("  model: {note}"),
+        ModelStatus::Missing(note) => say!("  model: {note} (job keys are provisional)"),
     }
     match &prepared.prompts {
-        PromptStatus::Read(n) => println!(
+        PromptStatus::Read(n) => say!(
             "  prompts: {} ({n} in column `{}`)",
             spec.prompts.file.display(),
             spec.prompts.column
         ),
-        PromptStatus::Missing(note) => println!("  prompts: {note}"),
+        PromptStatus::Missing(note) => say!("  prompts: {note}"),
     }
     let plan = &prepared.plan;
     for warning in cuts_that_merge_nothing(&prepared) {
         eprintln!("warning: {warning}");
     }
     let jobs = plan.shard(shard);
-    println!(
+    say!(
         "jobs: {} unique for {} cells ({} configurations x {} ratios x {} prompts, r = 0 shared){}",
         plan.len(),
         plan.cell_count(),
@@ -65,12 +65,12 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
     );
     let store_dir = args.store.clone().unwrap_or_else(|| spec.store.clone());
     if !store_dir.join("objects").is_dir() {
-        println!(
+        say!(
             "stored: none yet ({} does not exist); to run: {}",
             store_dir.display(),
             jobs.len()
         );
-        println!("estimate: no timings stored yet");
+        say!("estimate: no timings stored yet");
         return Ok(());
     }
     let store = Store::open(&store_dir)?;
@@ -78,7 +78,7 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         eprintln!("warning: {}", Store::damage_message(&key, &why));
     }
     let counts = store.counts(jobs.iter().copied());
-    println!(
+    say!(
         "stored: {}, failed earlier (retried on the next run): {}, to run: {}",
         counts.done,
         counts.failed,
@@ -98,7 +98,7 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         .values()
         .fold((0.0, 0), |(s, n), (s2, n2)| (s + s2, n + n2));
     if all_n == 0 {
-        println!("estimate: no timings stored yet");
+        say!("estimate: no timings stored yet");
         return Ok(());
     }
     let mean_all = all_s / all_n as f64;
@@ -111,7 +111,7 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
                 .map_or(mean_all, |(s, n)| s / *n as f64)
         })
         .sum();
-    println!(
+    say!(
         "estimate: {} (from {all_n} stored images, mean {mean_all:.2} s/image)",
         hms(estimate)
     );

@@ -66,14 +66,14 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
         (vec![], None)
     };
     let rendered = render_spec(&prepared, &store, Some(&report_dir), &fid_notes)?;
-    println!(
+    say!(
         "report of `{}`: {} files in {}",
         prepared.spec.name,
         rendered.files.len(),
         rendered.dir.display()
     );
     if rendered.missing > 0 {
-        println!(
+        say!(
             "partial: {} planned images are not stored (listed in summary.md)",
             rendered.missing
         );

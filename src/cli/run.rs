@@ -82,7 +82,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     observer.finish();
     let (manifest, rows) = store.write_manifest_for(&prepared.plan, None)?;
     print_summary(&prepared.spec.name, shard, &summary);
-    println!(
+    say!(
         "store: {} (manifest: {}, {rows} rows)",
         store_dir.display(),
         manifest.display()
@@ -95,7 +95,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
                 "FID is not computed by a shard's run (its sets are partial); run `tomex report {}` when every shard is done",
                 args.spec.display()
             );
-            println!("{note}");
+            say!("{note}");
             (vec![note], None)
         }
         Some(inception) => run_fid_step(
@@ -110,7 +110,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     };
     // The report renders whatever is stored, so a shard's run shows its partial view.
     match crate::report::render_spec(&prepared, &store, None, &fid_notes) {
-        Ok(r) => println!("report: {} files in {}", r.files.len(), r.dir.display()),
+        Ok(r) => say!("report: {} files in {}", r.files.len(), r.dir.display()),
         Err(e) => eprintln!("warning: the report could not be rendered: {e:#}"),
     }
     if !summary.failed.is_empty() {
@@ -133,7 +133,7 @@ fn print_summary(spec: &str, shard: Shard, s: &Summary) {
     } else {
         String::new()
     };
-    println!(
+    say!(
         "{spec}{shard}: {} jobs: {} generated, {} already stored, {} held by other workers, {} failed",
         s.planned,
         s.generated,
@@ -142,7 +142,7 @@ fn print_summary(spec: &str, shard: Shard, s: &Summary) {
         s.failed.len()
     );
     for (key, label, error) in &s.failed {
-        println!("  failed {} ({label}): {error}", &key[..12.min(key.len())]);
+        say!("  failed {} ({label}): {error}", &key[..12.min(key.len())]);
     }
 }
 

@@ -31,8 +31,8 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
     let report = opened.verify(repair)?;
     for f in &report.findings {
         match &f.action {
-            Some(action) => println!("objects/{}: {} ({action})", f.key, f.problem),
-            None => println!("objects/{}: {}", f.key, f.problem),
+            Some(action) => say!("objects/{}: {} ({action})", f.key, f.problem),
+            None => say!("objects/{}: {}", f.key, f.problem),
         }
     }
     // Cached FID statistics: unreadable files; all of them once an image was
@@ -52,14 +52,14 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
         let unreadable = Statistics::load_npz(&path).err();
         if let Some(e) = &unreadable {
             stats_problems += 1;
-            println!("{}: unreadable FID statistics: {e}", path.display());
+            say!("{}: unreadable FID statistics: {e}", path.display());
         }
         if repair && (unreadable.is_some() || images_repaired) {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     let problems = report.findings.len() + stats_problems;
-    println!(
+    say!(
         "store {}: {} objects, {} intact, {problems} problem(s){}",
         store.display(),
         report.objects,

@@ -73,6 +73,17 @@ impl ModelDefaults {
     }
 }
 
+/// The largest image side tomex accepts: at 4096 x 4096 the VAE decoder's widest
+/// activations (128 channels at full size, float32) take 8 GiB each, so a larger image
+/// cannot decode in the memory of the machines tomex targets.
+pub const MAX_SIDE: usize = 4096;
+/// The largest guidance scale accepted: Stable Diffusion is used at 1 to 20; a scale
+/// beyond 100 saturates every pixel, and one beyond float32's range is infinite.
+pub const MAX_GUIDANCE: f32 = 100.0;
+/// The most denoising steps: the schedulers' training timesteps (1000 for every Stable
+/// Diffusion; a scheduler cannot space more inference steps over them).
+pub const MAX_STEPS: usize = 1000;
+
 /// Everything that determines one image.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -97,13 +108,21 @@ impl Request {
                     "{name} {v} is not a positive multiple of 8"
                 )));
             }
+            if v > MAX_SIDE {
+                return Err(PipelineError::Invalid(format!(
+                    "{name} {v} is above the largest side, {MAX_SIDE}"
+                )));
+            }
         }
-        if self.steps == 0 {
-            return Err(PipelineError::Invalid("steps must be at least 1".into()));
-        }
-        if !self.guidance.is_finite() {
+        if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(PipelineError::Invalid(format!(
-                "guidance {} is not a finite number",
+                "steps must be 1 to {MAX_STEPS} (the scheduler's training timesteps), got {}",
+                self.steps
+            )));
+        }
+        if !self.guidance.is_finite() || self.guidance.abs() > MAX_GUIDANCE {
+            return Err(PipelineError::Invalid(format!(
+                "guidance must be a number from -{MAX_GUIDANCE} to {MAX_GUIDANCE}, got {}",
                 self.guidance
             )));
         }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::diffusion::pipeline::{MAX_GUIDANCE, MAX_SIDE, MAX_STEPS};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::onnx::Precision;
 use crate::tome::{Targets, TomeConfig};
@@ -247,7 +248,7 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         let Some(v) = g.integer(ctx, key) else {
             return 512;
         };
-        if v.value <= 0 || v.value % 8 != 0 || v.value > u32::MAX as i128 {
+        if v.value <= 0 || v.value % 8 != 0 {
             ctx.error(
                 &v.loc,
                 &v.key,
@@ -256,17 +257,37 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
             ok = false;
             return 512;
         }
+        if v.value > MAX_SIDE as i128 {
+            ctx.error(
+                &v.loc,
+                &v.key,
+                format!(
+                    "must be at most {MAX_SIDE} (the VAE decoder's activations at \
+                     {MAX_SIDE}x{MAX_SIDE} already take 8 GiB each), got {}",
+                    v.value
+                ),
+            );
+            ok = false;
+            return 512;
+        }
         v.value as usize
     };
     let width = size(ctx, "width");
     let height = size(ctx, "height");
-    let steps = usize_at_least(ctx, &g, "steps", 1, 50);
+    let steps = g
+        .integer(ctx, "steps")
+        .and_then(|v| ranged(ctx, v, 1, MAX_STEPS as i128))
+        .map_or(50, |v| v as usize);
     let guidance = match g.number(ctx, "guidance") {
-        Some(v) if !v.value.is_finite() => {
+        Some(v) if !v.value.is_finite() || v.value.abs() > f64::from(MAX_GUIDANCE) => {
             ctx.error(
                 &v.loc,
                 &v.key,
-                format!("must be a finite number, got {}", v.value),
+                format!(
+                    "must be a number from -{MAX_GUIDANCE} to {MAX_GUIDANCE} (Stable Diffusion \
+                     is used at 1 to 20), got {:?}",
+                    v.value
+                ),
             );
             7.5
         }
@@ -291,6 +312,19 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         .map(|v| v.value)
         .unwrap_or_default();
     let batch_size = usize_at_least(ctx, &g, "batch_size", 1, 1);
+    if batch_size > 1 {
+        if let Some(v) = g.integer(ctx, "batch_size") {
+            ctx.error(
+                &v.loc,
+                &v.key,
+                format!(
+                    "{} images per UNet batch are not implemented yet; set 1 (one image per \
+                     pipeline call, as the thesis timed them)",
+                    v.value
+                ),
+            );
+        }
+    }
     let precision = named(ctx, &g, "precision", &Precision::NAMES, Precision::Fp32);
     ok.then_some(Generation {
         width,
