@@ -960,12 +960,16 @@ fn failures_are_recorded_and_retried() {
     assert_eq!(failures[0].error, "UNet: out of memory again");
     assert_eq!(failures[0].job, js[0].material);
     let c = store.try_claim(&js[1].key, &me).unwrap().unwrap();
-    store.complete(c, &js[1], &png_of(&js[1].key), measurement(1.0)).unwrap();
+    store
+        .complete(c, &js[1], &png_of(&js[1].key), measurement(1.0))
+        .unwrap();
     let counts = store.counts(&js);
     assert_eq!((counts.done, counts.failed, counts.todo), (1, 1, 1));
     // a retry that succeeds clears the error
     let c = store.try_claim(&js[0].key, &me).unwrap().unwrap();
-    store.complete(c, &js[0], &png_of(&js[0].key), measurement(1.0)).unwrap();
+    store
+        .complete(c, &js[0], &png_of(&js[0].key), measurement(1.0))
+        .unwrap();
     assert_eq!(store.failures().unwrap().count(), 0);
     assert!(store.error(&js[0].key).unwrap().is_none());
     assert!(!store.object_dir(&js[0].key).join("error.json").exists());

@@ -17,6 +17,11 @@ pub enum ModelsCommand {
     Verify {
         /// Model name; all models when omitted.
         name: Option<String>,
+        /// Hash every file again instead of trusting the digest cache (which rehashes
+        /// a file whenever its size, modification time, inode or status-change time
+        /// changed).
+        #[arg(long)]
+        full: bool,
     },
     /// Record a model under a name: a directory (every file in it, e.g. a Stable
     /// Diffusion export) or one .onnx file (a single network, e.g. the FID Inception from
@@ -46,18 +51,30 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Verify { name } => {
+        ModelsCommand::Verify { name, full } => {
             let lock = ModelsLock::load(&lock_path(global)?)?;
             let names: Vec<String> = match name {
                 Some(n) => vec![n],
                 None => lock.names().map(str::to_string).collect(),
             };
-            let mut cache = DigestCache::open_default();
+            let mut cache = if full {
+                DigestCache::in_memory()
+            } else {
+                DigestCache::open_default()
+            };
             let mut bad = 0;
             for name in &names {
                 let problems = lock.verify(name, &mut cache)?;
                 if problems.is_empty() {
-                    say!("{name}: ok ({} files)", lock.entry(name)?.files.len());
+                    let how = if full {
+                        "every file hashed"
+                    } else {
+                        "unchanged files from the digest cache; --full rehashes"
+                    };
+                    say!(
+                        "{name}: ok ({} files; {how})",
+                        lock.entry(name)?.files.len()
+                    );
                 } else {
                     bad += 1;
                     say!("{name}: {} problem(s)", problems.len());

@@ -83,7 +83,19 @@ impl DigestCache {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let abs = path.canonicalize()?;
-        let key = format!("{}|{}|{}", abs.display(), meta.len(), mtime);
+        // The inode and the status-change time as well: an edit that keeps the size and
+        // restores the modification time (`touch -d`) still changes the ctime, which no
+        // tool can set back, so the file is hashed again.
+        use std::os::unix::fs::MetadataExt;
+        let key = format!(
+            "{}|{}|{}|{}|{}.{}",
+            abs.display(),
+            meta.len(),
+            mtime,
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
         if let Some(d) = self.entries.get(&key) {
             return Ok(d.clone());
         }
@@ -126,5 +138,29 @@ mod tests {
         );
         let mut cache = DigestCache::in_memory();
         assert_eq!(cache.digest(&p).unwrap(), sha256_file(&p).unwrap());
+    }
+
+    /// Bytes changed at the same size with the modification time put back are hashed
+    /// again (the status-change time moved), not taken from the cache.
+    #[test]
+    fn a_same_size_edit_with_the_mtime_restored_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w");
+        std::fs::write(&p, b"abc").unwrap();
+        let mut cache = DigestCache::in_memory();
+        let first = cache.digest(&p).unwrap();
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"abd").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        let second = cache.digest(&p).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second, sha256_file(&p).unwrap());
     }
 }

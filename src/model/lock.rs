@@ -305,9 +305,14 @@ pub fn digest_files(
     Ok(files)
 }
 
-/// Regular files under `dir`, sorted, hidden files skipped.
+/// Regular files under `dir`, sorted, hidden files skipped. Symlinks are followed
+/// only inside the model: one that resolves outside `dir` is refused (ONNX Runtime
+/// refuses such external data too, and a copy of the model would not have it), and one
+/// that points back to a folder above it is a cycle, named in the error.
 fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let root = dir.canonicalize()?;
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::from([root.clone()]);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
@@ -317,9 +322,37 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             {
                 continue;
             }
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() {
+            let kind = std::fs::symlink_metadata(&p)?.file_type();
+            let target = if kind.is_symlink() {
+                let target = p.canonicalize().map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: a broken symlink: {e}", p.display()))
+                })?;
+                if !target.starts_with(&root) {
+                    return Err(std::io::Error::other(format!(
+                        "{} is a symlink to {}, outside the model directory {}; refused (ONNX \
+                         Runtime refuses such files too): copy the file into the model",
+                        p.display(),
+                        target.display(),
+                        dir.display()
+                    )));
+                }
+                target
+            } else {
+                p.clone()
+            };
+            if target.is_dir() {
+                if kind.is_symlink() && d.canonicalize()?.starts_with(&target) {
+                    return Err(std::io::Error::other(format!(
+                        "{} is a symlink to {}, a folder that contains it: a cycle",
+                        p.display(),
+                        target.display()
+                    )));
+                }
+                // A folder reached twice (a symlink to a sibling) is listed once.
+                if seen.insert(target.canonicalize()?) {
+                    stack.push(p);
+                }
+            } else if target.is_file() {
                 out.push(p);
             }
         }
@@ -331,6 +364,39 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlink_cycles_and_outside_files_are_named_not_followed() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("m");
+        std::fs::create_dir_all(model.join("unet")).unwrap();
+        std::fs::write(model.join("unet/model.onnx"), b"graph").unwrap();
+        // a link to a sibling inside the model is followed, its folder listed once
+        symlink(model.join("unet"), model.join("unet-link")).unwrap();
+        let mut cache = DigestCache::in_memory();
+        let files = digest_files(&model, &mut cache).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+
+        // two links back to the model's root: an error naming one, no hang
+        symlink(&model, model.join("a")).unwrap();
+        symlink(&model, model.join("b")).unwrap();
+        let e = digest_files(&model, &mut cache).unwrap_err().to_string();
+        assert!(e.contains("a folder that contains it: a cycle"), "{e}");
+        std::fs::remove_file(model.join("a")).unwrap();
+        std::fs::remove_file(model.join("b")).unwrap();
+
+        // a weight file that resolves outside the model is refused
+        std::fs::write(tmp.path().join("outside.bin"), b"weights").unwrap();
+        symlink(
+            tmp.path().join("outside.bin"),
+            model.join("unet/weights.pb"),
+        )
+        .unwrap();
+        let e = digest_files(&model, &mut cache).unwrap_err().to_string();
+        assert!(e.contains("outside the model directory"), "{e}");
+        assert!(e.contains("weights.pb"), "{e}");
+    }
 
     #[test]
     fn add_verify_and_detect_tampering() {
