@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod diffusion;
 pub mod engine;
+pub mod fsx;
 pub mod host;
 pub mod kernel;
 pub mod metrics;

@@ -136,7 +136,26 @@ fn unknown_scheduler() {
 
 #[test]
 fn zero_steps() {
-    generate_fails(&[("--steps", "0")], "steps must be at least 1");
+    generate_fails(
+        &[("--steps", "0")],
+        "steps must be 1 to 1000 (the scheduler's training timesteps), got 0",
+    );
+}
+
+#[test]
+fn limits_of_generate() {
+    generate_fails(
+        &[("--steps", "2000")],
+        "steps must be 1 to 1000 (the scheduler's training timesteps), got 2000",
+    );
+    generate_fails(
+        &[("--guidance", "1e30")],
+        "guidance must be a number from -100 to 100",
+    );
+    generate_fails(
+        &[("--width", "8192")],
+        "width 8192 is above the largest side, 4096",
+    );
 }
 
 #[test]

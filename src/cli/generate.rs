@@ -220,13 +220,5 @@ fn parent_dir(out: &Path) -> PathBuf {
 
 /// Writes to a temporary name and renames, so a crash never leaves half a PNG.
 fn write_png_atomically(image: &image::RgbImage, out: &Path) -> anyhow::Result<()> {
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("image.png");
-    let tmp = parent_dir(out).join(format!(".{name}.tmp{}", std::process::id()));
-    image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
+    crate::fsx::write_png(out, image).with_context(|| format!("cannot write {}", out.display()))
 }

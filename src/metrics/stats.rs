@@ -3,7 +3,6 @@
 //! and pytorch-fid's `.npz` files (`np.savez_compressed(path, mu=mu, sigma=sigma)`).
 
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use faer::linalg::matmul::matmul;
@@ -96,26 +95,12 @@ impl Statistics {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp_name);
-        let result = (|| {
-            let file = File::create(&tmp).map_err(|e| io(&e))?;
-            let mut npz = NpzWriter::new_compressed(BufWriter::new(file));
-            npz.add_array("mu", &self.mu).map_err(|e| io(&e))?;
-            npz.add_array("sigma", &self.sigma).map_err(|e| io(&e))?;
-            let writer = npz.finish().map_err(|e| io(&e))?;
-            writer
-                .into_inner()
-                .map_err(|e| io(&e.error().to_string()))?
-                .sync_all()
-                .map_err(|e| io(&e))?;
-            std::fs::rename(&tmp, path).map_err(|e| io(&e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        let mut npz = NpzWriter::new_compressed(&mut bytes);
+        npz.add_array("mu", &self.mu).map_err(|e| io(&e))?;
+        npz.add_array("sigma", &self.sigma).map_err(|e| io(&e))?;
+        npz.finish().map_err(|e| io(&e))?;
+        crate::fsx::write_atomic(path, bytes.get_ref()).map_err(|e| io(&e))
     }
 }
 

@@ -114,9 +114,8 @@ impl DigestCache {
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
-        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
         if let Ok(text) = serde_json::to_string(&self.entries) {
-            if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_ok() {
+            if crate::fsx::write_atomic(path, text.as_bytes()).is_ok() {
                 self.dirty = false;
             }
         }

@@ -279,9 +279,8 @@ impl ModelsLock {
             reason,
         };
         let body = toml::to_string_pretty(&self.lock).map_err(|e| write_err(e.to_string()))?;
-        let tmp = self.path.with_extension("lock.tmp");
-        std::fs::write(&tmp, format!("{HEADER}{body}")).map_err(|e| write_err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| write_err(e.to_string()))
+        crate::fsx::write_atomic(&self.path, format!("{HEADER}{body}").as_bytes())
+            .map_err(|e| write_err(e.to_string()))
     }
 }
 

@@ -145,7 +145,7 @@ pub fn prepare_split(
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
     if let Some(probe) = probe {
-        let path = temporary_name(&dir.join(format!("{key}-probe.onnx")));
+        let path = crate::fsx::tmp_path(&dir.join(format!("{key}-probe.onnx")));
         write_model(&planned.probe_model(&model), &path)?;
         let result = probe.probe(&path);
         let _ = std::fs::remove_file(&path);
@@ -383,7 +383,7 @@ fn link_or_copy(source: &Path, target: &Path) -> Result<bool, OnnxError> {
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
-    let tmp = temporary_name(target);
+    let tmp = crate::fsx::tmp_path(target);
     let copied = match std::fs::hard_link(source, &tmp) {
         Ok(()) => false,
         Err(_) => {
@@ -395,23 +395,9 @@ fn link_or_copy(source: &Path, target: &Path) -> Result<bool, OnnxError> {
     Ok(copied)
 }
 
-fn temporary_name(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}-{n}", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Writes `bytes` to `path` through a temporary name in the same folder.
+/// Writes `bytes` to `path` atomically ([`crate::fsx::write_atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let tmp = temporary_name(path);
-    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    crate::fsx::write_atomic(path, bytes).map_err(io_error(path))
 }
 
 fn external_entry<'t>(t: &'t TensorProto, key: &str) -> Option<&'t str> {
@@ -507,19 +493,17 @@ fn externalize(
     let path = dir.join(&name);
     let complete = std::fs::metadata(&path).is_ok_and(|m| m.len() == offset);
     if !complete {
-        let tmp = temporary_name(&path);
-        let file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
-        let mut w = std::io::BufWriter::new(file);
-        let mut at = 0u64;
-        for (t, &(off, len)) in embedded.iter().zip(&layout) {
-            w.write_all(&vec![0u8; (off - at) as usize])
-                .map_err(io_error(&tmp))?;
-            w.write_all(&t.raw_data).map_err(io_error(&tmp))?;
-            at = off + len;
-        }
-        let file = w.into_inner().map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        crate::fsx::write_atomic_with(&path, |file| {
+            let mut w = std::io::BufWriter::new(file);
+            let mut at = 0u64;
+            for (t, &(off, len)) in embedded.iter().zip(&layout) {
+                w.write_all(&vec![0u8; (off - at) as usize])?;
+                w.write_all(&t.raw_data)?;
+                at = off + len;
+            }
+            w.flush()
+        })
+        .map_err(io_error(&path))?;
     }
     for (t, (off, len)) in embedded.into_iter().zip(layout) {
         t.raw_data = Vec::new();

@@ -204,7 +204,8 @@ pub fn write_svg(model: &ReportModel, path: &Path) -> anyhow::Result<()> {
         let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
         draw(model, root)?;
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    crate::fsx::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The figure as an RGB image.
@@ -219,7 +220,6 @@ pub fn figure_image(model: &ReportModel) -> anyhow::Result<image::RgbImage> {
 
 /// Writes the figure as PNG.
 pub fn write_png(model: &ReportModel, path: &Path) -> anyhow::Result<()> {
-    figure_image(model)?
-        .save(path)
+    crate::fsx::write_png(path, &figure_image(model)?)
         .with_context(|| format!("writing {}", path.display()))
 }

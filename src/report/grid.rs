@@ -96,7 +96,7 @@ fn draw_header(out: &mut RgbImage, grid: &Grid, tile_w: u32) -> anyhow::Result<(
 pub fn write_grid(grid: &Grid, path: &Path) -> anyhow::Result<bool> {
     match grid_image(grid)? {
         Some(img) => {
-            img.save(path)
+            crate::fsx::write_png(path, &img)
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(true)
         }

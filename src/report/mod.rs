@@ -65,14 +65,14 @@ pub fn render_model(
     for r in table::renderers() {
         if wants(formats, r.extension()) {
             let path = dir.join(format!("table.{}", r.extension()));
-            std::fs::write(&path, r.render(&table))
+            crate::fsx::write_atomic(&path, r.render(&table).as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
             written.push(path);
         }
     }
     if wants(formats, "csv") {
         let path = dir.join("results.csv");
-        std::fs::write(&path, csv::long_csv(model))
+        crate::fsx::write_atomic(&path, csv::long_csv(model).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
@@ -93,7 +93,7 @@ pub fn render_model(
         }
     }
     let path = dir.join("summary.md");
-    std::fs::write(&path, summary::summary_markdown(model))
+    crate::fsx::write_atomic(&path, summary::summary_markdown(model).as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     written.push(path);
     Ok(written)
@@ -138,7 +138,7 @@ pub fn render_spec(
         ReportModel::from_spec_plan(&prepared.spec, &prepared.plan, store, &fid, &mut cache)?;
     model.fid_notes = fid_notes.to_vec();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(&cache_path, cache.to_csv())
+    crate::fsx::write_atomic(&cache_path, cache.to_csv().as_bytes())
         .with_context(|| format!("writing {}", cache_path.display()))?;
     let mut files = render_model(&model, &dir, &prepared.spec.report.formats)?;
     if let Some(n) = prepared.spec.report.thesis_table {

@@ -333,6 +333,6 @@ pub fn measure_fid(
 }
 
 fn write_fid_csv(path: &Path, values: &FidValues) -> anyhow::Result<()> {
-    crate::store::fsx::write_atomic(path, values.to_csv().as_bytes())
+    crate::fsx::write_atomic(path, values.to_csv().as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,7 +1,7 @@
 //! Claims: which worker runs which job, as a log of generations per job.
 //!
 //! `claims/<key>/` holds files `00000000.json`, `00000001.json`, … Each is created
-//! with [`super::fsx::create_exclusive`], so for every
+//! with [`crate::fsx::create_exclusive`], so for every
 //! generation number exactly one worker succeeds. The file with the highest
 //! number (the head) says who holds the job:
 //!
@@ -50,8 +50,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::fsx::{create_exclusive, write_atomic};
 use super::StoreError;
+use crate::fsx::{create_exclusive, write_atomic};
 
 /// How often [`Claim::keep_alive`] refreshes a heartbeat by default.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -111,31 +111,7 @@ fn read_trimmed(path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `unknown`).
-pub fn host_name() -> String {
-    let h = read_trimmed("/proc/sys/kernel/hostname");
-    if !h.is_empty() {
-        return h;
-    }
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// The host name with only characters safe in file names.
-pub(crate) fn host_name_for_files() -> String {
-    host_name()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+pub use crate::host::host_name;
 
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`; `None` where there is no such
 /// file or the process is a zombie (dead, not yet reaped by its parent).

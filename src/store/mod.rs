@@ -49,7 +49,7 @@
 //!    leftovers and, with `repair`, makes the store consistent.
 //!
 //! The claim protocol, and what it assumes of the file system and clocks, is in
-//! [`claim`]; the primitives in [`fsx`].
+//! [`claim`]; the primitives in [`crate::fsx`].
 //!
 //! # A worker's loop
 //!
@@ -79,13 +79,14 @@
 //! ```
 
 pub mod claim;
-pub mod fsx;
 pub mod record;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::fsx;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,9 @@
-//! The file operations the store is built on, each with what it relies on.
+//! The file operations tomex writes with, each with what it relies on. Every file
+//! tomex writes (store, caches, models.lock, reports, generated images) goes through
+//! [`write_atomic`]: one way, with one set of guarantees.
 //!
-//! * [`write_atomic`]: write a temporary file in the target's directory, `fsync`
+//! * [`write_atomic`]: write a temporary file in the target's directory (a name unique
+//!   per host, process, time and call), `fsync`
 //!   it, `rename` it over the target, `fsync` the directory. POSIX `rename`
 //!   within a directory is atomic (readers see the old file or the new one,
 //!   never a mix), also on NFS, Lustre, GPFS and BeeGFS.
@@ -21,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Prefix of every temporary file the store writes.
+/// Prefix of every temporary file tomex writes.
 pub const TMP_PREFIX: &str = ".tmp-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -36,14 +39,16 @@ pub fn unique_suffix() -> String {
     format!("{}-{:x}-{n}", std::process::id(), nanos)
 }
 
-fn tmp_path(target: &Path) -> PathBuf {
+/// A temporary name beside `target` that no other writer picks (host, pid, time,
+/// counter), starting with [`TMP_PREFIX`].
+pub fn tmp_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     target.with_file_name(format!(
         "{TMP_PREFIX}{}-{}-{name}",
-        super::claim::host_name_for_files(),
+        crate::host::host_name_for_files(),
         unique_suffix()
     ))
 }
@@ -65,8 +70,25 @@ pub fn sync_dir(dir: &Path) {
 
 /// Replaces `target` with `bytes` atomically.
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(target, |f| f.write_all(bytes))
+}
+
+/// Replaces `target` atomically with what `write` writes to a fresh temporary file
+/// (for contents too large to hold in memory); the file is `fsync`ed before the rename.
+pub fn write_atomic_with(
+    target: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = tmp_path(target);
-    let result = write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, target));
+    let result = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            write(&mut f)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, target));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -75,6 +97,15 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// Writes `image` as a PNG to `target` atomically.
+pub fn write_png(target: &Path, image: &image::RgbImage) -> io::Result<()> {
+    let mut png = io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(io::Error::other)?;
+    write_atomic(target, png.get_ref())
 }
 
 /// Creates `target` with `bytes` unless it exists: `Ok(true)` when this call
