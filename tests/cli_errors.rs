@@ -328,3 +328,83 @@ fn generate_defaults_to_the_models_own_size_and_scheduler() {
         .status
         .success());
 }
+
+/// Spec problems found after loading are located at their key, worded the same by
+/// `plan` and `run`, and say an OS error once: an unknown model name, a spec that is
+/// not UTF-8, a store that is a file, a model directory that is a file, too few prompts.
+#[test]
+fn spec_input_problems_are_located_and_worded_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("p.csv"), "prompt\na\nb\n").unwrap();
+    std::fs::write(d.join("afile"), b"").unwrap();
+    let base = "[prompts]\nfile = \"p.csv\"\n[metrics]\nfid = false\n[[configs]]\nname = \"a\"\n";
+    let write = |name: &str, head: &str| {
+        let path = d.join(name);
+        std::fs::write(&path, format!("{head}{base}")).unwrap();
+        path
+    };
+    let lock = common::repo().join("models.lock");
+    let both = |spec: &Path, message: &str, run_only: bool| {
+        for cmd in ["plan", "run"] {
+            if run_only && cmd == "plan" {
+                continue;
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_tomex"))
+                .args([
+                    cmd,
+                    spec.to_str().unwrap(),
+                    "--lock",
+                    lock.to_str().unwrap(),
+                ])
+                .current_dir(d)
+                .output()
+                .unwrap();
+            expect_failure(&out, message);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !err.contains("does not exist") || !err.contains("afile"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("os error") || err.matches("os error").count() == 1,
+                "{err}"
+            );
+        }
+    };
+    let unknown = write("unknown.toml", "[model]\nname = \"nosuchmodel\"\n");
+    both(
+        &unknown,
+        "unknown.toml:2:8: model.name: ",
+        true, // plan counts jobs on a provisional key instead
+    );
+    let few = d.join("few.toml");
+    std::fs::write(
+        &few,
+        "[model]\nname = \"tiny\"\n[prompts]\nfile = \"p.csv\"\nsample = 5\nreplace = false\n[metrics]\nfid = false\n[[configs]]\nname = \"a\"\n",
+    )
+    .unwrap();
+    both(
+        &few,
+        "few.toml:5:10: prompts.sample: 5 prompts cannot be drawn without replacement from the 2",
+        false,
+    );
+    let store_file = write(
+        "store.toml",
+        "store = \"afile\"\n[model]\nname = \"tiny\"\n",
+    );
+    both(&store_file, "store.toml:1:9: store: store ", false);
+    let model_file = write("modelfile.toml", "[model]\ndir = \"afile\"\n");
+    both(
+        &model_file,
+        "modelfile.toml:2:7: model.dir: model directory ",
+        true,
+    );
+    let not_utf8 = d.join("latin1.toml");
+    std::fs::write(&not_utf8, b"name = \"caf\xe9\"\n").unwrap();
+    both(
+        &not_utf8,
+        "latin1.toml:1:12: not valid UTF-8 here; a spec is a UTF-8 TOML file",
+        false,
+    );
+}

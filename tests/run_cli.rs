@@ -188,6 +188,19 @@ fn two_workers_on_one_store_never_run_the_same_job() {
     );
     let (ga, gb) = (generated(&oa), generated(&ob));
     assert_eq!(ga + gb, 12, "each job generated once:\n{oa}\n{ob}");
+    // Each worker's summary accounts for every job once.
+    for out in [&oa, &ob] {
+        let line = out.lines().find(|l| l.contains(" jobs: ")).unwrap();
+        let counts: Vec<usize> = line
+            .split(" jobs: ")
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 5, "{line}");
+        assert_eq!(counts.iter().sum::<usize>(), 12, "{line}");
+    }
     let recs = records(&dir.path().join("results"));
     assert_eq!(recs.len(), 12);
     assert_eq!(

@@ -63,7 +63,7 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
-    let store_dir = args.store.clone().unwrap_or_else(|| spec.store.clone());
+    let store_dir = crate::runner::store_dir(spec, args.store.as_deref())?;
     if !store_dir.join("objects").is_dir() {
         say!(
             "stored: none yet ({} does not exist); to run: {}",

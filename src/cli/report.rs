@@ -39,10 +39,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
             "warning: the spec's model is unknown, so job keys are provisional and stored images may not be found"
         );
     }
-    let store_dir = args
-        .store
-        .clone()
-        .unwrap_or_else(|| prepared.spec.store.clone());
+    let store_dir = crate::runner::store_dir(&prepared.spec, args.store.as_deref())?;
     let store = Store::open(&store_dir)?;
     let report_dir = args
         .out

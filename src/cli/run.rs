@@ -54,10 +54,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let shard = shard(args.shard)?;
-    let store_dir = args
-        .store
-        .clone()
-        .unwrap_or_else(|| prepared.spec.store.clone());
+    let store_dir = crate::runner::store_dir(&prepared.spec, args.store.as_deref())?;
     let store = Store::open(&store_dir)?;
     let model = prepared
         .model_dir()
@@ -134,10 +131,11 @@ fn print_summary(spec: &str, shard: Shard, s: &Summary) {
         String::new()
     };
     say!(
-        "{spec}{shard}: {} jobs: {} generated, {} already stored, {} held by other workers, {} failed",
+        "{spec}{shard}: {} jobs: {} generated, {} already stored, {} done by other workers, {} held by other workers, {} failed",
         s.planned,
         s.generated,
         s.already_stored,
+        s.done_elsewhere,
         s.held_elsewhere,
         s.failed.len()
     );

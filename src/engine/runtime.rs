@@ -146,15 +146,17 @@ impl Runtime {
             model: model.to_path_buf(),
             reason: e.to_string(),
         };
-        self.builder(model)?
-            .commit_from_file(model)
-            .map_err(|e| load_err(&e))
+        let mut builder = self.builder(model)?;
+        let _turn = commit_turn();
+        builder.commit_from_file(model).map_err(|e| load_err(&e))
     }
 
     /// Opens a model held in memory (graphs tomex builds itself); `name` stands for
     /// it in messages.
     pub fn session_from_memory(&self, bytes: &[u8], name: &Path) -> Result<Session, EngineError> {
-        self.builder(name)?
+        let mut builder = self.builder(name)?;
+        let _turn = commit_turn();
+        builder
             .commit_from_memory(bytes)
             .map_err(|e| EngineError::SessionLoad {
                 model: name.to_path_buf(),
@@ -273,4 +275,12 @@ pub fn shrink_arenas(device: Device) -> ort::Result<ort::session::RunOptions> {
     let mut options = ort::session::RunOptions::new()?;
     options.set("memory.enable_memory_arena_shrinkage", devices)?;
     Ok(options)
+}
+
+/// Sessions are created one at a time: each CPU session registers the `tomex` custom
+/// operator domain in ONNX Runtime's process-wide schema registry, and two threads doing
+/// so at once fail with "the domain is already exist" (seen in parallel tests).
+fn commit_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

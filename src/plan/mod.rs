@@ -159,11 +159,11 @@ impl Plan {
 
 /// A spec whose prompts or seeds cannot be drawn.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("spec `{spec}`: {source}")]
+#[error("spec `{spec}`: {problem}")]
 pub struct PlanError {
     pub spec: String,
-    #[source]
-    pub source: PromptError,
+    /// Not a `#[source]`: the message already says it, once.
+    pub problem: PromptError,
 }
 
 /// The model identity for keys: the lock's (or the caller's) file digests, else
@@ -188,9 +188,9 @@ pub fn expand(
     all_prompts: &[String],
 ) -> Result<Plan, PlanError> {
     let drawn =
-        prompts::draw(&spec.prompts, &spec.seeds, all_prompts).map_err(|source| PlanError {
+        prompts::draw(&spec.prompts, &spec.seeds, all_prompts).map_err(|problem| PlanError {
             spec: spec.name.clone(),
-            source,
+            problem,
         })?;
     Ok(expand_drawn(
         spec,

@@ -15,7 +15,7 @@ use crate::engine::Runtime;
 use crate::plan::{Job, Shard};
 use crate::store::{Measurement, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT};
 
-pub use prepare::{prepare, ModelStatus, Prepared, PromptStatus};
+pub use prepare::{prepare, store_dir, ModelStatus, Prepared, PromptStatus};
 
 /// What a run tells its observer (the command line's progress bar).
 pub trait RunObserver {
@@ -39,7 +39,9 @@ pub struct Summary {
     pub already_stored: usize,
     /// Generated and stored by this run.
     pub generated: usize,
-    /// Held by another worker when this one reached them.
+    /// Stored by another worker while this run went on.
+    pub done_elsewhere: usize,
+    /// Held by another worker when this one reached them (not done when it looked).
     pub held_elsewhere: usize,
     /// Failed in this run: (key, label, error).
     pub failed: Vec<(String, String, String)>,
@@ -150,8 +152,11 @@ pub fn execute(
     observer.start(todo.len());
     for job in todo {
         let Some(claim) = store.try_claim(&job.key, &worker)? else {
-            // Done meanwhile, or another live worker holds it.
-            if !store.is_done(&job.key) {
+            // Done meanwhile, or another live worker holds it: every job is counted
+            // once, so the summary adds up across workers.
+            if store.is_done(&job.key) {
+                summary.done_elsewhere += 1;
+            } else {
                 summary.held_elsewhere += 1;
             }
             continue;

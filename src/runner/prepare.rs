@@ -58,6 +58,24 @@ impl Prepared {
     }
 }
 
+/// The store a command works on: `--store` when given, else the spec's `store`, whose
+/// problems (a file where a folder belongs) are then located at that key.
+pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let (dir, from_spec) = match arg {
+        Some(a) => (a.to_path_buf(), false),
+        None => (spec.store.clone(), true),
+    };
+    if dir.exists() && !dir.is_dir() {
+        let message = crate::store::StoreError::NotAFolder(dir.clone()).to_string();
+        return Err(if from_spec {
+            anyhow::anyhow!("{}", spec.locations.problem("store", message))
+        } else {
+            anyhow::anyhow!("--store: {message}")
+        });
+    }
+    Ok(dir)
+}
+
 /// Loads and validates `spec_path` and expands it. `strict`: the model must be
 /// present and match `models.lock`, and the prompt file readable.
 pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::Result<Prepared> {
@@ -92,7 +110,19 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
             )
         }
     };
-    let plan = plan::expand(&spec, files, &prompts)?;
+    let plan = plan::expand(&spec, files, &prompts).map_err(|e| {
+        // Too few prompts: say it as `run`'s input check says it, at `prompts.sample`.
+        let located: Vec<String> = spec::check_inputs(&spec)
+            .iter()
+            .filter(|p| p.key == "prompts.sample")
+            .map(ToString::to_string)
+            .collect();
+        if located.is_empty() {
+            anyhow::Error::from(e)
+        } else {
+            anyhow::anyhow!("{}", located.join("\n"))
+        }
+    })?;
     Ok(Prepared {
         spec,
         plan,
@@ -141,16 +171,22 @@ fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<(
 }
 
 fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Result<ModelStatus> {
+    // What `run` refuses, located at the spec's key (`plan` only notes it).
+    let located =
+        |key: &str, message: String| anyhow::anyhow!("{}", spec.locations.problem(key, message));
     match &spec.model {
         ModelRef::Dir(dir) => {
             if !dir.is_dir() {
+                let what = if dir.exists() {
+                    "is a file, not a model directory"
+                } else {
+                    "does not exist"
+                };
+                let message = format!("model directory {} {what}", dir.display());
                 if strict {
-                    bail!("model directory {} does not exist", dir.display());
+                    return Err(located("model.dir", message));
                 }
-                return Ok(ModelStatus::Missing(format!(
-                    "model directory {} does not exist",
-                    dir.display()
-                )));
+                return Ok(ModelStatus::Missing(message));
             }
             let model = ModelDir::open(dir)?;
             let mut cache = DigestCache::open_default();
@@ -166,7 +202,10 @@ fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Resul
                 .or_else(ModelsLock::find_default);
             let Some(lock_path) = lock_path else {
                 if strict {
-                    bail!("no models.lock found for model `{name}`; {register}");
+                    return Err(located(
+                        "model.name",
+                        format!("no models.lock found for model `{name}`; {register}"),
+                    ));
                 }
                 return Ok(ModelStatus::Missing(format!(
                     "no models.lock found for model `{name}`"
@@ -175,7 +214,7 @@ fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Resul
             let lock = ModelsLock::load(&lock_path)?;
             let entry = match lock.entry(name) {
                 Ok(entry) => entry,
-                Err(e) if strict => bail!("{e}; {register}"),
+                Err(e) if strict => return Err(located("model.name", format!("{e}; {register}"))),
                 Err(_) => {
                     return Ok(ModelStatus::Missing(format!(
                         "model `{name}` is not in {}; {register}",

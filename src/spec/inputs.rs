@@ -234,9 +234,14 @@ pub fn check_inputs(spec: &Spec) -> Vec<Problem> {
     }
     if let ModelRef::Dir(dir) = &spec.model {
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is a file, not a model directory"
+            } else {
+                "does not exist"
+            };
             problems.push(spec.locations.problem(
                 "model.dir",
-                format!("model directory `{}` does not exist", dir.display()),
+                format!("model directory `{}` {what}", dir.display()),
             ));
         }
     }

@@ -202,13 +202,30 @@ fn convert_value(
 /// is not inherited from a base: a spec's name is its own (its file stem when
 /// it does not set one).
 pub(crate) fn load_tree(file: &Path, problems: &mut Vec<Problem>) -> Option<Table> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
         Err(e) => {
             problems.push(Problem::new(
                 Location::new(file, None),
                 "",
                 read_error_message(&e),
+            ));
+            return None;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // Located at the first byte that is not UTF-8 (line and column count
+            // characters of the valid text before it).
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let before = String::from_utf8_lossy(valid);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            problems.push(Problem::new(
+                Location::new(file, Some(Pos { line, column })),
+                "",
+                "not valid UTF-8 here; a spec is a UTF-8 TOML file (save it as UTF-8)",
             ));
             return None;
         }

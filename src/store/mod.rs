@@ -139,12 +139,11 @@ pub const MANIFEST: &str = "manifest.csv";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// Not a `#[source]`: the message says the OS error once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("store {0} is a file, not a folder; a spec's `store` names a folder")]
+    NotAFolder(PathBuf),
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{path} is a tomex store of format {found}; this tomex reads format {STORE_FORMAT}")]
@@ -161,7 +160,7 @@ impl StoreError {
     pub(crate) fn io(path: &Path, source: io::Error) -> StoreError {
         StoreError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }
@@ -192,6 +191,9 @@ impl Store {
     /// Opens (creating it if needed) the store at `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
+        if root.exists() && !root.is_dir() {
+            return Err(StoreError::NotAFolder(root));
+        }
         for dir in [root.join("objects"), root.join("claims")] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
