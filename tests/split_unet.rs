@@ -566,3 +566,32 @@ fn overhead_against_the_whole_graph() {
         );
     }
 }
+
+/// A weight file that is a symlink resolving outside the model's folder is refused, as
+/// ONNX Runtime refuses it, instead of being linked or copied into the split cache.
+#[test]
+fn external_weights_linked_from_outside_the_model_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let model_dir = tempfile::tempdir().unwrap();
+    let model = external_data_copy(model_dir.path());
+    let weights = model_dir.path().join("weights.pb");
+    std::fs::rename(&weights, outside.path().join("weights.pb")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("weights.pb"), &weights).unwrap();
+    let blocks = transformer_blocks(&model).unwrap();
+    let cut = components(&blocks, |_, _| true);
+    let cache = tempfile::tempdir().unwrap();
+    let err = onnx::prepare_split(&model, &cut, &options(cache.path()), None)
+        .unwrap_err()
+        .detail();
+    assert!(err.contains("outside the model's folder; refused"), "{err}");
+    // Inside the model, a symlink is fine.
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::create_dir(model_dir.path().join("data")).unwrap();
+    std::fs::rename(
+        outside.path().join("weights.pb"),
+        model_dir.path().join("data/weights.pb"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(model_dir.path().join("data/weights.pb"), &weights).unwrap();
+    onnx::prepare_split(&model, &cut, &options(cache.path()), None).unwrap();
+}

@@ -428,6 +428,27 @@ fn relative_location(model: &Path, tensor: &str, location: &str) -> Result<PathB
     }
 }
 
+/// Refuses an external data file that resolves (through symlinks) outside the model's
+/// folder, as ONNX Runtime refuses it when it loads the model itself: linked or copied
+/// into the cache it would otherwise load from anywhere.
+fn inside_model(model: &Path, model_dir: &Path, data: &Path) -> Result<(), OnnxError> {
+    let (Ok(folder), Ok(resolved)) = (model_dir.canonicalize(), data.canonicalize()) else {
+        return Ok(()); // a missing file is reported where it is read
+    };
+    if resolved.starts_with(&folder) {
+        return Ok(());
+    }
+    Err(OnnxError::Unsupported {
+        model: model.to_path_buf(),
+        reason: format!(
+            "external data {} resolves to {}, outside the model's folder; refused, as ONNX \
+             Runtime refuses it (copy the file into the model)",
+            data.display(),
+            resolved.display()
+        ),
+    })
+}
+
 /// Makes every initializer's data reachable from the cache folder: the model's external
 /// data files are linked there under their own locations, and embedded weights of at
 /// least [`EXTERNALIZE_BYTES`] move to one weights file (written once per model).
@@ -459,6 +480,7 @@ fn externalize(
     let mut files = Vec::new();
     for (location, rel) in &locations {
         let source = model_dir.join(rel);
+        inside_model(model_path, model_dir, &source)?;
         let target = dir.join(rel);
         let copied = if same_data(&source, &target, false) {
             false
