@@ -117,6 +117,9 @@ fn a_damaged_store_is_found_repaired_and_regenerated_byte_identical() {
         "{out}"
     );
     assert_eq!(err.matches("is damaged").count(), 2, "{err}");
+    // The report renders around the image only the digest shows damaged.
+    assert!(out.contains("report: "), "{out}\n{err}");
+    assert!(!err.contains("the report could not be rendered"), "{err}");
     assert_eq!(
         std::fs::read_dir(store.join("damaged")).unwrap().count(),
         2,

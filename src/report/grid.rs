@@ -26,14 +26,12 @@ pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
     }
     let mut tiles = Vec::new();
     for cell in &grid.cells {
-        let tile = match &cell.image {
-            Some(p) => Some(
-                image::open(p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .to_rgb8(),
-            ),
-            None => None,
-        };
+        // An image that does not decode (damaged) is an empty tile, as a missing one.
+        let tile = cell
+            .image
+            .as_ref()
+            .and_then(|p| image::open(p).ok())
+            .map(|i| i.to_rgb8());
         tiles.push(tile);
     }
     let (w, h) = tiles

@@ -448,28 +448,45 @@ impl ReportModel {
                     _ => None,
                 };
                 let known: &PairedCache = cache;
-                let scores: Vec<PromptScore> = pairs
+                // A pair whose image does not decode (damaged at the same size, which
+                // only `tomex store verify` tells) is left out, not the whole report.
+                let scored: Vec<Option<PromptScore>> = pairs
                     .par_iter()
-                    .map(|(p, job, twin)| -> anyhow::Result<PromptScore> {
+                    .map(|(p, job, twin)| -> anyhow::Result<Option<PromptScore>> {
                         let m = match known.get(&twin.key, &job.key) {
                             Some(m) => m,
                             None => {
-                                let a = open_rgb(&store.image_path(&twin.key))?;
-                                let b = open_rgb(&store.image_path(&job.key))?;
+                                let (Ok(a), Ok(b)) = (
+                                    open_rgb(&store.image_path(&twin.key)),
+                                    open_rgb(&store.image_path(&job.key)),
+                                ) else {
+                                    return Ok(None);
+                                };
                                 paired(&a, &b)
                                     .with_context(|| format!("paired metrics of {}", job.key))?
                             }
                         };
-                        Ok(PromptScore {
+                        Ok(Some(PromptScore {
                             prompt_index: *p,
                             prompt: job.material.prompt.clone(),
                             seed: job.material.seed,
                             psnr: m.psnr,
                             ssim: m.ssim,
-                        })
+                        }))
                     })
                     .collect::<anyhow::Result<_>>()?;
-                for ((_, job, twin), score) in pairs.iter().zip(&scores) {
+                let mut scores = Vec::with_capacity(scored.len());
+                for ((p, job, twin), score) in pairs.iter().zip(scored) {
+                    let Some(score) = score else {
+                        missing.push(MissingImage {
+                            config: config.name.clone(),
+                            ratio: r,
+                            prompt_index: *p,
+                            key: job.key.clone(),
+                            status: "stored, but an image of the pair does not decode (tomex store verify --repair)".into(),
+                        });
+                        continue;
+                    };
                     cache.insert(
                         &twin.key,
                         &job.key,
@@ -478,6 +495,7 @@ impl ReportModel {
                             ssim: score.ssim,
                         },
                     );
+                    scores.push(score);
                 }
                 stats.psnr = MeanWorst::of(scores.iter().map(|s| s.psnr));
                 stats.ssim = MeanWorst::of(scores.iter().map(|s| s.ssim));
