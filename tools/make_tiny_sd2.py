@@ -115,19 +115,21 @@ def build():
     print(f"wrote {PT_DIR.relative_to(ROOT)}")
 
 
-def export() -> None:
+def export(pt_dir: Path = PT_DIR, onnx_dir: Path = ONNX_DIR) -> None:
+    """optimum's export of the diffusers folder `pt_dir` into `onnx_dir` (also used by
+    tools/make_tiny_sdxl.py)."""
     cli = EXPORT_VENV / "bin" / "optimum-cli"
     if not cli.exists():
         sys.exit(f"{cli} missing: run `bash tools/export_demo.sh` once (it makes the export venv)")
-    if ONNX_DIR.exists():
-        shutil.rmtree(ONNX_DIR)
-    subprocess.run([str(cli), "export", "onnx", "--model", str(PT_DIR), "--task", "text-to-image", str(ONNX_DIR)],
+    if onnx_dir.exists():
+        shutil.rmtree(onnx_dir)
+    subprocess.run([str(cli), "export", "onnx", "--model", str(pt_dir), "--task", "text-to-image", str(onnx_dir)],
                    check=True)
-    # Only what tomex reads: the text encoder, UNet, VAE decoder, configs and tokenizer.
+    # Only what tomex reads: the text encoders, UNet, VAE decoder, configs and tokenizers.
     for unused in ("vae_encoder",):
-        shutil.rmtree(ONNX_DIR / unused, ignore_errors=True)
-    size = sum(p.stat().st_size for p in ONNX_DIR.rglob("*") if p.is_file())
-    print(f"wrote {ONNX_DIR.relative_to(ROOT)} ({size / 1e6:.1f} MB)")
+        shutil.rmtree(onnx_dir / unused, ignore_errors=True)
+    size = sum(p.stat().st_size for p in onnx_dir.rglob("*") if p.is_file())
+    print(f"wrote {onnx_dir.relative_to(ROOT)} ({size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PT_DIR = ROOT / "tools" / ".work" / "tiny_sdxl_pt"
 ONNX_DIR = ROOT / "tests" / "fixtures" / "tiny_sdxl"
 TOKENIZER_DIR = ROOT / "models" / "tiny" / "tokenizer"
-EXPORT_VENV = ROOT / "tools" / ".work" / "venv-export"
 
 SEED = 20261206
 write_json = make_tiny_model.write_json
@@ -140,22 +138,7 @@ def build():
     print(f"wrote {PT_DIR.relative_to(ROOT)}")
 
 
-def export() -> None:
-    cli = EXPORT_VENV / "bin" / "optimum-cli"
-    if not cli.exists():
-        sys.exit(f"{cli} missing: run `bash tools/export_demo.sh` once (it makes the export venv)")
-    if ONNX_DIR.exists():
-        shutil.rmtree(ONNX_DIR)
-    subprocess.run([str(cli), "export", "onnx", "--model", str(PT_DIR), "--task", "text-to-image", str(ONNX_DIR)],
-                   check=True)
-    # Only what tomex reads: the text encoders, UNet, VAE decoder, configs and tokenizers.
-    for unused in ("vae_encoder",):
-        shutil.rmtree(ONNX_DIR / unused, ignore_errors=True)
-    size = sum(p.stat().st_size for p in ONNX_DIR.rglob("*") if p.is_file())
-    print(f"wrote {ONNX_DIR.relative_to(ROOT)} ({size / 1e6:.1f} MB)")
-
-
 if __name__ == "__main__":
     torch.set_num_threads(1)
     build()
-    export()
+    make_tiny_sd2.export(PT_DIR, ONNX_DIR)
