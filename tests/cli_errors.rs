@@ -394,6 +394,19 @@ fn spec_input_problems_are_located_and_worded_alike() {
         "store = \"afile\"\n[model]\nname = \"tiny\"\n",
     );
     both(&store_file, "store.toml:1:9: store: store ", false);
+    // A store that cannot be written (a read-only file system: /sys, since tests may
+    // run as root, whom permissions do not stop): located at `store` by run.
+    if Path::new("/sys/kernel").is_dir() {
+        let read_only = write(
+            "readonly.toml",
+            "store = \"/sys/kernel\"\n[model]\nname = \"tiny\"\n",
+        );
+        both(
+            &read_only,
+            "readonly.toml:1:9: store: cannot open the store: /sys/kernel/objects: ",
+            true, // plan only reads: "holds no tomex store yet"
+        );
+    }
     let model_file = write("modelfile.toml", "[model]\ndir = \"afile\"\n");
     both(
         &model_file,

@@ -65,8 +65,13 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
     );
     let store_dir = crate::runner::store_dir(spec, args.store.as_deref())?;
     if !store_dir.join("objects").is_dir() {
+        let what = if store_dir.is_dir() {
+            "holds no tomex store yet"
+        } else {
+            "does not exist"
+        };
         say!(
-            "stored: none yet ({} does not exist); to run: {}",
+            "stored: none yet ({} {what}); to run: {}",
             store_dir.display(),
             jobs.len()
         );

@@ -12,7 +12,6 @@ use crate::engine::{Device, Runtime};
 use crate::report::{default_dir, render_spec};
 use crate::runner::fid::resolve_inception;
 use crate::runner::prepare;
-use crate::store::Store;
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -39,8 +38,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
             "warning: the spec's model is unknown, so job keys are provisional and stored images may not be found"
         );
     }
-    let store_dir = crate::runner::store_dir(&prepared.spec, args.store.as_deref())?;
-    let store = Store::open(&store_dir)?;
+    let (_, store) = crate::runner::open_store(&prepared.spec, args.store.as_deref())?;
     let report_dir = args
         .out
         .clone()

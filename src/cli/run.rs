@@ -14,7 +14,6 @@ use crate::engine::{Device, Runtime};
 use crate::plan::Shard;
 use crate::runner::fid::resolve_inception;
 use crate::runner::{execute, prepare, RunObserver, Summary};
-use crate::store::Store;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -54,8 +53,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let shard = shard(args.shard)?;
-    let store_dir = crate::runner::store_dir(&prepared.spec, args.store.as_deref())?;
-    let store = Store::open(&store_dir)?;
+    let (store_dir, store) = crate::runner::open_store(&prepared.spec, args.store.as_deref())?;
     let model = prepared
         .model_dir()
         .expect("strict preparation checks the model");

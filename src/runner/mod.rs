@@ -15,7 +15,7 @@ use crate::engine::Runtime;
 use crate::plan::{Job, Shard};
 use crate::store::{Measurement, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT};
 
-pub use prepare::{prepare, store_dir, ModelStatus, Prepared, PromptStatus};
+pub use prepare::{open_store, prepare, store_dir, ModelStatus, Prepared, PromptStatus};
 
 /// What a run tells its observer (the command line's progress bar).
 pub trait RunObserver {

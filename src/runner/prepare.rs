@@ -76,6 +76,24 @@ pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Opens (or creates) the store of [`store_dir`]; a store that cannot be opened (a
+/// read-only folder, a file) is an error located like the spec's other values.
+pub fn open_store(
+    spec: &Spec,
+    arg: Option<&Path>,
+) -> anyhow::Result<(PathBuf, crate::store::Store)> {
+    let dir = store_dir(spec, arg)?;
+    match crate::store::Store::open(&dir) {
+        Ok(store) => Ok((dir, store)),
+        Err(e) if arg.is_none() => Err(anyhow::anyhow!(
+            "{}",
+            spec.locations
+                .problem("store", format!("cannot open the store: {e}"))
+        )),
+        Err(e) => Err(anyhow::anyhow!("--store: cannot open the store: {e}")),
+    }
+}
+
 /// Loads and validates `spec_path` and expands it. `strict`: the model must be
 /// present and match `models.lock`, and the prompt file readable.
 pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::Result<Prepared> {
