@@ -1,9 +1,17 @@
 //! tomex: declarative Token Merging experiments on Stable Diffusion through ONNX Runtime.
 //!
-//! Module map (see ARCHITECTURE.md): `model` finds and verifies model files, `engine`
-//! owns ONNX Runtime (`kernel` holds the CPU kernels it runs as custom operators),
-//! `diffusion` holds the numerics of a Stable Diffusion run, `cli` turns command lines
-//! into calls of the above.
+//! Module map (ARCHITECTURE.md has each module's job and the decisions behind them),
+//! from the command line down:
+//!
+//! * `cli`: command lines into calls of the rest;
+//! * `runner`: spec → plan → jobs against the store, and the FID step;
+//! * `report`, `metrics` (FID, PSNR/SSIM), `store` (results, claims, integrity),
+//!   `plan` (job keys, prompt and seed draws), `spec` (the experiment TOML);
+//! * `diffusion` (tokenizer, RNG, schedulers, the guidance loop) and `engine` (ONNX
+//!   Runtime: sessions, the UNet whole and split, ToMe's hooks);
+//! * `onnx` (graph rewrites, cuts, caches), `tome` (tomesd's algorithm), `kernel` (CPU
+//!   kernels run as custom operators), `model` (export layout, models.lock, digests);
+//! * `fsx` (the one atomic write) and `host` (facts about the process and machine).
 
 pub mod cli;
 pub mod diffusion;

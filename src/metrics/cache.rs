@@ -31,7 +31,7 @@ pub fn set_key(image_keys: &[String], dims: usize, inception_digest: &str) -> St
         h.update(k.as_bytes());
         h.update(b"\n");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&h.finalize())
 }
 
 /// A folder of `<set key>.npz` statistics.

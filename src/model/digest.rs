@@ -31,12 +31,12 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 }
 
 fn prefixed_hex(hasher: Sha256) -> String {
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex(&hasher.finalize()))
+}
+
+/// Lowercase hex of `bytes` (digests in keys, file names and records).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Digests already computed, stored as JSON in the user's cache folder.

@@ -44,6 +44,7 @@ use super::split::{finish, plan, DataFile, ShapeProbe, SplitManifest, TensorInfo
 use super::unet::ComponentId;
 use super::upsample::upsample_to_skips;
 use super::{io_error, read_model, write_model, OnnxError};
+use crate::model::hex;
 
 /// Embedded initializers at least this large move to the cache's weights file.
 const EXTERNALIZE_BYTES: usize = 1024;
@@ -91,10 +92,6 @@ pub fn default_cache_root() -> PathBuf {
 pub enum CacheStatus {
     Hit,
     Built,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cut key: a digest of the cut format, the model digest, the attention, the

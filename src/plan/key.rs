@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::model::hex;
 use crate::tome::{Targets, TomeConfig};
 
 /// Version of the key material's layout.
@@ -230,10 +231,6 @@ fn write_canonical(value: &Value, out: &mut String) {
             out.push('}');
         }
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
