@@ -80,12 +80,7 @@ def build():
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(SEED + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    for m in (unet, vae, text_encoder):
-        # bfloat16-representable float32 weights: the files compress ~2x in git.
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(p.to(torch.bfloat16).to(torch.float32))
-        m.eval()
+    bfloat16_weights(unet, vae, text_encoder)
     if PT_DIR.exists():
         shutil.rmtree(PT_DIR)
     PT_DIR.mkdir(parents=True)
@@ -104,15 +99,30 @@ def build():
     write_json(PT_DIR / "scheduler" / "scheduler_config.json", SD21_SCHEDULER_CONFIG)
     shutil.rmtree(PT_DIR / "tokenizer")
     (PT_DIR / "tokenizer-src").rename(PT_DIR / "tokenizer")
-    # transformers 5 writes CLIPTextModel's weights without the `text_model.` prefix,
-    # which transformers 4 (optimum's exporter) would not find: write them as SD has them.
+    text_model_prefix(PT_DIR / "text_encoder" / "model.safetensors")
+    print(f"wrote {PT_DIR.relative_to(ROOT)}")
+
+
+def bfloat16_weights(*modules) -> None:
+    """Rounds every weight to a bfloat16-representable float32 (the files compress ~2x
+    in git) and puts the modules in eval mode (also used by tools/make_tiny_sdxl.py)."""
+    for m in modules:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+        m.eval()
+
+
+def text_model_prefix(weights: Path) -> None:
+    """transformers 5 writes CLIP text models' weights without the `text_model.` prefix,
+    which transformers 4 (optimum's exporter) would not find: rewrite them as SD has them
+    (a `CLIPTextModelWithProjection`'s `text_projection.` stays as it is)."""
     from safetensors.torch import load_file, save_file
 
-    weights = PT_DIR / "text_encoder" / "model.safetensors"
     state = load_file(weights)
-    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, weights,
+    keep = ("text_model.", "text_projection.")
+    save_file({k if k.startswith(keep) else f"text_model.{k}": v for k, v in state.items()}, weights,
               metadata={"format": "pt"})
-    print(f"wrote {PT_DIR.relative_to(ROOT)}")
 
 
 def export(pt_dir: Path = PT_DIR, onnx_dir: Path = ONNX_DIR) -> None:

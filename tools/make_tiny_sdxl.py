@@ -95,12 +95,7 @@ def build():
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     torch.manual_seed(SEED + 3)
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_2_CONFIG))
-    for m in (unet, vae, text_encoder, text_encoder_2):
-        # bfloat16-representable float32 weights: the files compress ~2x in git.
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(p.to(torch.bfloat16).to(torch.float32))
-        m.eval()
+    make_tiny_sd2.bfloat16_weights(unet, vae, text_encoder, text_encoder_2)
     if PT_DIR.exists():
         shutil.rmtree(PT_DIR)
     PT_DIR.mkdir(parents=True)
@@ -122,17 +117,8 @@ def build():
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(PT_DIR / name)
         (PT_DIR / f"{name}-src").rename(PT_DIR / name)
-    # transformers 5 writes CLIP text models' weights without the `text_model.` prefix,
-    # which transformers 4 (optimum's exporter) would not find: write them as SDXL has them.
-    from safetensors.torch import load_file, save_file
-
     for name in ("text_encoder", "text_encoder_2"):
-        weights = PT_DIR / name / "model.safetensors"
-        state = load_file(weights)
-        renamed = {
-            k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v for k, v in state.items()
-        }
-        save_file(renamed, weights, metadata={"format": "pt"})
+        make_tiny_sd2.text_model_prefix(PT_DIR / name / "model.safetensors")
     index = json.loads((PT_DIR / "model_index.json").read_text())
     assert index.get("force_zeros_for_empty_prompt") is True, index
     print(f"wrote {PT_DIR.relative_to(ROOT)}")
