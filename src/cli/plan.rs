@@ -79,10 +79,10 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let store = Store::open(&store_dir)?;
-    for (key, why) in store.damaged(jobs.iter().copied()) {
-        eprintln!("warning: {}", Store::damage_message(&key, &why));
-    }
     let counts = store.counts(jobs.iter().copied());
+    for (key, why) in &counts.damaged {
+        eprintln!("warning: {}", Store::damage_message(key, why));
+    }
     say!(
         "stored: {}, failed earlier (retried on the next run): {}, to run: {}",
         counts.done,

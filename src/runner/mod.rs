@@ -13,7 +13,9 @@ use crate::diffusion::pipeline::{Request, StableDiffusion};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::engine::Runtime;
 use crate::plan::{Job, Shard};
-use crate::store::{Measurement, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT};
+use crate::store::{
+    Measurement, ObjectState, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT,
+};
 
 pub use prepare::{open_store, prepare, store_dir, ModelStatus, Prepared, PromptStatus};
 
@@ -122,14 +124,18 @@ pub fn execute(
     observer: &mut dyn RunObserver,
 ) -> Result<Summary, crate::store::StoreError> {
     let jobs = prepared.plan.shard(shard);
-    for (key, why) in store.damaged(jobs.iter().copied()) {
-        observer.warning(&Store::damage_message(&key, &why));
+    // One look at each job: stored, or to run (a damaged one named once).
+    let mut todo: Vec<&Job> = Vec::new();
+    for job in jobs.iter().copied() {
+        match store.state(&job.key) {
+            ObjectState::Done(_) => {}
+            ObjectState::Damaged(why) => {
+                observer.warning(&Store::damage_message(&job.key, &why));
+                todo.push(job);
+            }
+            ObjectState::Absent => todo.push(job),
+        }
     }
-    let todo: Vec<&Job> = jobs
-        .iter()
-        .copied()
-        .filter(|j| !store.is_done(&j.key))
-        .collect();
     let mut summary = Summary {
         planned: jobs.len(),
         already_stored: jobs.len() - todo.len(),

@@ -171,13 +171,15 @@ struct Marker {
 }
 
 /// How many of some jobs are in which state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     pub done: usize,
     /// Not done, with an `error.json` (will be retried).
     pub failed: usize,
-    /// Neither.
+    /// Neither (damaged objects included).
     pub todo: usize,
+    /// The damaged objects among them (key, why): each also counts in `todo`.
+    pub damaged: Vec<(String, String)>,
 }
 
 /// A results directory.
@@ -311,16 +313,6 @@ impl Store {
             }
             Ok(_) => ObjectState::Done(Box::new(record)),
         }
-    }
-
-    /// The damaged objects among `jobs`, with why: each counts as not stored.
-    pub fn damaged<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> Vec<(String, String)> {
-        jobs.into_iter()
-            .filter_map(|j| match self.state(&j.key) {
-                ObjectState::Damaged(why) => Some((j.key.clone(), why)),
-                _ => None,
-            })
-            .collect()
     }
 
     /// The one line `plan` and `run` say about a damaged object.
@@ -528,12 +520,16 @@ impl Store {
     pub fn counts<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> Counts {
         let mut c = Counts::default();
         for job in jobs {
-            if self.is_done(&job.key) {
-                c.done += 1;
-            } else if self.object_dir(&job.key).join(ERROR).is_file() {
-                c.failed += 1;
-            } else {
-                c.todo += 1;
+            match self.state(&job.key) {
+                ObjectState::Done(_) => c.done += 1,
+                ObjectState::Damaged(why) => {
+                    c.damaged.push((job.key.clone(), why));
+                    c.todo += 1;
+                }
+                ObjectState::Absent if self.object_dir(&job.key).join(ERROR).is_file() => {
+                    c.failed += 1
+                }
+                ObjectState::Absent => c.todo += 1,
             }
         }
         c
