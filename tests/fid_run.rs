@@ -59,30 +59,35 @@ fid = true
 
 /// (config, r) -> [(prompt index, image path)] from the store's manifest.
 fn stored_sets(store: &Path) -> BTreeMap<(String, String), Vec<(usize, PathBuf)>> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        config: String,
+        r: String,
+        prompt_index: usize,
+        image: String,
+    }
     let text = std::fs::read_to_string(store.join("manifest.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (c, r, p, img) = (col("config"), col("r"), col("prompt_index"), col("image"));
     let mut sets = BTreeMap::<(String, String), Vec<(usize, PathBuf)>>::new();
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        sets.entry((f[c].to_string(), f[r].to_string()))
+    for (_, row) in tomex::csv_text::rows::<Row>(&text).unwrap() {
+        sets.entry((row.config, row.r))
             .or_default()
-            .push((f[p].parse().unwrap(), store.join(f[img])));
+            .push((row.prompt_index, store.join(row.image)));
     }
     sets
 }
 
 fn fid_csv(path: &Path) -> HashMap<(String, String), f64> {
-    std::fs::read_to_string(path)
+    #[derive(serde::Deserialize)]
+    struct Row {
+        config: String,
+        r: String,
+        fid: f64,
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    tomex::csv_text::rows::<Row>(&text)
         .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            ((f[0].to_string(), f[1].to_string()), f[2].parse().unwrap())
-        })
+        .into_iter()
+        .map(|(_, row)| ((row.config, row.r), row.fid))
         .collect()
 }
 

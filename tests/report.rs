@@ -235,11 +235,10 @@ fn report_of_a_small_store_partial_then_complete() {
     assert!(summary.contains("SSIM"), "{summary}");
     // Paired metrics for every r > 0 cell that is possible.
     let long = std::fs::read_to_string(out_dir.join("results.csv")).unwrap();
-    let lines: Vec<&str> = long.lines().collect();
-    assert_eq!(lines.len(), 1 + 6, "{long}");
-    for line in &lines[1..] {
-        let f: Vec<&str> = line.split(',').collect();
-        let (r, possible, ssim_mean) = (f[2], f[3], f[13]);
+    let rows = tomex::csv_text::records(&long).unwrap();
+    assert_eq!(rows.len(), 1 + 6, "{long}");
+    for (line, f) in &rows[1..] {
+        let (r, possible, ssim_mean) = (&f[2], &f[3], &f[13]);
         if possible == "true" && r != "0" {
             let s: f64 = ssim_mean.parse().unwrap_or_else(|_| panic!("{line}"));
             assert!((-1.0..=1.0).contains(&s), "{line}");

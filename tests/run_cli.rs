@@ -305,25 +305,13 @@ fn a_bad_spec_names_file_line_and_key() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Rows of a CSV file with a header, as maps from column to value (no quoted commas in
-/// the columns read here: they come before the prompt).
+/// Rows of a CSV file with a header, as maps from column to value.
 fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
+    tomex::csv_text::rows(&text)
         .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(str::to_string))
-                .collect()
-        })
+        .into_iter()
+        .map(|(_, row)| row)
         .collect()
 }
 

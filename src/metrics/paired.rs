@@ -198,13 +198,18 @@ mod tests {
     /// golden/paired/values.csv: `reference,test,psnr,ssim` from skimage.
     #[test]
     fn psnr_and_ssim_match_skimage() {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            reference: String,
+            test: String,
+            psnr: f64,
+            ssim: f64,
+        }
         let text = std::fs::read_to_string(golden_dir().join("values.csv")).unwrap();
         let mut n = 0;
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            let (a, b) = (load(f[0]), load(f[1]));
-            let want_psnr: f64 = f[2].parse().unwrap();
-            let want_ssim: f64 = f[3].parse().unwrap();
+        for (line, row) in crate::csv_text::rows::<Row>(&text).unwrap() {
+            let (a, b) = (load(&row.reference), load(&row.test));
+            let (want_psnr, want_ssim) = (row.psnr, row.ssim);
             let got = paired(&a, &b).unwrap();
             if want_psnr.is_infinite() {
                 assert!(got.psnr.is_infinite(), "{line}: psnr {}", got.psnr);

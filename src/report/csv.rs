@@ -3,9 +3,9 @@
 
 use super::model::{ratio_pct, ReportModel};
 use super::table::{Table, TableRenderer};
-use crate::store::record::csv_line;
+use crate::csv_text;
 
-/// The data table as CSV (RFC 4180), cells as the thesis prints them.
+/// The data table as CSV (`crate::csv_text`), cells as the thesis prints them.
 pub struct Csv;
 
 impl TableRenderer for Csv {
@@ -14,11 +14,7 @@ impl TableRenderer for Csv {
     }
 
     fn render(&self, table: &Table) -> String {
-        let mut out = csv_line(&table.header);
-        for row in &table.rows {
-            out.push_str(&csv_line(row));
-        }
-        out
+        csv_text::to_string(&table.header, &table.rows)
     }
 }
 
@@ -45,7 +41,7 @@ pub const LONG_COLUMNS: [&str; 16] = [
 /// One line per (configuration, r) with full-precision numbers; empty where absent.
 pub fn long_csv(model: &ReportModel) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-    let mut out = csv_line(&LONG_COLUMNS);
+    let mut rows = Vec::new();
     for c in &model.cells {
         let label = model
             .configs
@@ -54,7 +50,7 @@ pub fn long_csv(model: &ReportModel) -> String {
             .map(|k| k.label.clone())
             .unwrap_or_default();
         let worst: Vec<String> = c.worst.iter().map(|w| w.prompt_index.to_string()).collect();
-        out.push_str(&csv_line(&[
+        rows.push([
             c.config.clone(),
             label,
             ratio_pct(c.ratio),
@@ -71,7 +67,7 @@ pub fn long_csv(model: &ReportModel) -> String {
             opt(c.ssim.map(|m| m.mean)),
             opt(c.ssim.map(|m| m.worst)),
             worst.join(" "),
-        ]));
+        ]);
     }
-    out
+    csv_text::to_string(&LONG_COLUMNS, rows)
 }

@@ -102,30 +102,30 @@ impl FidValues {
         self.values.is_empty()
     }
 
-    /// `config,r,fid` lines under a header, as [`FidValues::from_csv`] reads them (r as a
+    /// `config,r,fid` rows under a header, as [`FidValues::from_csv`] reads them (r as a
     /// fraction, FID at full precision), configurations and r in sorted order.
     pub fn to_csv(&self) -> String {
-        let mut out = String::from("config,r,fid\n");
-        for ((config, r), fid) in &self.values {
-            out.push_str(&format!("{config},{},{fid}\n", *r as f64 / 1000.0));
-        }
-        out
+        let rows = self.values.iter().map(|((config, r), fid)| {
+            [
+                config.clone(),
+                (*r as f64 / 1000.0).to_string(),
+                fid.to_string(),
+            ]
+        });
+        crate::csv_text::to_string(&["config", "r", "fid"], rows)
     }
 
-    /// Reads `config,r,fid` lines (a header line first; r as a fraction, e.g. 0.3).
-    pub fn from_csv(text: &str) -> anyhow::Result<FidValues> {
+    /// Reads `config,r,fid` rows (a header first; r as a fraction, e.g. 0.3).
+    pub fn from_csv(text: &str) -> Result<FidValues, crate::csv_text::CsvError> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            config: String,
+            r: f64,
+            fid: f64,
+        }
         let mut out = FidValues::new();
-        for (i, line) in text.lines().enumerate().skip(1) {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            anyhow::ensure!(f.len() == 3, "line {}: want config,r,fid", i + 1);
-            let r: f64 = f[1].parse().with_context(|| format!("line {}: r", i + 1))?;
-            let v: f64 = f[2]
-                .parse()
-                .with_context(|| format!("line {}: fid", i + 1))?;
-            out.insert(f[0], r, v);
+        for (_, row) in crate::csv_text::rows::<Row>(text)? {
+            out.insert(&row.config, row.r, row.fid);
         }
         Ok(out)
     }
@@ -160,28 +160,34 @@ impl PairedCache {
         self.values.is_empty()
     }
 
-    /// Reads `reference,test,psnr,ssim` lines (header first); malformed lines are
-    /// skipped (they are recomputed).
+    /// Reads `reference,test,psnr,ssim` rows (header first); a cache that cannot be
+    /// read is empty (its pairs are recomputed).
     pub fn from_csv(text: &str) -> PairedCache {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            reference: String,
+            test: String,
+            psnr: f64,
+            ssim: f64,
+        }
         let mut cache = PairedCache::default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            if let [a, b, p, s] = f[..] {
-                if let (Ok(psnr), Ok(ssim)) = (p.parse(), s.parse()) {
-                    cache.insert(a, b, Paired { psnr, ssim });
-                }
-            }
+        for (_, row) in crate::csv_text::rows::<Row>(text).unwrap_or_default() {
+            let value = Paired {
+                psnr: row.psnr,
+                ssim: row.ssim,
+            };
+            cache.insert(&row.reference, &row.test, value);
         }
         cache
     }
 
     /// The cache as CSV (full precision; `inf` for equal images' PSNR).
     pub fn to_csv(&self) -> String {
-        let mut out = String::from("reference,test,psnr,ssim\n");
-        for ((a, b), m) in &self.values {
-            out.push_str(&format!("{a},{b},{},{}\n", m.psnr, m.ssim));
-        }
-        out
+        let rows = self
+            .values
+            .iter()
+            .map(|((a, b), m)| [a.clone(), b.clone(), m.psnr.to_string(), m.ssim.to_string()]);
+        crate::csv_text::to_string(&["reference", "test", "psnr", "ssim"], rows)
     }
 }
 

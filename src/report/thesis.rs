@@ -5,7 +5,7 @@
 //! Columns: `table,figure,size,series,merge,sx,sy,r_pct,fid,s_per_img,rel_time_pct`;
 //! an empty `fid` marks a ratio the configuration cannot reach (`-`).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::model::{CellStats, ConfigInfo, ReportModel};
 
@@ -15,70 +15,30 @@ pub const PALETTE: [&str; 10] = [
     "#bcbd22", "#17becf",
 ];
 
-/// Splits one CSV line (double-quoted fields may hold commas and `""`).
-fn fields(line: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                out.last_mut().unwrap().push('"');
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(String::new()),
-            _ => out.last_mut().unwrap().push(ch),
-        }
-    }
-    out
+/// One row of `tables.csv`; an empty `fid` is a ratio the configuration cannot reach.
+#[derive(serde::Deserialize)]
+struct Row {
+    table: u32,
+    figure: String,
+    size: String,
+    series: String,
+    r_pct: f64,
+    fid: Option<f64>,
+    s_per_img: Option<f64>,
+    rel_time_pct: Option<f64>,
 }
 
 /// The table numbers `table` (7 to 13) of `csv` as a report model; series in
 /// order of first appearance.
 pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
-    let mut lines = csv.lines();
-    let header = fields(lines.next().context("empty tables.csv")?);
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("tables.csv has no column {name}"))
-    };
-    let (c_table, c_fig, c_size, c_series, c_r, c_fid, c_s, c_rel) = (
-        col("table")?,
-        col("figure")?,
-        col("size")?,
-        col("series")?,
-        col("r_pct")?,
-        col("fid")?,
-        col("s_per_img")?,
-        col("rel_time_pct")?,
-    );
+    let rows = crate::csv_text::rows::<Row>(csv).map_err(|e| anyhow::anyhow!("tables.csv {e}"))?;
     let mut configs: Vec<ConfigInfo> = Vec::new();
     let mut cells = Vec::new();
     let mut ratios: Vec<f64> = Vec::new();
     let mut figure = String::new();
     let mut size = String::new();
-    for (i, line) in lines.enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f = fields(line);
-        if f.get(c_table).map(String::as_str) != Some(table.to_string().as_str()) {
-            continue;
-        }
-        let num = |c: usize| -> anyhow::Result<Option<f64>> {
-            let s = f.get(c).map(String::as_str).unwrap_or("");
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                s.parse()
-                    .map(Some)
-                    .with_context(|| format!("tables.csv line {}: {s:?}", i + 2))
-            }
-        };
-        let series = f[c_series].clone();
+    for (_, row) in rows.into_iter().filter(|(_, row)| row.table == table) {
+        let series = row.series;
         if !configs.iter().any(|c| c.label == series) {
             configs.push(ConfigInfo {
                 name: series.clone(),
@@ -86,13 +46,13 @@ pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
                 color: PALETTE[configs.len() % PALETTE.len()].to_string(),
             });
         }
-        figure = f[c_fig].clone();
-        size = f[c_size].clone();
-        let r = num(c_r)?.context("r_pct missing")? / 100.0;
+        figure = row.figure;
+        size = row.size;
+        let r = row.r_pct / 100.0;
         if !ratios.iter().any(|x| (x - r).abs() < 1e-9) {
             ratios.push(r);
         }
-        let fid = num(c_fid)?;
+        let fid = row.fid;
         let possible = fid.is_some();
         cells.push(CellStats {
             config: series,
@@ -101,8 +61,8 @@ pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
             planned: 0,
             done: 0,
             fid,
-            s_per_image: num(c_s)?,
-            rel_time_pct: num(c_rel)?,
+            s_per_image: row.s_per_img,
+            rel_time_pct: row.rel_time_pct,
             peak_host_bytes: None,
             peak_device_bytes: None,
             psnr: None,
@@ -126,14 +86,4 @@ pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
         fid_network: None,
         fid_notes: vec![],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fields;
-
-    #[test]
-    fn quoted_fields() {
-        assert_eq!(fields(r#"7,"a, ""b""",,1"#), vec!["7", "a, \"b\"", "", "1"]);
-    }
 }

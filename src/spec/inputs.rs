@@ -104,10 +104,10 @@ pub fn read_prompts(file: &Path, column: &str) -> Result<Vec<String>, PromptFile
             message: "not UTF-8 text".to_string(),
         }
     })?;
-    let records = parse_csv(&text).map_err(|(line, message)| PromptFileError::Csv {
+    let records = crate::csv_text::records(&text).map_err(|e| PromptFileError::Csv {
         file: file.to_path_buf(),
-        line,
-        message,
+        line: e.line as usize,
+        message: e.message,
     })?;
     let mut records = records.into_iter();
     let Some((_, header)) = records.next() else {
@@ -122,6 +122,7 @@ pub fn read_prompts(file: &Path, column: &str) -> Result<Vec<String>, PromptFile
     };
     let mut prompts = Vec::new();
     for (line, fields) in records {
+        let line = line as usize;
         if fields.len() > header.len() {
             return Err(PromptFileError::Csv {
                 file: file.to_path_buf(),
@@ -139,64 +140,6 @@ pub fn read_prompts(file: &Path, column: &str) -> Result<Vec<String>, PromptFile
         return Err(PromptFileError::NoRows(file.to_path_buf()));
     }
     Ok(prompts)
-}
-
-/// CSV records, each with the 1-based line it starts on.
-type Records = Vec<(usize, Vec<String>)>;
-
-/// Records of a CSV text with the line each starts on; blank lines skipped.
-/// Errors carry a 1-based line.
-fn parse_csv(text: &str) -> Result<Records, (usize, String)> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    while chars.peek().is_some() {
-        let start = line;
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let mut quoted_any = false;
-        loop {
-            match chars.next() {
-                None => break,
-                Some('"') if field.is_empty() => {
-                    quoted_any = true;
-                    let open = line;
-                    loop {
-                        match chars.next() {
-                            None => {
-                                return Err((open, "a quoted field is never closed".to_string()))
-                            }
-                            Some('"') if chars.peek() == Some(&'"') => {
-                                chars.next();
-                                field.push('"');
-                            }
-                            Some('"') => break,
-                            Some(c) => {
-                                if c == '\n' {
-                                    line += 1;
-                                }
-                                field.push(c);
-                            }
-                        }
-                    }
-                }
-                Some(',') => fields.push(std::mem::take(&mut field)),
-                Some('\r') if chars.peek() == Some(&'\n') => {}
-                Some('\n') => {
-                    line += 1;
-                    break;
-                }
-                Some(c) => field.push(c),
-            }
-        }
-        fields.push(field);
-        let blank = !quoted_any && fields.len() == 1 && fields[0].trim().is_empty();
-        if !blank {
-            records.push((start, fields));
-        }
-    }
-    Ok(records)
 }
 
 /// Checks the files `spec` reads: the prompt file (exists, is CSV, has rows and
@@ -250,12 +193,10 @@ pub fn check_inputs(spec: &Spec) -> Vec<Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn csv_quotes_commas_and_line_breaks() {
         let text = "\u{feff}id,prompt\r\n1,\"a cat, sitting\"\r\n\n2,\"say \"\"hi\"\"\nthen go\"\n3,plain\n";
-        let r = parse_csv(text).unwrap();
+        let r = crate::csv_text::records(text).unwrap();
         assert_eq!(r.len(), 4);
         assert_eq!(r[0], (1, vec!["id".to_string(), "prompt".to_string()]));
         assert_eq!(r[1].1[1], "a cat, sitting");
@@ -268,9 +209,10 @@ mod tests {
 
     #[test]
     fn csv_unclosed_quote() {
+        let e = crate::csv_text::records("prompt\n\"open\n").unwrap_err();
         assert_eq!(
-            parse_csv("prompt\n\"open\n"),
-            Err((2, "a quoted field is never closed".to_string()))
+            (e.line, e.message.as_str()),
+            (2, "a quoted field is never closed")
         );
     }
 }

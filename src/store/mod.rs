@@ -695,10 +695,7 @@ impl Store {
         rows: Vec<Vec<String>>,
     ) -> Result<(PathBuf, usize), StoreError> {
         let path = path.map_or_else(|| self.root.join(MANIFEST), Path::to_path_buf);
-        let mut text = record::csv_line(&record::MANIFEST_COLUMNS);
-        for row in &rows {
-            text.push_str(&record::csv_line(row));
-        }
+        let text = crate::csv_text::to_string(&record::MANIFEST_COLUMNS, &rows);
         fsx::write_atomic(&path, text.as_bytes()).map_err(|e| StoreError::io(&path, e))?;
         Ok((path, rows.len()))
     }

@@ -174,44 +174,7 @@ pub(crate) fn manifest_row(record: &Record, cell: &Cell, image: &str) -> Vec<Str
     ]
 }
 
-/// One CSV line (RFC 4180: fields with `,`, `"`, line breaks or edge spaces are
-/// quoted, quotes doubled), ending in `\n`.
-pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
-    let mut line = String::new();
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        let f = f.as_ref();
-        let quote = f.contains([',', '"', '\n', '\r'])
-            || f.starts_with(char::is_whitespace)
-            || f.ends_with(char::is_whitespace);
-        if quote {
-            line.push('"');
-            line.push_str(&f.replace('"', "\"\""));
-            line.push('"');
-        } else {
-            line.push_str(f);
-        }
-    }
-    line.push('\n');
-    line
-}
-
 /// The attention of records made before tomex could fuse it.
 fn exported() -> String {
     "exported".into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_quoting() {
-        assert_eq!(
-            csv_line(&["a", "b, c", "say \"hi\"", " x", "two\nlines", ""]),
-            "a,\"b, c\",\"say \"\"hi\"\"\",\" x\",\"two\nlines\",\n"
-        );
-    }
 }
