@@ -1,45 +1,42 @@
-//! The FID step as `tomex run` and `tomex report` show it: progress on stderr, a one-line
-//! result, and the notes the report's summary carries.
+//! The steps after the jobs (`crate::runner::finish`) as `tomex run` and `tomex report`
+//! show them: FID progress on stderr, one line per step's result, and the report's folder.
 
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::engine::Runtime;
-use crate::runner::fid::{measure_fid, FidObserver, InceptionSource};
+use crate::runner::fid::FidObserver;
+use crate::runner::finish::{finish, FidResult, FidStep, Finished};
 use crate::runner::Prepared;
 use crate::store::Store;
 
-/// Runs the FID step; returns the notes for the summary and the error that stopped it,
-/// if any (the report is rendered either way, with what was computed).
-pub fn run_fid_step(
+/// Runs [`finish`] with a progress bar (unless `quiet`) and says how each step went.
+pub fn finish_and_say(
     prepared: &Prepared,
     store: &Store,
-    runtime: &Runtime,
-    inception: &InceptionSource,
-    report_dir: &Path,
+    dir: &Path,
+    fid: FidStep<'_>,
     quiet: bool,
-) -> (Vec<String>, Option<anyhow::Error>) {
-    let dims = prepared.spec.metrics.fid_dims;
-    if !quiet {
+) -> Finished {
+    if let (FidStep::Measure { inception, .. }, false) = (&fid, quiet) {
         let path = inception.path.display().to_string();
         let network = if path == inception.name {
             path
         } else {
             format!("`{}` ({path})", inception.name)
         };
-        eprintln!("FID: {dims}-d features with {network}");
+        eprintln!(
+            "FID: {}-d features with {network}",
+            prepared.spec.metrics.fid_dims
+        );
     }
     let mut observer = Progress::new(quiet);
-    match measure_fid(
-        prepared,
-        store,
-        runtime,
-        inception,
-        report_dir,
-        &mut observer,
-    ) {
-        Ok(o) => {
+    let finished = finish(prepared, store, dir, fid, &mut observer);
+    match &finished.fid {
+        FidResult::NotAsked => {}
+        FidResult::Deferred(note) => say!("{note}"),
+        FidResult::Unavailable(e) => eprintln!("error: FID: {e:#}"),
+        FidResult::Measured(o) => {
             say!(
                 "FID: {} of {} (config, r > 0) values in {} ({} set(s) featurised, {} from the cache)",
                 o.measured,
@@ -51,13 +48,18 @@ pub fn run_fid_step(
             for note in &o.notes {
                 say!("  {note}");
             }
-            (o.notes, None)
         }
-        Err(e) => {
-            eprintln!("error: the FID step stopped: {e:#}");
-            (vec![format!("the FID step stopped: {e:#}")], Some(e))
-        }
+        FidResult::Stopped(e) => eprintln!("error: the FID step stopped: {e:#}"),
     }
+    match &finished.paired {
+        Ok(u) if u.undecodable > 0 => eprintln!(
+            "warning: {} image pair(s) do not decode and have no PSNR/SSIM (tomex store verify --repair)",
+            u.undecodable
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("error: paired metrics: {e:#}"),
+    }
+    finished
 }
 
 /// One progress bar per featurised set, on stderr.

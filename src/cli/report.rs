@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::fid_step::run_fid_step;
+use super::fid_step::finish_and_say;
 use super::Global;
 use crate::engine::{Device, Runtime};
-use crate::report::{default_dir, render_spec};
+use crate::report::default_dir;
 use crate::runner::fid::resolve_inception;
+use crate::runner::finish::FidStep;
 use crate::runner::prepare;
 
 #[derive(Args)]
@@ -44,23 +45,26 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_dir(&store, &prepared.spec.name));
     // FID from stored images only; the rest of the report renders even when it fails.
-    let (fid_notes, fid_error) = if prepared.spec.metrics.fid {
-        match resolve_inception(&prepared.spec, global.lock.as_deref()).and_then(|inception| {
-            let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
-            Ok((runtime, inception))
-        }) {
-            Ok((runtime, inception)) => {
-                run_fid_step(&prepared, &store, &runtime, &inception, &report_dir, false)
-            }
-            Err(e) => {
-                eprintln!("error: FID: {e:#}");
-                (vec![format!("FID not computed: {e:#}")], Some(e))
-            }
-        }
+    let runtime;
+    let inception;
+    let fid = if !prepared.spec.metrics.fid {
+        FidStep::NotAsked
     } else {
-        (vec![], None)
+        match resolve_inception(&prepared.spec, global.lock.as_deref())
+            .and_then(|i| Ok((Runtime::new(global.ort_lib.as_deref(), args.device)?, i)))
+        {
+            Ok((r, i)) => {
+                (runtime, inception) = (r, i);
+                FidStep::Measure {
+                    runtime: &runtime,
+                    inception: &inception,
+                }
+            }
+            Err(e) => FidStep::Unavailable(e),
+        }
     };
-    let rendered = render_spec(&prepared, &store, Some(&report_dir), &fid_notes)?;
+    let finished = finish_and_say(&prepared, &store, &report_dir, fid, false);
+    let rendered = finished.rendered?;
     say!(
         "report of `{}`: {} files in {}",
         prepared.spec.name,
@@ -73,8 +77,11 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
             rendered.missing
         );
     }
-    if let Some(e) = fid_error {
+    if let Some(e) = finished.fid.error() {
         return Err(e.context("the report was rendered without these FID values"));
+    }
+    if let Err(e) = finished.paired {
+        return Err(e.context("the report was rendered without the new PSNR/SSIM values"));
     }
     Ok(())
 }

@@ -7,12 +7,13 @@ use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::fid_step::run_fid_step;
+use super::fid_step::finish_and_say;
 use super::Global;
 use crate::diffusion::pipeline::StableDiffusion;
 use crate::engine::{Device, Runtime};
 use crate::plan::Shard;
 use crate::runner::fid::resolve_inception;
+use crate::runner::finish::FidStep;
 use crate::runner::{execute, prepare, RunObserver, Summary};
 
 #[derive(Args)]
@@ -83,28 +84,21 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         manifest.display()
     );
     let report_dir = crate::report::default_dir(&store, &prepared.spec.name);
-    let (fid_notes, fid_error) = match &inception {
+    let fid = match &inception {
+        None => FidStep::NotAsked,
         // A shard holds part of every set; FID waits for all of them.
-        Some(_) if shard.count > 1 => {
-            let note = format!(
-                "FID is not computed by a shard's run (its sets are partial); run `tomex report {}` when every shard is done",
-                args.spec.display()
-            );
-            say!("{note}");
-            (vec![note], None)
-        }
-        Some(inception) => run_fid_step(
-            &prepared,
-            &store,
-            &runtime,
+        Some(_) if shard.count > 1 => FidStep::Deferred(format!(
+            "FID is not computed by a shard's run (its sets are partial); run `tomex report {}` when every shard is done",
+            args.spec.display()
+        )),
+        Some(inception) => FidStep::Measure {
+            runtime: &runtime,
             inception,
-            &report_dir,
-            args.quiet,
-        ),
-        None => (vec![], None),
+        },
     };
     // The report renders whatever is stored, so a shard's run shows its partial view.
-    match crate::report::render_spec(&prepared, &store, None, &fid_notes) {
+    let finished = finish_and_say(&prepared, &store, &report_dir, fid, args.quiet);
+    match finished.rendered {
         Ok(r) => say!("report: {} files in {}", r.files.len(), r.dir.display()),
         Err(e) => eprintln!("warning: the report could not be rendered: {e:#}"),
     }
@@ -114,7 +108,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
             summary.failed.len()
         );
     }
-    if let Some(e) = fid_error {
+    if let Some(e) = finished.fid.error() {
         return Err(e.context(
             "the images are stored; after fixing this, `tomex report` computes FID from them",
         ));

@@ -9,7 +9,8 @@
 //! * [`summary`]: paired metrics (PSNR, SSIM), memory, worst prompts, what is missing.
 //!
 //! [`thesis`] turns the thesis's own numbers into the same model.
-//! [`render_spec`] is what `tomex report` and the end of `tomex run` call.
+//! [`render_spec`] renders a spec's report; `crate::runner::finish` calls it after the
+//! FID and paired-metric steps, for `tomex run` and `tomex report` alike.
 
 pub mod csv;
 pub mod figure;
@@ -28,7 +29,8 @@ use anyhow::Context;
 pub use model::{FidValues, PairedCache, ReportModel};
 pub use table::{Table, TableRenderer};
 
-use crate::runner::Prepared;
+use crate::plan::Plan;
+use crate::spec::Spec;
 use crate::store::Store;
 
 /// The file FID values are read from, in a report folder: `config,r,fid` lines
@@ -108,21 +110,19 @@ pub struct Rendered {
     pub missing: usize,
 }
 
-/// Builds the report of `prepared` from `store` and writes it into `out` (default
-/// [`default_dir`]); FID values from `<out>/fid.csv` when present, `fid_notes` (from the
-/// FID step: why values are missing or partial) in the summary. Where the spec
-/// names a thesis table (`[report] thesis_table`), the thesis's own numbers are
-/// rendered beside ours in `<out>/thesis/`. The end of `tomex run` calls this.
+/// Builds the report of `spec` (whose jobs are `plan`) from `store` and writes it into
+/// `dir`: FID values from `<dir>/fid.csv` and paired metrics from `<dir>/paired.csv` when
+/// present (the runner writes both), `fid_notes` (from the FID step: why values are
+/// missing or partial) in the summary. Where the spec names a thesis table
+/// (`[report] thesis_table`), the thesis's own numbers are rendered beside ours in
+/// `<dir>/thesis/`.
 pub fn render_spec(
-    prepared: &Prepared,
+    spec: &Spec,
+    plan: &Plan,
     store: &Store,
-    out: Option<&Path>,
+    dir: &Path,
     fid_notes: &[String],
 ) -> anyhow::Result<Rendered> {
-    let dir = out.map_or_else(
-        || default_dir(store, &prepared.spec.name),
-        Path::to_path_buf,
-    );
     let fid_path = dir.join(FID_FILE);
     let fid = match std::fs::read_to_string(&fid_path) {
         Ok(text) => {
@@ -130,28 +130,21 @@ pub fn render_spec(
         }
         Err(_) => FidValues::new(),
     };
-    let cache_path = dir.join(PAIRED_FILE);
-    let mut cache = std::fs::read_to_string(&cache_path)
-        .map(|t| PairedCache::from_csv(&t))
-        .unwrap_or_default();
-    let mut model =
-        ReportModel::from_spec_plan(&prepared.spec, &prepared.plan, store, &fid, &mut cache)?;
+    let paired = PairedCache::read(&dir.join(PAIRED_FILE));
+    let mut model = ReportModel::from_spec_plan(spec, plan, store, &fid, &paired)?;
     model.fid_notes = fid_notes.to_vec();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::fsx::write_atomic(&cache_path, cache.to_csv().as_bytes())
-        .with_context(|| format!("writing {}", cache_path.display()))?;
-    let mut files = render_model(&model, &dir, &prepared.spec.report.formats)?;
-    if let Some(n) = prepared.spec.report.thesis_table {
+    let mut files = render_model(&model, dir, &spec.report.formats)?;
+    if let Some(n) = spec.report.thesis_table {
         // The thesis's own numbers for this experiment, beside ours.
         let theirs = thesis::thesis_model(THESIS_TABLES, n)?;
         files.extend(render_model(
             &theirs,
             &dir.join("thesis"),
-            &prepared.spec.report.formats,
+            &spec.report.formats,
         )?);
     }
     Ok(Rendered {
-        dir,
+        dir: dir.to_path_buf(),
         files,
         missing: model.missing_images(),
     })

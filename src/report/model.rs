@@ -4,13 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
-use rayon::prelude::*;
-
-use crate::metrics::paired::{paired, Paired};
+use crate::metrics::paired::Paired;
 use crate::onnx::Precision;
 use crate::plan::{Job, Plan};
-use crate::runner::Prepared;
 use crate::spec::{Spec, DEFAULT_INCEPTION};
 use crate::store::Store;
 
@@ -179,6 +175,13 @@ impl PairedCache {
             cache.insert(&row.reference, &row.test, value);
         }
         cache
+    }
+
+    /// The cache in `path` (empty when absent or unreadable: its pairs are recomputed).
+    pub fn read(path: &Path) -> PairedCache {
+        std::fs::read_to_string(path)
+            .map(|t| PairedCache::from_csv(&t))
+            .unwrap_or_default()
     }
 
     /// The cache as CSV (full precision; `inf` for equal images' PSNR).
@@ -361,25 +364,16 @@ impl ReportModel {
         self.missing.is_empty()
     }
 
-    /// Builds the report of `prepared`'s spec from what `store` holds; FID from
-    /// `fid` (absent values render `n/a`).
-    pub fn from_store(
-        prepared: &Prepared,
-        store: &Store,
-        fid: &FidValues,
-    ) -> anyhow::Result<ReportModel> {
-        let mut cache = PairedCache::default();
-        Self::from_spec_plan(&prepared.spec, &prepared.plan, store, fid, &mut cache)
-    }
-
-    /// As [`ReportModel::from_store`], from a spec and its plan; paired metrics
-    /// already in `cache` are reused and new ones added to it.
+    /// The report of `spec` (whose jobs are `plan`) from what `store` holds: FID from
+    /// `fid` (absent values render `n/a`), PSNR and SSIM from `paired`, which the runner's
+    /// paired step has filled for every stored pair (`crate::runner::paired`); a stored
+    /// pair it holds no values for has an image that does not decode.
     pub fn from_spec_plan(
         spec: &Spec,
         plan: &Plan,
         store: &Store,
         fid: &FidValues,
-        cache: &mut PairedCache,
+        paired: &PairedCache,
     ) -> anyhow::Result<ReportModel> {
         let configs: Vec<ConfigInfo> = spec
             .configs
@@ -453,37 +447,10 @@ impl ReportModel {
                     (Some(s), Some(b)) if b > 0.0 => Some(100.0 * s / b),
                     _ => None,
                 };
-                let known: &PairedCache = cache;
-                // A pair whose image does not decode (damaged at the same size, which
-                // only `tomex store verify` tells) is left out, not the whole report.
-                let scored: Vec<Option<PromptScore>> = pairs
-                    .par_iter()
-                    .map(|(p, job, twin)| -> anyhow::Result<Option<PromptScore>> {
-                        let m = match known.get(&twin.key, &job.key) {
-                            Some(m) => m,
-                            None => {
-                                let (Ok(a), Ok(b)) = (
-                                    open_rgb(&store.image_path(&twin.key)),
-                                    open_rgb(&store.image_path(&job.key)),
-                                ) else {
-                                    return Ok(None);
-                                };
-                                paired(&a, &b)
-                                    .with_context(|| format!("paired metrics of {}", job.key))?
-                            }
-                        };
-                        Ok(Some(PromptScore {
-                            prompt_index: *p,
-                            prompt: job.material.prompt.clone(),
-                            seed: job.material.seed,
-                            psnr: m.psnr,
-                            ssim: m.ssim,
-                        }))
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                let mut scores = Vec::with_capacity(scored.len());
-                for ((p, job, twin), score) in pairs.iter().zip(scored) {
-                    let Some(score) = score else {
+                let mut scores = Vec::with_capacity(pairs.len());
+                for (p, job, twin) in &pairs {
+                    let Some(m) = paired.get(&twin.key, &job.key) else {
+                        // Damaged at the same size, which only `tomex store verify` tells.
                         missing.push(MissingImage {
                             config: config.name.clone(),
                             ratio: r,
@@ -493,15 +460,13 @@ impl ReportModel {
                         });
                         continue;
                     };
-                    cache.insert(
-                        &twin.key,
-                        &job.key,
-                        Paired {
-                            psnr: score.psnr,
-                            ssim: score.ssim,
-                        },
-                    );
-                    scores.push(score);
+                    scores.push(PromptScore {
+                        prompt_index: *p,
+                        prompt: job.material.prompt.clone(),
+                        seed: job.material.seed,
+                        psnr: m.psnr,
+                        ssim: m.ssim,
+                    });
                 }
                 stats.psnr = MeanWorst::of(scores.iter().map(|s| s.psnr));
                 stats.ssim = MeanWorst::of(scores.iter().map(|s| s.ssim));
@@ -598,10 +563,4 @@ fn fid_network_name(spec: &Spec) -> Option<String> {
 
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
-fn open_rgb(path: &std::path::Path) -> anyhow::Result<image::RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_rgb8())
 }

@@ -1,10 +1,13 @@
 //! From a spec to stored images: resolve the model and prompts, expand the plan,
 //! and run the jobs of a shard that the store does not hold yet, one claimed job at
 //! a time. A killed run resumes with nothing lost and nothing done twice (the
-//! store's claims and atomic writes, see `store`). [`fid`] is the step after: FID of the
-//! stored sets into the report folder.
+//! store's claims and atomic writes, see `store`). [`finish`] is what comes after, for
+//! `tomex run` and `tomex report` alike: [`fid`] (FID of the stored sets), [`paired`]
+//! (PSNR/SSIM of stored pairs), then the report's files.
 
 pub mod fid;
+pub mod finish;
+pub mod paired;
 mod prepare;
 
 use std::time::Instant;

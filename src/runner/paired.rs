@@ -1,0 +1,108 @@
+//! The paired-metric step: PSNR and SSIM (`crate::metrics::paired`) of every stored
+//! r > 0 image against its stored r = 0 twin, into the report folder's `paired.csv`.
+//! Store keys name image content, so a pair's values never change: only pairs the file
+//! does not hold yet are computed, in parallel. A pair whose image does not decode (damaged
+//! at the same size, which only `tomex store verify` tells) is left out; the report
+//! lists it as missing.
+
+use std::path::Path;
+
+use anyhow::Context;
+use rayon::prelude::*;
+
+use crate::metrics::paired::{paired, Paired};
+use crate::plan::{Job, Plan};
+use crate::report::model::{ratio_key, CellJobs, PairedCache};
+use crate::report::PAIRED_FILE;
+use crate::spec::Spec;
+use crate::store::Store;
+
+/// What [`update_paired`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct PairedUpdate {
+    /// Pairs computed now.
+    pub computed: usize,
+    /// Pairs left out because an image does not decode.
+    pub undecodable: usize,
+}
+
+/// Computes the paired metrics of `spec`'s stored pairs that `<dir>/paired.csv` lacks and
+/// rewrites the file (atomically) with them.
+pub fn update_paired(
+    spec: &Spec,
+    plan: &Plan,
+    store: &Store,
+    dir: &Path,
+) -> anyhow::Result<PairedUpdate> {
+    let path = dir.join(PAIRED_FILE);
+    let mut cache = PairedCache::read(&path);
+    let todo = new_pairs(spec, plan, store, &cache);
+    let computed: Vec<Option<(&Job, &Job, Paired)>> = todo
+        .par_iter()
+        .map(|&(job, twin)| -> anyhow::Result<_> {
+            let (Ok(a), Ok(b)) = (
+                open_rgb(&store.image_path(&twin.key)),
+                open_rgb(&store.image_path(&job.key)),
+            ) else {
+                return Ok(None);
+            };
+            let m = paired(&a, &b).with_context(|| format!("paired metrics of {}", job.key))?;
+            Ok(Some((job, twin, m)))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut update = PairedUpdate::default();
+    for pair in computed {
+        match pair {
+            Some((job, twin, m)) => {
+                cache.insert(&twin.key, &job.key, m);
+                update.computed += 1;
+            }
+            None => update.undecodable += 1,
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsx::write_atomic(&path, cache.to_csv().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(update)
+}
+
+/// (r > 0 job, its r = 0 twin) of every possible cell, both stored, not in `cache`;
+/// a pair shared by several cells once.
+fn new_pairs<'p>(
+    spec: &Spec,
+    plan: &'p Plan,
+    store: &Store,
+    cache: &PairedCache,
+) -> Vec<(&'p Job, &'p Job)> {
+    let by_cell = CellJobs::of(plan, &spec.name);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for config in &spec.configs {
+        for &r in &spec.ratios {
+            if ratio_key(r) == 0 || spec.is_skipped(&config.name, r) {
+                continue;
+            }
+            for (prompt, job) in by_cell.cell(&config.name, r) {
+                let Some(twin) = by_cell.job(&config.name, 0.0, prompt) else {
+                    continue;
+                };
+                let pair = (twin.key.clone(), job.key.clone());
+                if cache.get(&pair.0, &pair.1).is_some()
+                    || !store.is_done(&job.key)
+                    || !store.is_done(&twin.key)
+                    || !seen.insert(pair)
+                {
+                    continue;
+                }
+                out.push((job, twin));
+            }
+        }
+    }
+    out
+}
+
+fn open_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
+    Ok(image::open(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .to_rgb8())
+}
