@@ -11,7 +11,7 @@ use tomex::report::table::TableRenderer;
 use tomex::report::{markdown::Markdown, render_model, thesis::thesis_model, Table};
 
 fn thesis_csv() -> String {
-    std::fs::read_to_string(common::golden("thesis/tables.csv")).unwrap()
+    tomex::report::THESIS_TABLES.to_string()
 }
 
 /// The body rows of Table `n` in the thesis's appendix A (cells split at tabs).

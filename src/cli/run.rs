@@ -131,8 +131,9 @@ fn print_summary(spec: &str, shard: Shard, s: &Summary) {
         s.held_elsewhere,
         s.failed.len()
     );
-    for (key, label, error) in &s.failed {
-        say!("  failed {} ({label}): {error}", &key[..12.min(key.len())]);
+    for f in &s.failed {
+        let key = &f.key[..12.min(f.key.len())];
+        say!("  failed {key} ({}): {}", f.label, f.error);
     }
 }
 

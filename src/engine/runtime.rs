@@ -33,6 +33,9 @@ pub enum EngineError {
     SessionLoad { model: PathBuf, reason: String },
     #[error("{model} is not the graph tomex expects: {reason}")]
     Unexpected { model: PathBuf, reason: String },
+    /// A ToMe configuration that cannot merge at this size (tomesd raises here too).
+    #[error(transparent)]
+    Tome(#[from] crate::tome::TomeError),
     #[error("running {model} failed: {reason}")]
     Run { model: PathBuf, reason: String },
 }

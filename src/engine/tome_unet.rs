@@ -95,12 +95,7 @@ impl TomeUnet {
         let mut cut = Vec::new();
         for block in &self.blocks {
             let tokens = tokens_at_level(latent_hw, block.id.level);
-            let params = tome::block_params(latent_hw, tokens, cfg).map_err(|e| {
-                EngineError::Unexpected {
-                    model: self.path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let params = tome::block_params(latent_hw, tokens, cfg)?;
             if params.is_some() {
                 cut.extend(targeted(block, cfg));
             }

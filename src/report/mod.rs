@@ -40,9 +40,10 @@ pub const FID_FILE: &str = "fid.csv";
 /// The paired-metric cache in a report folder (see [`PairedCache`]).
 pub const PAIRED_FILE: &str = "paired.csv";
 
-/// The thesis's data tables (`thesis/tables.csv`, copied to `golden/thesis/`),
-/// carried in the binary so any report can set them beside its own numbers.
-pub const THESIS_TABLES: &str = include_str!("../../golden/thesis/tables.csv");
+/// The thesis's data tables (its `thesis/tables.csv`, kept beside this file as
+/// `thesis_tables.csv`), carried in the binary so any report can set them beside its own
+/// numbers.
+pub const THESIS_TABLES: &str = include_str!("thesis_tables.csv");
 
 /// The default report folder of a spec: `<store>/reports/<spec name>/`.
 pub fn default_dir(store: &Store, spec_name: &str) -> PathBuf {

@@ -1,4 +1,4 @@
-//! The thesis's own numbers (`golden/thesis/tables.csv`, a copy of
+//! The thesis's own numbers ([`super::THESIS_TABLES`], a copy of its
 //! `thesis/tables.csv`) as report models, so Tables 7–13 and Figures 5–11 go
 //! through the same renderers as our results.
 //!

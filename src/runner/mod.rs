@@ -48,8 +48,17 @@ pub struct Summary {
     pub done_elsewhere: usize,
     /// Held by another worker when this one reached them (not done when it looked).
     pub held_elsewhere: usize,
-    /// Failed in this run: (key, label, error).
-    pub failed: Vec<(String, String, String)>,
+    /// Failed in this run.
+    pub failed: Vec<FailedJob>,
+}
+
+/// A job that failed in this run; its error is also recorded in the store.
+#[derive(Debug, Clone)]
+pub struct FailedJob {
+    pub key: String,
+    /// Its configuration and r ([`label`]).
+    pub label: String,
+    pub error: String,
 }
 
 /// The `Request` that makes a job's image.
@@ -152,9 +161,11 @@ pub fn execute(
         if let Some(claim) = store.try_claim(&todo[0].key, &Worker::current(shard.to_string()))? {
             store.fail(claim, todo[0], &e)?;
         }
-        summary
-            .failed
-            .push((todo[0].key.clone(), label(todo[0]), e));
+        summary.failed.push(FailedJob {
+            key: todo[0].key.clone(),
+            label: label(todo[0]),
+            error: e,
+        });
         return Ok(summary);
     }
     let worker = Worker::current(format!("shard {shard}"));
@@ -182,7 +193,11 @@ pub fn execute(
             }
             Err(e) => {
                 store.fail(claim, job, &e)?;
-                summary.failed.push((job.key.clone(), label, e.clone()));
+                summary.failed.push(FailedJob {
+                    key: job.key.clone(),
+                    label,
+                    error: e.clone(),
+                });
                 observer.job_finished(&Err(e));
             }
         }

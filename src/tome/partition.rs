@@ -68,9 +68,9 @@ pub(crate) fn partition(
 /// alone (torch's numbers are not reproduced: tomesd's fork is not seeded).
 ///
 /// tomesd forks its generator once and keeps drawing from it across all the
-/// images a process generates; tomex should start a fresh `PartitionRng` per
-/// image (from the config's seed, possibly mixed with the image's seed) so
-/// that an image does not depend on which jobs ran before it.
+/// images a process generates; tomex starts a fresh `PartitionRng` per image from
+/// the configuration's seed alone (`diffusion::pipeline`), so that an image does not
+/// depend on which jobs ran before it.
 ///
 /// The algorithm, fixed so that seeds mean the same in every version:
 /// SplitMix64 (Steele, Lea, Flood 2014; the `splitmix64.c` of Vigna) with the
