@@ -43,21 +43,42 @@ impl Dims {
     }
 }
 
-/// Whether this CPU can run the kernel (x86-64 with AVX-512F).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+/// The code that computes a tile: the same algorithm at different widths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// 16-float vectors, a 8 × 48 register tile (x86-64 with AVX-512F).
+    Avx512,
+    /// Plain Rust, one query at a time: the tiling's reference, on every CPU.
+    Portable,
+}
+
+impl Body {
+    /// Whether this CPU can run the body.
+    pub fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Body::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Body::Avx512 => false,
+            Body::Portable => true,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The fastest SIMD body this CPU runs, if any (the portable one is slower than ONNX
+    /// Runtime's attention, so it is never chosen for speed).
+    pub fn fastest() -> Option<Body> {
+        [Body::Avx512].into_iter().find(|b| b.runs_here())
     }
 }
 
-/// Computes attention into `out`. `for_each(n, work)` must call `work(i)` once for
-/// every `i < n`, in any order and on any threads (ONNX Runtime's thread pool in the
-/// operator, a plain loop in tests).
+/// Whether this CPU runs a SIMD body of the kernel, so fusing attention into it pays.
+pub fn available() -> bool {
+    Body::fastest().is_some()
+}
+
+/// Computes attention into `out` with the fastest body ([`Body::fastest`]).
+/// `for_each(n, work)` must call `work(i)` once for every `i < n`, in any order and on
+/// any threads (ONNX Runtime's thread pool in the operator, a plain loop in tests).
 pub fn attend(
     q: &[f32],
     k: &[f32],
@@ -67,8 +88,26 @@ pub fn attend(
     scale: f32,
     for_each: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
 ) -> Result<(), String> {
-    if !available() {
-        return Err("tomex's flash attention needs a CPU with AVX-512F".into());
+    let body = Body::fastest().ok_or("tomex's flash attention needs a CPU with AVX-512F")?;
+    attend_with(body, q, k, v, out, dims, scale, for_each)
+}
+
+/// As [`attend`], with the given body.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    body: Body,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    dims: Dims,
+    scale: f32,
+    for_each: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+) -> Result<(), String> {
+    if !body.runs_here() {
+        return Err(format!(
+            "this CPU cannot run the {body:?} body of tomex's flash attention"
+        ));
     }
     let width = dims.width();
     let expect = |what: &str, len: usize, rows: usize| {
@@ -115,12 +154,17 @@ pub fn attend(
                 q_scale,
                 scratch: Tile::reserve(scratch, dims.head_size, queries),
             };
-            // SAFETY: `available()` checked AVX-512F. The pointers cover this tile's
+            // SAFETY: `runs_here()` checked the CPU. The pointers cover this tile's
             // rows and head (the lengths were checked against `dims`), tiles write
             // disjoint elements of `out`, and the scratch is this thread's own.
-            #[cfg(target_arch = "x86_64")]
             unsafe {
-                super::avx512::attend_tile(&tile)
+                match body {
+                    #[cfg(target_arch = "x86_64")]
+                    Body::Avx512 => super::avx512::attend_tile(&tile),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Body::Avx512 => unreachable!("no AVX-512 off x86-64"),
+                    Body::Portable => super::portable::attend_tile(&tile),
+                }
             };
         });
     };
@@ -147,7 +191,7 @@ impl SharedOut {
     }
 }
 
-/// One query tile of one head, as pointers for the SIMD body.
+/// One query tile of one head, as pointers for a body.
 ///
 /// `q`/`out` point at the tile's first query row and its head's first column, rows
 /// `ld` apart; `k`/`v` at the batch's first key and the head's first column, rows
@@ -260,15 +304,30 @@ mod tests {
         (0..n).for_each(work);
     }
 
+    /// The bodies a test runs: the portable one always, each SIMD body where the CPU
+    /// runs it (said on stderr where it does not).
+    fn bodies(test: &str) -> Vec<Body> {
+        [Body::Avx512, Body::Portable]
+            .into_iter()
+            .filter(|b| {
+                let runs = b.runs_here();
+                if !runs {
+                    eprintln!("{test}: skipped the {b:?} body (this CPU cannot run it)");
+                }
+                runs
+            })
+            .collect()
+    }
+
     /// Largest |ours − reference| relative to the largest |reference|.
-    fn check(dims: Dims, amplitude: f32) -> f32 {
+    fn check(body: Body, dims: Dims, amplitude: f32) -> f32 {
         let width = dims.width();
         let q = noise(dims.batch * dims.queries * width, 1, amplitude);
         let k = noise(dims.batch * dims.keys * width, 2, amplitude);
         let v = noise(dims.batch * dims.keys * width, 3, 1.0);
         let scale = 1.0 / (dims.head_size as f32).sqrt();
         let mut out = vec![f32::NAN; q.len()];
-        attend(&q, &k, &v, &mut out, dims, scale, sequential).unwrap();
+        attend_with(body, &q, &k, &v, &mut out, dims, scale, sequential).unwrap();
         let want = reference(&q, &k, &v, dims, scale);
         let peak = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         out.iter()
@@ -279,51 +338,48 @@ mod tests {
 
     #[test]
     fn matches_f64_attention_on_ragged_shapes() {
-        if !available() {
-            eprintln!("skipped: no AVX-512F on this CPU");
-            return;
-        }
-        // Tails everywhere: queries not a multiple of a strip or tile, keys not of a
-        // block or the register rows, head sizes not of 8.
-        for (heads, head_size, queries, keys) in [
-            (2, 40, 250, 300),
-            (1, 8, 7, 77),
-            (3, 5, 49, 129),
-            (2, 13, 193, 1),
-            (1, 64, 48, 128),
-        ] {
-            let dims = Dims {
-                batch: 2,
-                heads,
-                head_size,
-                queries,
-                keys,
-            };
-            // Scores spread over several units of magnitude exercise the running maximum.
-            // Bound: a few float32 roundings of the scores (up to about ±10 here) and of
-            // the sums; a wrong tail, rescale or layout gives O(1).
-            let error = check(dims, 3.0);
-            assert!(error < 2e-6, "{dims:?}: relative error {error}");
+        for body in bodies("matches_f64_attention_on_ragged_shapes") {
+            // Tails everywhere: queries not a multiple of a strip or tile, keys not of a
+            // block or the register rows, head sizes not of 8.
+            for (heads, head_size, queries, keys) in [
+                (2, 40, 250, 300),
+                (1, 8, 7, 77),
+                (3, 5, 49, 129),
+                (2, 13, 193, 1),
+                (1, 64, 48, 128),
+            ] {
+                let dims = Dims {
+                    batch: 2,
+                    heads,
+                    head_size,
+                    queries,
+                    keys,
+                };
+                // Scores spread over several units of magnitude exercise the running
+                // maximum. Bound: a few float32 roundings of the scores (up to about ±10
+                // here) and of the sums; a wrong tail, rescale or layout gives O(1).
+                let error = check(body, dims, 3.0);
+                assert!(error < 2e-6, "{body:?} {dims:?}: relative error {error}");
+            }
         }
     }
 
     #[test]
     fn peaked_softmax_late_in_the_keys_rescales_earlier_blocks() {
-        if !available() {
-            return;
+        for body in bodies("peaked_softmax_late_in_the_keys_rescales_earlier_blocks") {
+            let dims = Dims {
+                batch: 1,
+                heads: 1,
+                head_size: 16,
+                queries: 50,
+                keys: 700,
+            };
+            // Large scores (up to about ±100) make the maximum jump between key blocks.
+            // One float rounding of a score of 100 already moves its weight by 100 · 2⁻²³
+            // ≈ 1.2e-5 relative, in any float32 attention; hence the wider bound.
+            let error = check(body, dims, 10.0);
+            assert!(error < 3e-5, "{body:?}: relative error {error}");
         }
-        let dims = Dims {
-            batch: 1,
-            heads: 1,
-            head_size: 16,
-            queries: 50,
-            keys: 700,
-        };
-        // Large scores (up to about ±100) make the maximum jump between key blocks. One
-        // float rounding of a score of 100 already moves its weight by 100 · 2⁻²³ ≈
-        // 1.2e-5 relative, in any float32 attention; hence the wider bound.
-        let error = check(dims, 10.0);
-        assert!(error < 3e-5, "relative error {error}");
     }
 
     #[test]
@@ -338,10 +394,17 @@ mod tests {
         let q = vec![0.0; 24];
         let kv = vec![0.0; 39];
         let mut out = vec![0.0; 24];
-        let error = attend(&q, &kv, &kv, &mut out, dims, 1.0, sequential).unwrap_err();
-        assert!(
-            error.contains("key holds 39 floats") || error.contains("AVX-512"),
-            "{error}"
-        );
+        let error = attend_with(
+            Body::Portable,
+            &q,
+            &kv,
+            &kv,
+            &mut out,
+            dims,
+            1.0,
+            sequential,
+        )
+        .unwrap_err();
+        assert!(error.contains("key holds 39 floats"), "{error}");
     }
 }
