@@ -78,10 +78,13 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(e) = finished.fid.error() {
-        return Err(e.context("the report was rendered without these FID values"));
+        return Err(
+            anyhow::Error::from(e).context("the report was rendered without these FID values")
+        );
     }
     if let Err(e) = finished.paired {
-        return Err(e.context("the report was rendered without the new PSNR/SSIM values"));
+        return Err(anyhow::Error::from(e)
+            .context("the report was rendered without the new PSNR/SSIM values"));
     }
     Ok(())
 }

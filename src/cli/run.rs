@@ -109,7 +109,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(e) = finished.fid.error() {
-        return Err(e.context(
+        return Err(anyhow::Error::from(e).context(
             "the images are stored; after fixing this, `tomex report` computes FID from them",
         ));
     }

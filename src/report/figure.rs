@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
-use anyhow::{anyhow, Context};
+use super::ReportError;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -90,11 +90,14 @@ fn panel<DB: DrawingBackend>(
     x: Range<f64>,
     y: Range<f64>,
     legend: SeriesLabelPosition,
-) -> anyhow::Result<()>
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| ReportError::Draw {
+        what: "the figure",
+        message: format!("{e:?}"),
+    };
     // Whole numbers unless the range is too narrow for them to differ.
     let y_decimals = if y.end - y.start >= 5.0 { 0 } else { 2 };
     let mut chart = ChartBuilder::on(area)
@@ -161,12 +164,15 @@ where
 pub fn draw<DB: DrawingBackend>(
     model: &ReportModel,
     root: DrawingArea<DB, Shift>,
-) -> anyhow::Result<()>
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
     register_font();
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| ReportError::Draw {
+        what: "the figure",
+        message: format!("{e:?}"),
+    };
     root.fill(&WHITE).map_err(err)?;
     let x_hi = model.ratios.iter().copied().fold(0.0, f64::max) * 100.0;
     let x = 0.0..x_hi.max(1.0);
@@ -198,28 +204,26 @@ where
 }
 
 /// Writes the figure as SVG.
-pub fn write_svg(model: &ReportModel, path: &Path) -> anyhow::Result<()> {
+pub fn write_svg(model: &ReportModel, path: &Path) -> Result<(), ReportError> {
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
         draw(model, root)?;
     }
-    crate::fsx::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    crate::fsx::write_atomic(path, text.as_bytes()).map_err(|e| ReportError::writing(path, e))
 }
 
 /// The figure as an RGB image.
-pub fn figure_image(model: &ReportModel) -> anyhow::Result<image::RgbImage> {
+pub fn figure_image(model: &ReportModel) -> Result<image::RgbImage, ReportError> {
     let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
         draw(model, root)?;
     }
-    image::RgbImage::from_raw(SIZE.0, SIZE.1, buf).context("figure buffer size")
+    Ok(image::RgbImage::from_raw(SIZE.0, SIZE.1, buf).expect("a buffer of SIZE's pixels"))
 }
 
 /// Writes the figure as PNG.
-pub fn write_png(model: &ReportModel, path: &Path) -> anyhow::Result<()> {
-    crate::fsx::write_png(path, &figure_image(model)?)
-        .with_context(|| format!("writing {}", path.display()))
+pub fn write_png(model: &ReportModel, path: &Path) -> Result<(), ReportError> {
+    crate::fsx::write_png(path, &figure_image(model)?).map_err(|e| ReportError::writing(path, e))
 }

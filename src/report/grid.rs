@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use super::ReportError;
 use image::{imageops, Rgb, RgbImage};
 
 use super::model::Grid;
@@ -18,7 +18,7 @@ pub const HEADER: u32 = 24;
 pub const MAX_TILE: u32 = 256;
 
 /// The grid as one image; `None` when it has no rows or columns.
-pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
+pub fn grid_image(grid: &Grid) -> Result<Option<RgbImage>, ReportError> {
     let cols = grid.ratios.len() as u32;
     let rows = grid.prompts.len() as u32;
     if cols == 0 || rows == 0 {
@@ -66,7 +66,7 @@ pub fn grid_image(grid: &Grid) -> anyhow::Result<Option<RgbImage>> {
 }
 
 /// Writes `r = …%` above each column.
-fn draw_header(out: &mut RgbImage, grid: &Grid, tile_w: u32) -> anyhow::Result<()> {
+fn draw_header(out: &mut RgbImage, grid: &Grid, tile_w: u32) -> Result<(), ReportError> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     super::figure::register_font();
@@ -83,19 +83,24 @@ fn draw_header(out: &mut RgbImage, grid: &Grid, tile_w: u32) -> anyhow::Result<(
             (x as i32, (HEADER / 2 + 2) as i32),
             &style,
         ))
-        .map_err(|e| anyhow::anyhow!("drawing the grid header: {e:?}"))?;
+        .map_err(header_error)?;
     }
-    root.present()
-        .map_err(|e| anyhow::anyhow!("drawing the grid header: {e:?}"))?;
+    root.present().map_err(header_error)?;
     Ok(())
 }
 
+fn header_error(e: impl std::fmt::Debug) -> ReportError {
+    ReportError::Draw {
+        what: "the grid header",
+        message: format!("{e:?}"),
+    }
+}
+
 /// Writes the grid as PNG to `path`; false when the grid is empty.
-pub fn write_grid(grid: &Grid, path: &Path) -> anyhow::Result<bool> {
+pub fn write_grid(grid: &Grid, path: &Path) -> Result<bool, ReportError> {
     match grid_image(grid)? {
         Some(img) => {
-            crate::fsx::write_png(path, &img)
-                .with_context(|| format!("writing {}", path.display()))?;
+            crate::fsx::write_png(path, &img).map_err(|e| ReportError::writing(path, e))?;
             Ok(true)
         }
         None => Ok(false),

@@ -13,6 +13,7 @@
 //! FID and paired-metric steps, for `tomex run` and `tomex report` alike.
 
 pub mod csv;
+mod error;
 pub mod figure;
 pub mod grid;
 pub mod latex;
@@ -24,8 +25,7 @@ pub mod thesis;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
+pub use error::ReportError;
 pub use model::{FidValues, PairedCache, ReportModel};
 pub use table::{Table, TableRenderer};
 
@@ -61,22 +61,22 @@ pub fn render_model(
     model: &ReportModel,
     dir: &Path,
     formats: &[String],
-) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::creating(dir, e))?;
     let mut written = Vec::new();
     let table = Table::of(model);
     for r in table::renderers() {
         if wants(formats, r.extension()) {
             let path = dir.join(format!("table.{}", r.extension()));
             crate::fsx::write_atomic(&path, r.render(&table).as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
+                .map_err(|e| ReportError::writing(&path, e))?;
             written.push(path);
         }
     }
     if wants(formats, "csv") {
         let path = dir.join("results.csv");
         crate::fsx::write_atomic(&path, csv::long_csv(model).as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+            .map_err(|e| ReportError::writing(&path, e))?;
         written.push(path);
     }
     if wants(formats, "png") {
@@ -97,7 +97,7 @@ pub fn render_model(
     }
     let path = dir.join("summary.md");
     crate::fsx::write_atomic(&path, summary::summary_markdown(model).as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|e| ReportError::writing(&path, e))?;
     written.push(path);
     Ok(written)
 }
@@ -123,12 +123,13 @@ pub fn render_spec(
     store: &Store,
     dir: &Path,
     fid_notes: &[String],
-) -> anyhow::Result<Rendered> {
+) -> Result<Rendered, ReportError> {
     let fid_path = dir.join(FID_FILE);
     let fid = match std::fs::read_to_string(&fid_path) {
-        Ok(text) => {
-            FidValues::from_csv(&text).with_context(|| format!("reading {}", fid_path.display()))?
-        }
+        Ok(text) => FidValues::from_csv(&text).map_err(|error| ReportError::Csv {
+            path: fid_path.clone(),
+            error,
+        })?,
         Err(_) => FidValues::new(),
     };
     let paired = PairedCache::read(&dir.join(PAIRED_FILE));

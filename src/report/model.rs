@@ -374,7 +374,7 @@ impl ReportModel {
         store: &Store,
         fid: &FidValues,
         paired: &PairedCache,
-    ) -> anyhow::Result<ReportModel> {
+    ) -> Result<ReportModel, super::ReportError> {
         let configs: Vec<ConfigInfo> = spec
             .configs
             .iter()

@@ -5,9 +5,8 @@
 //! Columns: `table,figure,size,series,merge,sx,sy,r_pct,fid,s_per_img,rel_time_pct`;
 //! an empty `fid` marks a ratio the configuration cannot reach (`-`).
 
-use anyhow::bail;
-
 use super::model::{CellStats, ConfigInfo, ReportModel};
+use super::ReportError;
 
 /// Line colours for series that carry none (matplotlib's first ten).
 pub const PALETTE: [&str; 10] = [
@@ -30,8 +29,8 @@ struct Row {
 
 /// The table numbers `table` (7 to 13) of `csv` as a report model; series in
 /// order of first appearance.
-pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
-    let rows = crate::csv_text::rows::<Row>(csv).map_err(|e| anyhow::anyhow!("tables.csv {e}"))?;
+pub fn thesis_model(csv: &str, table: u32) -> Result<ReportModel, ReportError> {
+    let rows = crate::csv_text::rows::<Row>(csv).map_err(|e| ReportError::Thesis(e.to_string()))?;
     let mut configs: Vec<ConfigInfo> = Vec::new();
     let mut cells = Vec::new();
     let mut ratios: Vec<f64> = Vec::new();
@@ -71,7 +70,7 @@ pub fn thesis_model(csv: &str, table: u32) -> anyhow::Result<ReportModel> {
         });
     }
     if configs.is_empty() {
-        bail!("tables.csv has no rows for table {table}");
+        return Err(ReportError::Thesis(format!("no rows for table {table}")));
     }
     ratios.sort_by(f64::total_cmp);
     Ok(ReportModel {

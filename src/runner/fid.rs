@@ -17,9 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-
-use super::Prepared;
+use super::{Prepared, RunnerError};
 use crate::engine::Runtime;
 use crate::metrics::cache::{set_key, StatsCache};
 use crate::metrics::{frechet_distance, Inception, Statistics};
@@ -53,13 +51,15 @@ pub struct InceptionSource {
 /// Resolves `[metrics] inception`: an `.onnx` file (already resolved against the spec's
 /// folder), else a `models.lock` name whose file is checked against its digest. Errors are
 /// located at the spec's `metrics.inception` and say how to export and register it.
-pub fn resolve_inception(spec: &Spec, lock: Option<&Path>) -> anyhow::Result<InceptionSource> {
+pub fn resolve_inception(spec: &Spec, lock: Option<&Path>) -> Result<InceptionSource, RunnerError> {
     let Some(name) = spec.metrics.inception.clone() else {
-        bail!("the spec does not compute FID (`[metrics] fid = false`)");
+        return Err(RunnerError::at(
+            spec,
+            "metrics.fid",
+            "the spec does not compute FID (`[metrics] fid = false`)",
+        ));
     };
-    let located = |message: String| {
-        anyhow::anyhow!("{}", spec.locations.problem("metrics.inception", message))
-    };
+    let located = |message: String| RunnerError::at(spec, "metrics.inception", message);
     if name.to_ascii_lowercase().ends_with(".onnx") {
         let path = PathBuf::from(&name);
         if !path.is_file() {
@@ -71,7 +71,7 @@ pub fn resolve_inception(spec: &Spec, lock: Option<&Path>) -> anyhow::Result<Inc
         let mut cache = DigestCache::open_default();
         let digest = cache
             .digest(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(|e| RunnerError::io("reading", &path, e))?;
         cache.save();
         return Ok(InceptionSource { name, path, digest });
     }
@@ -166,16 +166,16 @@ struct Sets<'a> {
 }
 
 impl Sets<'_> {
-    fn network(&mut self) -> anyhow::Result<&mut Inception> {
+    fn network(&mut self) -> Result<&mut Inception, RunnerError> {
         if self.net.is_none() {
             let loaded = Inception::load(self.runtime, &self.source.path);
-            let net = loaded.map_err(|e| {
+            let net = loaded.map_err(|error| {
                 self.load_failed = true;
-                anyhow::anyhow!(
-                    "loading the FID Inception `{}` ({}): {e}",
-                    self.source.name,
-                    self.source.path.display()
-                )
+                RunnerError::InceptionLoad {
+                    name: self.source.name.clone(),
+                    path: self.source.path.clone(),
+                    error,
+                }
             })?;
             self.net = Some(net);
         }
@@ -188,7 +188,7 @@ impl Sets<'_> {
         label: &str,
         jobs: &[&Job],
         observer: &mut dyn FidObserver,
-    ) -> anyhow::Result<Statistics> {
+    ) -> Result<Statistics, RunnerError> {
         let mut keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
         // Sorted: the set's image order never depends on the plan's.
         keys.sort();
@@ -214,7 +214,10 @@ impl Sets<'_> {
         let stats = Statistics::from_features(features?.view(), label)?;
         self.cache
             .put(&key, &stats)
-            .with_context(|| format!("caching the statistics of the {label}"))?;
+            .map_err(|error| RunnerError::FidCache {
+                label: label.to_string(),
+                error,
+            })?;
         self.featurised += 1;
         self.memo.insert(key, stats.clone());
         Ok(stats)
@@ -231,7 +234,7 @@ pub fn measure_fid(
     inception: &InceptionSource,
     report_dir: &Path,
     observer: &mut dyn FidObserver,
-) -> anyhow::Result<FidOutcome> {
+) -> Result<FidOutcome, RunnerError> {
     let spec = &prepared.spec;
     let dims = spec.metrics.fid_dims;
     let mut sets = Sets {
@@ -250,8 +253,7 @@ pub fn measure_fid(
         file: report_dir.join(FID_FILE),
         ..FidOutcome::default()
     };
-    std::fs::create_dir_all(report_dir)
-        .with_context(|| format!("creating {}", report_dir.display()))?;
+    std::fs::create_dir_all(report_dir).map_err(|e| RunnerError::io("creating", report_dir, e))?;
 
     let by_cell = CellJobs::of(&prepared.plan, &spec.name);
 
@@ -332,7 +334,7 @@ pub fn measure_fid(
     Ok(out)
 }
 
-fn write_fid_csv(path: &Path, values: &FidValues) -> anyhow::Result<()> {
+fn write_fid_csv(path: &Path, values: &FidValues) -> Result<(), RunnerError> {
     crate::fsx::write_atomic(path, values.to_csv().as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .map_err(|e| RunnerError::io("writing", path, e))
 }

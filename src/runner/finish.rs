@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use super::fid::{measure_fid, FidObserver, FidOutcome, InceptionSource};
 use super::paired::{update_paired, PairedUpdate};
-use super::Prepared;
+use super::{Prepared, RunnerError};
 use crate::engine::Runtime;
-use crate::report::{render_spec, Rendered};
+use crate::report::{render_spec, Rendered, ReportError};
 use crate::store::Store;
 
 /// How the FID step goes this time.
@@ -19,7 +19,7 @@ pub enum FidStep<'a> {
     /// Not now, for the reason given (a shard's run holds part of every set).
     Deferred(String),
     /// The network cannot be had (not registered, its file changed, no ONNX Runtime).
-    Unavailable(anyhow::Error),
+    Unavailable(RunnerError),
     /// Measure with this network on this runtime.
     Measure {
         runtime: &'a Runtime,
@@ -31,11 +31,11 @@ pub enum FidStep<'a> {
 pub enum FidResult {
     NotAsked,
     Deferred(String),
-    Unavailable(anyhow::Error),
+    Unavailable(RunnerError),
     Measured(FidOutcome),
     /// It began and stopped (the network does not load, `fid.csv` cannot be written);
     /// what it computed before is in `fid.csv`.
-    Stopped(anyhow::Error),
+    Stopped(RunnerError),
 }
 
 impl FidResult {
@@ -51,7 +51,7 @@ impl FidResult {
     }
 
     /// The error that kept FID values from the report, if any.
-    pub fn error(self) -> Option<anyhow::Error> {
+    pub fn error(self) -> Option<RunnerError> {
         match self {
             FidResult::Unavailable(e) | FidResult::Stopped(e) => Some(e),
             _ => None,
@@ -64,8 +64,8 @@ pub struct Finished {
     /// The report folder.
     pub dir: PathBuf,
     pub fid: FidResult,
-    pub paired: anyhow::Result<PairedUpdate>,
-    pub rendered: anyhow::Result<Rendered>,
+    pub paired: Result<PairedUpdate, RunnerError>,
+    pub rendered: Result<Rendered, ReportError>,
 }
 
 /// FID (as `fid` says), paired metrics, and the report of `prepared` from `store`, into

@@ -5,6 +5,7 @@
 //! `tomex run` and `tomex report` alike: [`fid`] (FID of the stored sets), [`paired`]
 //! (PSNR/SSIM of stored pairs), then the report's files.
 
+mod error;
 pub mod fid;
 pub mod finish;
 pub mod paired;
@@ -20,6 +21,7 @@ use crate::store::{
     Measurement, ObjectState, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT,
 };
 
+pub use error::RunnerError;
 pub use prepare::{open_store, prepare, store_dir, ModelStatus, Prepared, PromptStatus};
 
 /// What a run tells its observer (the command line's progress bar).

@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use rayon::prelude::*;
+
+use super::RunnerError;
 
 use crate::metrics::paired::{paired, Paired};
 use crate::plan::{Job, Plan};
@@ -33,23 +34,26 @@ pub fn update_paired(
     plan: &Plan,
     store: &Store,
     dir: &Path,
-) -> anyhow::Result<PairedUpdate> {
+) -> Result<PairedUpdate, RunnerError> {
     let path = dir.join(PAIRED_FILE);
     let mut cache = PairedCache::read(&path);
     let todo = new_pairs(spec, plan, store, &cache);
     let computed: Vec<Option<(&Job, &Job, Paired)>> = todo
         .par_iter()
-        .map(|&(job, twin)| -> anyhow::Result<_> {
-            let (Ok(a), Ok(b)) = (
+        .map(|&(job, twin)| -> Result<_, RunnerError> {
+            let (Some(a), Some(b)) = (
                 open_rgb(&store.image_path(&twin.key)),
                 open_rgb(&store.image_path(&job.key)),
             ) else {
                 return Ok(None);
             };
-            let m = paired(&a, &b).with_context(|| format!("paired metrics of {}", job.key))?;
+            let m = paired(&a, &b).map_err(|error| RunnerError::Paired {
+                key: job.key.clone(),
+                error,
+            })?;
             Ok(Some((job, twin, m)))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let mut update = PairedUpdate::default();
     for pair in computed {
         match pair {
@@ -60,9 +64,9 @@ pub fn update_paired(
             None => update.undecodable += 1,
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| RunnerError::io("creating", dir, e))?;
     crate::fsx::write_atomic(&path, cache.to_csv().as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|e| RunnerError::io("writing", &path, e))?;
     Ok(update)
 }
 
@@ -101,8 +105,7 @@ fn new_pairs<'p>(
     out
 }
 
-fn open_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
-    Ok(image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_rgb8())
+/// The image at `path`, or `None` where it does not decode.
+fn open_rgb(path: &Path) -> Option<image::RgbImage> {
+    image::open(path).ok().map(|i| i.to_rgb8())
 }

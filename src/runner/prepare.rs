@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-
+use super::RunnerError;
 use crate::diffusion::pipeline::ModelDefaults;
 use crate::model::{digest_files, DigestCache, ModelDir, ModelsLock};
 use crate::plan::{self, Plan};
@@ -60,7 +59,7 @@ impl Prepared {
 
 /// The store a command works on: `--store` when given, else the spec's `store`, whose
 /// problems (a file where a folder belongs) are then located at that key.
-pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> Result<PathBuf, RunnerError> {
     let (dir, from_spec) = match arg {
         Some(a) => (a.to_path_buf(), false),
         None => (spec.store.clone(), true),
@@ -68,9 +67,12 @@ pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     if dir.exists() && !dir.is_dir() {
         let message = crate::store::StoreError::NotAFolder(dir.clone()).to_string();
         return Err(if from_spec {
-            anyhow::anyhow!("{}", spec.locations.problem("store", message))
+            RunnerError::at(spec, "store", message)
         } else {
-            anyhow::anyhow!("--store: {message}")
+            RunnerError::Flag {
+                flag: "store",
+                message,
+            }
         });
     }
     Ok(dir)
@@ -81,28 +83,34 @@ pub fn store_dir(spec: &Spec, arg: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn open_store(
     spec: &Spec,
     arg: Option<&Path>,
-) -> anyhow::Result<(PathBuf, crate::store::Store)> {
+) -> Result<(PathBuf, crate::store::Store), RunnerError> {
     let dir = store_dir(spec, arg)?;
     match crate::store::Store::open(&dir) {
         Ok(store) => Ok((dir, store)),
-        Err(e) if arg.is_none() => Err(anyhow::anyhow!(
-            "{}",
-            spec.locations
-                .problem("store", format!("cannot open the store: {e}"))
+        Err(e) if arg.is_none() => Err(RunnerError::at(
+            spec,
+            "store",
+            format!("cannot open the store: {e}"),
         )),
-        Err(e) => Err(anyhow::anyhow!("--store: cannot open the store: {e}")),
+        Err(e) => Err(RunnerError::Flag {
+            flag: "store",
+            message: format!("cannot open the store: {e}"),
+        }),
     }
 }
 
 /// Loads and validates `spec_path` and expands it. `strict`: the model must be
 /// present and match `models.lock`, and the prompt file readable.
-pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::Result<Prepared> {
-    let mut spec = spec::load(spec_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+pub fn prepare(
+    spec_path: &Path,
+    lock: Option<&Path>,
+    strict: bool,
+) -> Result<Prepared, RunnerError> {
+    let mut spec = spec::load(spec_path)?;
     if strict {
         let problems = spec::check_inputs(&spec);
         if !problems.is_empty() {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            bail!("{}", lines.join("\n"));
+            return Err(RunnerError::Located(problems));
         }
     }
     let model = model_status(&spec, lock, strict)?;
@@ -116,10 +124,10 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
             let n = all.len();
             (all, PromptStatus::Read(n))
         }
-        Err(e) if strict => return Err(e).context("reading the prompts"),
+        Err(e) if strict => return Err(RunnerError::Prompts(e)),
         Err(e) => {
             let Some(sample) = spec.prompts.sample else {
-                bail!("{e}; without the file or `prompts.sample` the jobs cannot be counted");
+                return Err(RunnerError::Uncountable(e));
             };
             let placeholders = (0..sample).map(|i| format!("<prompt {i}>")).collect();
             (
@@ -130,15 +138,14 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
     };
     let plan = plan::expand(&spec, files, &prompts).map_err(|e| {
         // Too few prompts: say it as `run`'s input check says it, at `prompts.sample`.
-        let located: Vec<String> = spec::check_inputs(&spec)
-            .iter()
+        let located: Vec<Problem> = spec::check_inputs(&spec)
+            .into_iter()
             .filter(|p| p.key == "prompts.sample")
-            .map(ToString::to_string)
             .collect();
         if located.is_empty() {
-            anyhow::Error::from(e)
+            RunnerError::from(e)
         } else {
-            anyhow::anyhow!("{}", located.join("\n"))
+            RunnerError::Located(located)
         }
     })?;
     Ok(Prepared {
@@ -152,7 +159,7 @@ pub fn prepare(spec_path: &Path, lock: Option<&Path>, strict: bool) -> anyhow::R
 /// The image size and scheduler a spec leaves out, from its model as diffusers'
 /// pipeline takes them. A model that is not here leaves 512 and PNDM, and a warning
 /// that the job keys are provisional.
-fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<()> {
+fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> Result<(), RunnerError> {
     if !spec.generation.from_model.any() {
         return Ok(());
     }
@@ -174,12 +181,12 @@ fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<(
     };
     let defaults = ModelDefaults::of(&dir)?;
     let scheduler = if spec.generation.from_model.scheduler {
-        defaults.scheduler().with_context(|| {
-            format!(
-                "{}: generation.scheduler is left to the model",
-                spec.path.display()
-            )
-        })?
+        defaults
+            .scheduler()
+            .map_err(|error| RunnerError::ModelScheduler {
+                spec: spec.path.clone(),
+                error,
+            })?
     } else {
         spec.generation.scheduler
     };
@@ -188,10 +195,13 @@ fn take_model_defaults(spec: &mut Spec, model: &ModelStatus) -> anyhow::Result<(
     Ok(())
 }
 
-fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Result<ModelStatus> {
+fn model_status(
+    spec: &Spec,
+    lock: Option<&Path>,
+    strict: bool,
+) -> Result<ModelStatus, RunnerError> {
     // What `run` refuses, located at the spec's key (`plan` only notes it).
-    let located =
-        |key: &str, message: String| anyhow::anyhow!("{}", spec.locations.problem(key, message));
+    let located = |key: &str, message: String| RunnerError::at(spec, key, message);
     match &spec.model {
         ModelRef::Dir(dir) => {
             if !dir.is_dir() {
@@ -208,8 +218,8 @@ fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Resul
             }
             let model = ModelDir::open(dir)?;
             let mut cache = DigestCache::open_default();
-            let files = digest_files(dir, &mut cache)
-                .with_context(|| format!("reading {}", dir.display()))?;
+            let files =
+                digest_files(dir, &mut cache).map_err(|e| RunnerError::io("reading", dir, e))?;
             cache.save();
             Ok(ModelStatus::Ready { dir: model, files })
         }
@@ -259,12 +269,11 @@ fn model_status(spec: &Spec, lock: Option<&Path>, strict: bool) -> anyhow::Resul
             let problems = lock.verify(name, &mut cache)?;
             cache.save();
             if !problems.is_empty() {
-                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-                bail!(
-                    "model `{name}` does not match {}:\n{}",
-                    lock_path.display(),
-                    list.join("\n")
-                );
+                return Err(RunnerError::ModelMismatch {
+                    name: name.clone(),
+                    lock: lock_path,
+                    problems: problems.iter().map(ToString::to_string).collect(),
+                });
             }
             Ok(ModelStatus::Ready {
                 dir: ModelDir::open(&dir)?,
