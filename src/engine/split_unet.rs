@@ -2,9 +2,12 @@
 //! [`TokenHooks`] between the parts: ToMe merges the tokens entering a component and
 //! unmerges what leaves it, in Rust, while the rest runs as ONNX Runtime graphs.
 //!
-//! Tensors pass between parts as ONNX Runtime values, without copies: a part's outputs
-//! stay the values it returned until the last part that reads them has run; the caller's
-//! arrays and a hook's merged array go in as views.
+//! One executor loop runs the parts whatever the token ops' placement (`execute`): on
+//! host values ([`SplitUnet::predict`], hooks on arrays) or with every value left on the
+//! device ([`SplitUnet::predict_resident`], hooks on device values). Tensors pass between
+//! parts as ONNX Runtime values, without copies: a part's outputs stay the values it
+//! returned until the last part that reads them has run, and a hook's arrays are moved
+//! into values; the caller's inputs are copied in once per evaluation.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4, ArrayView3, Ix3};
 use ort::session::{RunOptions, Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorRef, ValueType};
+use ort::value::{DynValue, Tensor, ValueType};
 
 use super::device::Device;
 use super::io::{input_spec, run_error, unexpected};
@@ -368,7 +371,7 @@ impl SplitUnet {
     }
 
     /// Predicts noise for `sample` `[batch, 4, h, w]` at `timestep` given text states,
-    /// calling `hooks` around every cut component.
+    /// calling `hooks` around every cut component, with every value on the host.
     pub fn predict<'c>(
         &mut self,
         sample: &Array4<f32>,
@@ -376,129 +379,13 @@ impl SplitUnet {
         cond: impl Into<Conditioning<'c>>,
         hooks: &mut dyn TokenHooks,
     ) -> Result<Array4<f32>, EngineError> {
-        let cond = cond.into();
-        self.inputs.check(&self.path, &cond)?;
-        let model = self.path.as_path();
-        let t = self
-            .inputs
-            .timestep_value(timestep, sample.shape()[0])
-            .map_err(|e| run_error(model, e))?;
-        let mut values: Vec<Option<DynValue>> = (0..self.slots).map(|_| None).collect();
-        for part in &mut self.parts {
-            let run_err = |e| run_error(&part.path, e);
-            // Merge before a component.
-            let mut merged: Option<(usize, Array3<f32>, (usize, usize))> = None;
-            if let Some(c) = &part.component {
-                if let Some((block, slot)) = &c.block {
-                    let x = view3(&values, *slot, &part.path)?;
-                    hooks.block_input(block, x);
-                }
-                let x = view3(&values, c.input, &part.path)?;
-                let (b, n, _) = x.dim();
-                if let Some(m) = hooks.before_component(&c.id, x) {
-                    if m.dim().0 != b || m.dim().2 != x_channels(&values, c.input, &part.path)? {
-                        return Err(unexpected(
-                            &part.path,
-                            format!("the hook merged {} to {:?}, which changes more than the token count of {:?}", c.id, m.dim(), (b, n)),
-                        ));
-                    }
-                    merged = Some((c.input, m, (b, n)));
-                }
-            }
-            let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-                Vec::with_capacity(part.inputs.len());
-            for (name, source) in &part.inputs {
-                let value: SessionInputValue<'_> = match *source {
-                    Source::Sample => TensorRef::from_array_view(sample.view())
-                        .map_err(run_err)?
-                        .into(),
-                    Source::Hidden => TensorRef::from_array_view(cond.hidden)
-                        .map_err(run_err)?
-                        .into(),
-                    Source::TextEmbeds | Source::TimeIds => {
-                        let added = match *source {
-                            Source::TextEmbeds => cond.text_embeds(),
-                            _ => cond.time_ids(),
-                        };
-                        let added = added.expect("checked: the graph's added inputs are given");
-                        TensorRef::from_array_view(added).map_err(run_err)?.into()
-                    }
-                    Source::Timestep => (&t).into(),
-                    Source::Slot(s) => match &merged {
-                        Some((slot, m, _)) if *slot == s => TensorRef::from_array_view(m.view())
-                            .map_err(run_err)?
-                            .into(),
-                        _ => values[s]
-                            .as_ref()
-                            .expect("an earlier part filled every slot it reads")
-                            .into(),
-                    },
-                };
-                feed.push((Cow::Borrowed(name.as_str()), value));
-            }
-            let outputs = match &self.shrink {
-                Some(options) => part.session.run_with_options(feed, options),
-                None => part.session.run(feed),
-            }
-            .map_err(run_err)?;
-            for (name, value) in outputs {
-                if let Some((_, slot)) = part.outputs.iter().find(|(n, _)| n == name) {
-                    values[*slot] = Some(value);
-                }
-            }
-            // Unmerge after it.
-            if let Some(c) = &part.component {
-                let y = view3(&values, c.output, &part.path)?;
-                let unmerged = hooks.after_component(&c.id, y);
-                let tokens = merged.as_ref().map(|(_, _, (_, n))| *n);
-                match unmerged {
-                    Some(u) => {
-                        let y_dim = view3(&values, c.output, &part.path)?.dim();
-                        let want = (y_dim.0, tokens.unwrap_or(y_dim.1), y_dim.2);
-                        if u.dim() != want {
-                            return Err(unexpected(
-                                &part.path,
-                                format!(
-                                    "the hook unmerged {} to {:?}; expected {:?}",
-                                    c.id,
-                                    u.dim(),
-                                    want
-                                ),
-                            ));
-                        }
-                        values[c.output] = Some(Tensor::from_array(u).map_err(run_err)?.into());
-                    }
-                    None => {
-                        let n = view3(&values, c.output, &part.path)?.dim().1;
-                        if tokens.is_some_and(|t| t != n) {
-                            return Err(unexpected(
-                                &part.path,
-                                format!("{} ran on merged tokens ({n}) but the hook did not unmerge its output", c.id),
-                            ));
-                        }
-                    }
-                }
-            }
-            for &slot in &part.release {
-                values[slot] = None;
-            }
-        }
-        let out = values[self.output]
-            .as_ref()
-            .expect("the last part computes the output");
-        let noise = out
-            .try_extract_array::<f32>()
-            .map_err(|e| run_error(model, e))?;
-        noise.to_owned().into_dimensionality().map_err(|e| {
-            unexpected(
-                model,
-                format!("`{}` is not [batch, c, h, w]: {e}", self.output_name),
-            )
-        })
+        let mut on_host = HostHooks {
+            hooks,
+            model: self.path.clone(),
+        };
+        self.execute(sample, timestep, cond.into(), &mut on_host, None)
     }
-}
 
-impl SplitUnet {
     /// As [`predict`](Self::predict) with every tensor left on the device between
     /// the parts (I/O binding): the inputs go to the device once, the hooks work on
     /// device values, and only the noise prediction comes back to the host.
@@ -509,36 +396,45 @@ impl SplitUnet {
         cond: impl Into<Conditioning<'c>>,
         hooks: &mut dyn ResidentHooks,
     ) -> Result<Array4<f32>, EngineError> {
-        let cond = cond.into();
+        let device = self.device;
+        self.execute(sample, timestep, cond.into(), hooks, Some(device))
+    }
+
+    /// The one loop over the parts, whatever the token ops' placement. `device`: `None`
+    /// runs each part on host values (ONNX Runtime's plain `Run`), `Some` keeps every
+    /// value on that device (I/O binding) and brings only the noise back.
+    fn execute(
+        &mut self,
+        sample: &Array4<f32>,
+        timestep: f32,
+        cond: Conditioning<'_>,
+        hooks: &mut dyn ResidentHooks,
+        device: Option<Device>,
+    ) -> Result<Array4<f32>, EngineError> {
         self.inputs.check(&self.path, &cond)?;
         let model = self.path.as_path();
-        let device = self.device;
         let err = |e| run_error(model, e);
-        let to_device = |v: DynValue| upload(v, device).map_err(err);
-        let t = to_device(
+        let place = |v: DynValue| match device {
+            Some(d) => upload(v, d).map_err(err),
+            None => Ok(v),
+        };
+        let owned = |a: ndarray::ArrayViewD<'_, f32>| {
+            Tensor::from_array(a.to_owned())
+                .map(|t| t.into_dyn())
+                .map_err(err)
+        };
+        let t = place(
             self.inputs
                 .timestep_value(timestep, sample.shape()[0])
                 .map_err(err)?,
         )?;
-        let sample = to_device(Tensor::from_array(sample.clone()).map_err(err)?.into_dyn())?;
-        let hidden = to_device(
-            Tensor::from_array(cond.hidden.to_owned())
-                .map_err(err)?
-                .into_dyn(),
-        )?;
-        // SDXL's added conditions go to the device once, as the other inputs.
+        let sample = place(owned(sample.view().into_dyn())?)?;
+        let hidden = place(owned(cond.hidden.into_dyn())?)?;
+        // SDXL's added conditions are placed once, as the other inputs.
         let added = match cond.added {
             Some(a) => Some((
-                to_device(
-                    Tensor::from_array(a.text_embeds.clone())
-                        .map_err(err)?
-                        .into_dyn(),
-                )?,
-                to_device(
-                    Tensor::from_array(a.time_ids.clone())
-                        .map_err(err)?
-                        .into_dyn(),
-                )?,
+                place(owned(a.text_embeds.view().into_dyn())?)?,
+                place(owned(a.time_ids.view().into_dyn())?)?,
             )),
             None => None,
         };
@@ -589,8 +485,12 @@ impl SplitUnet {
                 };
                 feed.push((name.as_str(), value));
             }
-            let outputs = run_resident(&mut part.session, &feed, device, self.shrink.as_ref())
-                .map_err(|e| run_error(part_path, e))?;
+            let shrink = self.shrink.as_ref();
+            let outputs = match device {
+                Some(d) => run_resident(&mut part.session, &feed, d, shrink),
+                None => run_on_host(&mut part.session, &feed, shrink),
+            }
+            .map_err(|e| run_error(part_path, e))?;
             for (name, value) in outputs {
                 if let Some((_, slot)) = part.outputs.iter().find(|(n, _)| *n == name) {
                     values[*slot] = Some(value);
@@ -629,13 +529,81 @@ impl SplitUnet {
         let out = values[self.output]
             .as_ref()
             .expect("the last part computes the output");
-        let noise = download_f32(out, device).map_err(err)?;
+        let noise = match device {
+            Some(d) => download_f32(out, d),
+            None => out.try_extract_array::<f32>().map(|a| a.to_owned()),
+        }
+        .map_err(err)?;
         noise.into_dimensionality().map_err(|e| {
             unexpected(
                 model,
                 format!("`{}` is not [batch, c, h, w]: {e}", self.output_name),
             )
         })
+    }
+}
+
+/// One part's `Run` on host values.
+fn run_on_host(
+    session: &mut Session,
+    feed: &[(&str, &DynValue)],
+    options: Option<&RunOptions>,
+) -> ort::Result<Vec<(String, DynValue)>> {
+    let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = feed
+        .iter()
+        .map(|&(name, value)| (Cow::Borrowed(name), value.into()))
+        .collect();
+    let outputs = match options {
+        Some(options) => session.run_with_options(inputs, options)?,
+        None => session.run(inputs)?,
+    };
+    Ok(outputs
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect())
+}
+
+/// [`TokenHooks`] (host arrays) as the executor's value hooks: views of the values
+/// go in, the hooks' arrays come back as values (moved, not copied).
+struct HostHooks<'h> {
+    hooks: &'h mut dyn TokenHooks,
+    model: PathBuf,
+}
+
+impl HostHooks<'_> {
+    fn value(&self, array: Array3<f32>) -> Result<DynValue, EngineError> {
+        Tensor::from_array(array)
+            .map(|t| t.into_dyn())
+            .map_err(|e| run_error(&self.model, e))
+    }
+}
+
+impl ResidentHooks for HostHooks<'_> {
+    fn block_input(&mut self, block: &BlockId, x: &DynValue) -> Result<(), EngineError> {
+        self.hooks.block_input(block, view3(x, &self.model)?);
+        Ok(())
+    }
+
+    fn before_component(
+        &mut self,
+        c: &ComponentId,
+        x: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        match self.hooks.before_component(c, view3(x, &self.model)?) {
+            Some(m) => Ok(Some(self.value(m)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn after_component(
+        &mut self,
+        c: &ComponentId,
+        y: &DynValue,
+    ) -> Result<Option<DynValue>, EngineError> {
+        match self.hooks.after_component(c, view3(y, &self.model)?) {
+            Some(u) => Ok(Some(self.value(u)?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -661,14 +629,8 @@ fn token_dims(value: &DynValue, part: &Path) -> Result<Vec<usize>, EngineError> 
     }
 }
 
-fn view3<'v>(
-    values: &'v [Option<DynValue>],
-    slot: usize,
-    part: &Path,
-) -> Result<ArrayView3<'v, f32>, EngineError> {
-    let value = values[slot]
-        .as_ref()
-        .expect("the slot is filled before it is read");
+/// A host value as `[batch, tokens, channels]`.
+fn view3<'v>(value: &'v DynValue, part: &Path) -> Result<ArrayView3<'v, f32>, EngineError> {
     let view = value
         .try_extract_array::<f32>()
         .map_err(|e| run_error(part, e))?;
@@ -678,8 +640,4 @@ fn view3<'v>(
             format!("a component's input or output is not [batch, tokens, channels]: {e}"),
         )
     })
-}
-
-fn x_channels(values: &[Option<DynValue>], slot: usize, part: &Path) -> Result<usize, EngineError> {
-    Ok(view3(values, slot, part)?.dim().2)
 }
