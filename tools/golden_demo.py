@@ -8,6 +8,14 @@ the UNet's downsampling does not divide), unpatched or with
 tomesd.apply_patch(pipe, ..., use_rand=False); every ToMe case also stores its unpatched twin,
 so the test can check that the golden tells merged from unmerged.
 
+Stable references only: on the trained model's flat backgrounds many src tokens have
+near-equal best-match scores, and which of two near-tied tokens tomesd merges can depend
+on the order of torch's float sums, so on the number of threads. Every ToMe case is also
+made on 1 thread; where that image differs from the golden (2 threads) by more than 2 of
+255 in more than 0.1% of its values, the script fails and names the case: such a seed tests
+the near-tie, not tomex (with the sixth run's model, seed 2024 of case 03 moved 9,713
+values by up to 16, and 4 of the 12 seeds 2024-2035 were unstable alike).
+
 Self-check: the export's UNet (ONNX Runtime) against the torch UNet on one evaluation.
 
 Writes golden/demo/*.png and golden/demo/index.json.
@@ -41,8 +49,8 @@ GUIDANCE = 7.5
 CASES = [
     ("a red circle", 7, None, (SIZE, SIZE)),
     ("a small blue square left of a yellow triangle on a black background", 1234, None, (SIZE, SIZE)),
-    ("a green triangle on a white background", 99, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (SIZE, SIZE)),
-    ("a purple circle, a yellow square and a red triangle", 2024,
+    ("a green triangle on a white background", 100, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (SIZE, SIZE)),
+    ("a purple circle, a yellow square and a red triangle", 2025,
      dict(ratio=0.5, merge=["self_attn", "cross_attn"], sx=1, sy=2), (SIZE, SIZE)),
     ("a yellow square on a gray background", 5, None, (200, 136)),
     ("a blue circle at the top", 6, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (136, 200)),
@@ -88,8 +96,9 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     onnx_diff = check_onnx_unet(pipe)
 
-    def gen(prompt, seed, size):
+    def gen(prompt, seed, size, threads=2):
         width, height = size
+        torch.set_num_threads(threads)
         return pipe(prompt, height=height, width=width, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                     generator=torch.Generator().manual_seed(seed), output_type="pil").images[0]
 
@@ -115,7 +124,13 @@ def main() -> None:
                                merge_attn="self_attn" in t["merge"], merge_crossattn="cross_attn" in t["merge"],
                                merge_mlp="mlp" in t["merge"])
             merged = gen(prompt, seed, size)
+            one_thread = np.asarray(gen(prompt, seed, size, threads=1)).astype(np.int32)
             tomesd.remove_patch(pipe)
+            moved = np.abs(one_thread - np.asarray(merged).astype(np.int32))
+            entry["torch_1_thread_diff"] = {"max": int(moved.max()), "beyond_2": int((moved > 2).sum())}
+            if (moved > 2).sum() > 0.001 * moved.size:
+                fail(f"case {i} ({prompt!r}, seed {seed}): tomesd's own image moves {(moved > 2).sum()} values "
+                     f"by up to {moved.max()} between 2 threads and 1 (near-tie merges); choose another seed")
             merged.save(OUT / entry["file"], format="PNG", optimize=False)
             a, b = np.asarray(merged).astype(np.int32), np.asarray(plain).astype(np.int32)
             entry["tome"] = {**t, "use_rand": False, "max_downsample": 1}
