@@ -16,8 +16,8 @@
 //! the float summation difference, which one is merged depends on the order of the sums.
 //! diffusers + tomesd itself does this between torch's thread counts, so
 //! tools/golden_demo.py keeps only seeds whose ToMe image torch makes alike on 1 and 2
-//! threads (it fails on the others: with the sixth run's model, 4 of 12 seeds of case 03
-//! moved thousands of values by up to 26). A ToMe image may still differ by up to 8 in at
+//! threads (it fails on the others: with a sixth training run's model, not kept, 4 of 12
+//! seeds of case 03 moved thousands of values by up to 26). A ToMe image may still differ by up to 8 in at
 //! most 0.1% of its values (`FLIP_PATCH_*`), for a tie this machine's sums do not show,
 //! and by at most 2 everywhere else.
 

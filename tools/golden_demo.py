@@ -13,8 +13,8 @@ near-equal best-match scores, and which of two near-tied tokens tomesd merges ca
 on the order of torch's float sums, so on the number of threads. Every ToMe case is also
 made on 1 thread; where that image differs from the golden (2 threads) by more than 2 of
 255 in more than 0.1% of its values, the script fails and names the case: such a seed tests
-the near-tie, not tomex (with the sixth run's model, seed 2024 of case 03 moved 9,713
-values by up to 16, and 4 of the 12 seeds 2024-2035 were unstable alike).
+the near-tie, not tomex (a sixth training run, not kept, made seed 2024 of case 03 move
+9,713 values by up to 16, and 4 of the 12 seeds 2024-2035 alike).
 
 Self-check: the export's UNet (ONNX Runtime) against the torch UNet on one evaluation.
 
@@ -49,8 +49,8 @@ GUIDANCE = 7.5
 CASES = [
     ("a red circle", 7, None, (SIZE, SIZE)),
     ("a small blue square left of a yellow triangle on a black background", 1234, None, (SIZE, SIZE)),
-    ("a green triangle on a white background", 100, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (SIZE, SIZE)),
-    ("a purple circle, a yellow square and a red triangle", 2025,
+    ("a green triangle on a white background", 99, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (SIZE, SIZE)),
+    ("a purple circle, a yellow square and a red triangle", 2024,
      dict(ratio=0.5, merge=["self_attn", "cross_attn"], sx=1, sy=2), (SIZE, SIZE)),
     ("a yellow square on a gray background", 5, None, (200, 136)),
     ("a blue circle at the top", 6, dict(ratio=0.5, merge=["self_attn"], sx=2, sy=2), (136, 200)),
