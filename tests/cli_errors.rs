@@ -175,9 +175,42 @@ fn no_onnx_runtime_library() {
     );
 }
 
+/// `--device cuda` either runs on CUDA (a GPU build of ONNX Runtime on a machine with a
+/// GPU) or fails saying why; it never makes the image on the CPU instead.
 #[test]
-fn cuda_without_a_cuda_build_is_an_error_not_a_fallback() {
-    generate_fails(&[("--device", "cuda")], "CUDA");
+fn cuda_runs_on_cuda_or_is_an_error_never_a_fallback() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("x.png");
+    let model = common::tiny_model();
+    let args = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--device",
+        "cuda",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let output = tomex(&args);
+    if output.status.success() {
+        let said = String::from_utf8_lossy(&output.stdout);
+        eprintln!("this ONNX Runtime runs CUDA: checked that the image was made there");
+        assert!(said.contains(" on cuda"), "made, but not on CUDA: {said}");
+        assert!(out.exists());
+    } else {
+        expect_failure(&output, "CUDA");
+        assert!(!out.exists(), "no image may be written on failure");
+    }
 }
 
 #[test]

@@ -280,7 +280,11 @@ mod tests {
     fn a_shape_value_read_outside_its_component_is_recomputed_outside() {
         let p = plan_of(block_nodes()).unwrap();
         assert_eq!(p.recomputed.len(), 1);
-        assert!(p.recomputed[0].starts_with("s (from "), "{:?}", p.recomputed);
+        assert!(
+            p.recomputed[0].starts_with("s (from "),
+            "{:?}",
+            p.recomputed
+        );
         // Segment, component, segment; the component passes on only its output, and no
         // later part reads the shape value it computed on merged tokens.
         assert_eq!(p.kinds, vec![None, Some(0), None]);
