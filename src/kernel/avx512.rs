@@ -154,36 +154,18 @@ macro_rules! by_rows {
 #[target_feature(enable = "avx512f")]
 pub unsafe fn attend_tile(tile: &Tile) {
     let Tile {
-        q,
         k,
         v,
-        out,
-        ld,
         ld_kv,
         depth,
-        queries,
         keys,
-        q_scale,
         ..
     } = *tile;
     let width = tile.width();
-    let strips = queries.div_ceil(STRIP);
+    let strips = tile.queries.div_ceil(STRIP);
     let (qt, ot, max, sum, st) = tile.scratch();
 
-    for d in 0..depth {
-        for i in 0..width {
-            *qt.add(d * width + i) = if i < queries {
-                *q.add(i * ld + d) * q_scale
-            } else {
-                0.0
-            };
-            *ot.add(d * width + i) = 0.0;
-        }
-    }
-    for i in 0..width {
-        *max.add(i) = f32::MIN;
-        *sum.add(i) = 0.0;
-    }
+    tile.start();
 
     for key0 in (0..keys).step_by(KV_BLOCK) {
         let block = KV_BLOCK.min(keys - key0);
@@ -247,10 +229,5 @@ pub unsafe fn attend_tile(tile: &Tile) {
         }
     }
 
-    for i in 0..queries {
-        let total = *sum.add(i);
-        for d in 0..depth {
-            *out.add(i * ld + d) = *ot.add(d * width + i) / total;
-        }
-    }
+    tile.finish();
 }

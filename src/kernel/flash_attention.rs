@@ -231,6 +231,45 @@ impl Tile {
         scratch.as_mut_ptr()
     }
 
+    /// Packs the queries (scaled, transposed, padded with zeros to whole strips) and
+    /// clears the output, the running maxima and the sums: every body's first step.
+    ///
+    /// # Safety
+    /// The pointers and sizes satisfy [`Tile`]'s contract.
+    pub unsafe fn start(&self) {
+        let (width, depth, queries) = (self.width(), self.depth, self.queries);
+        let (qt, ot, max, sum, _) = self.scratch();
+        for d in 0..depth {
+            for i in 0..width {
+                *qt.add(d * width + i) = if i < queries {
+                    *self.q.add(i * self.ld + d) * self.q_scale
+                } else {
+                    0.0
+                };
+                *ot.add(d * width + i) = 0.0;
+            }
+        }
+        for i in 0..width {
+            *max.add(i) = f32::MIN;
+            *sum.add(i) = 0.0;
+        }
+    }
+
+    /// Writes the normalised output rows: every body's last step.
+    ///
+    /// # Safety
+    /// As [`Tile::start`], after the body's key blocks.
+    pub unsafe fn finish(&self) {
+        let width = self.width();
+        let (_, ot, _, sum, _) = self.scratch();
+        for i in 0..self.queries {
+            let total = *sum.add(i);
+            for d in 0..self.depth {
+                *self.out.add(i * self.ld + d) = *ot.add(d * width + i) / total;
+            }
+        }
+    }
+
     /// `(qt, ot, max, sum, st)`: queries packed transposed (`depth × width`), the
     /// unnormalised output transposed (`depth × width`), the running maximum and sum
     /// per query, and one strip of scores (`KV_BLOCK × STRIP`).

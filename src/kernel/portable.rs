@@ -12,35 +12,17 @@ use super::flash_attention::{Tile, KV_BLOCK, STRIP};
 /// `tile`'s pointers and sizes satisfy [`Tile`]'s contract.
 pub unsafe fn attend_tile(tile: &Tile) {
     let Tile {
-        q,
         k,
         v,
-        out,
-        ld,
         ld_kv,
         depth,
-        queries,
         keys,
-        q_scale,
         ..
     } = *tile;
     let width = tile.width();
     let (qt, ot, max, sum, st) = tile.scratch();
 
-    for d in 0..depth {
-        for i in 0..width {
-            *qt.add(d * width + i) = if i < queries {
-                *q.add(i * ld + d) * q_scale
-            } else {
-                0.0
-            };
-            *ot.add(d * width + i) = 0.0;
-        }
-    }
-    for i in 0..width {
-        *max.add(i) = f32::MIN;
-        *sum.add(i) = 0.0;
-    }
+    tile.start();
 
     for key0 in (0..keys).step_by(KV_BLOCK) {
         let block = KV_BLOCK.min(keys - key0);
@@ -86,10 +68,5 @@ pub unsafe fn attend_tile(tile: &Tile) {
         }
     }
 
-    for i in 0..queries {
-        let total = *sum.add(i);
-        for d in 0..depth {
-            *out.add(i * ld + d) = *ot.add(d * width + i) / total;
-        }
-    }
+    tile.finish();
 }
