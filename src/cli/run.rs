@@ -14,7 +14,7 @@ use crate::engine::{Device, Runtime};
 use crate::plan::Shard;
 use crate::runner::fid::resolve_inception;
 use crate::runner::finish::FidStep;
-use crate::runner::{execute, prepare, RunObserver, Summary};
+use crate::runner::{execute, prepare, JobError, RunObserver, Summary};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -170,7 +170,7 @@ impl RunObserver for Progress {
         self.bar.set_message(label.to_string());
     }
 
-    fn job_finished(&mut self, outcome: &Result<f64, String>) {
+    fn job_finished(&mut self, outcome: &Result<f64, JobError>) {
         if let Err(e) = outcome {
             self.bar.println(format!("failed: {e}"));
         }

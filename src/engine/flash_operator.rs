@@ -107,6 +107,6 @@ fn compute(ctx: &ComputeContext, heads: usize, scale: Option<f32>) -> ort::Resul
             pool_error = Some(e);
         }
     })
-    .map_err(ort::Error::new)?;
+    .map_err(|e| ort::Error::new(e.to_string()))?;
     pool_error.map_or(Ok(()), Err)
 }

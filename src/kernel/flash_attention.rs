@@ -71,6 +71,24 @@ impl Body {
     }
 }
 
+/// Why [`attend`] computed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttendError {
+    #[error("tomex's flash attention needs a CPU with AVX-512F")]
+    NoSimdBody,
+    #[error("this CPU cannot run the {0:?} body of tomex's flash attention")]
+    Unsupported(Body),
+    #[error("{what} holds {len} floats, not batch {batch} × {rows} tokens × {heads} heads × {head_size}")]
+    Length {
+        what: &'static str,
+        len: usize,
+        batch: usize,
+        rows: usize,
+        heads: usize,
+        head_size: usize,
+    },
+}
+
 /// Whether this CPU runs a SIMD body of the kernel, so fusing attention into it pays.
 pub fn available() -> bool {
     Body::fastest().is_some()
@@ -87,8 +105,8 @@ pub fn attend(
     dims: Dims,
     scale: f32,
     for_each: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
-) -> Result<(), String> {
-    let body = Body::fastest().ok_or("tomex's flash attention needs a CPU with AVX-512F")?;
+) -> Result<(), AttendError> {
+    let body = Body::fastest().ok_or(AttendError::NoSimdBody)?;
     attend_with(body, q, k, v, out, dims, scale, for_each)
 }
 
@@ -103,21 +121,23 @@ pub fn attend_with(
     dims: Dims,
     scale: f32,
     for_each: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
-) -> Result<(), String> {
+) -> Result<(), AttendError> {
     if !body.runs_here() {
-        return Err(format!(
-            "this CPU cannot run the {body:?} body of tomex's flash attention"
-        ));
+        return Err(AttendError::Unsupported(body));
     }
     let width = dims.width();
-    let expect = |what: &str, len: usize, rows: usize| {
+    let expect = |what: &'static str, len: usize, rows: usize| {
         if len == dims.batch * rows * width {
             Ok(())
         } else {
-            Err(format!(
-                "{what} holds {len} floats, not batch {} × {rows} tokens × {} heads × {}",
-                dims.batch, dims.heads, dims.head_size
-            ))
+            Err(AttendError::Length {
+                what,
+                len,
+                batch: dims.batch,
+                rows,
+                heads: dims.heads,
+                head_size: dims.head_size,
+            })
         }
     };
     expect("query", q.len(), dims.queries)?;
@@ -444,6 +464,6 @@ mod tests {
             sequential,
         )
         .unwrap_err();
-        assert!(error.contains("key holds 39 floats"), "{error}");
+        assert!(error.to_string().contains("key holds 39 floats"), "{error}");
     }
 }

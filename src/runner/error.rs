@@ -86,6 +86,25 @@ impl RunnerError {
     }
 }
 
+/// Why one job made no image. Its text is what the store records for the job
+/// (`error.json`), so the variants carry the lower layers' messages as text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("batch_size {0} is not supported yet (1 image per UNet batch)")]
+    BatchSize(usize),
+    #[error("{0}")]
+    Scheduler(String),
+    #[error("the job asks for a {wanted} UNet, this pipeline runs {runs}")]
+    Precision { wanted: String, runs: String },
+    /// Opening or warming up a UNet the jobs need (every job would fail alike).
+    #[error("warm-up: {0}")]
+    WarmUp(String),
+    #[error("{0}")]
+    Generate(String),
+    #[error("encoding the PNG: {0}")]
+    Png(String),
+}
+
 fn lines(problems: &[Problem]) -> String {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
     lines.join("\n")

@@ -21,7 +21,7 @@ use crate::store::{
     Measurement, ObjectState, PeakMemory, Store, Timings, Worker, DEFAULT_HEARTBEAT,
 };
 
-pub use error::RunnerError;
+pub use error::{JobError, RunnerError};
 pub use prepare::{open_store, prepare, store_dir, ModelStatus, Prepared, PromptStatus};
 
 /// What a run tells its observer (the command line's progress bar).
@@ -31,7 +31,7 @@ pub trait RunObserver {
     /// A job begins; `label` names its configuration and r.
     fn job_started(&mut self, label: &str);
     /// A job ended (`Err` holds the message recorded in the store).
-    fn job_finished(&mut self, outcome: &Result<f64, String>);
+    fn job_finished(&mut self, outcome: &Result<f64, JobError>);
     /// Something the user should know before the jobs run (a configuration that
     /// merges nothing at the spec's size).
     fn warning(&mut self, message: &str);
@@ -60,19 +60,19 @@ pub struct FailedJob {
     pub key: String,
     /// Its configuration and r ([`label`]).
     pub label: String,
-    pub error: String,
+    pub error: JobError,
 }
 
 /// The `Request` that makes a job's image.
-pub fn request_for(job: &Job) -> Result<Request, String> {
+pub fn request_for(job: &Job) -> Result<Request, JobError> {
     let m = &job.material;
     if m.batch_size != 1 {
-        return Err(format!(
-            "batch_size {} is not supported yet (1 image per UNet batch)",
-            m.batch_size
-        ));
+        return Err(JobError::BatchSize(m.batch_size));
     }
-    let scheduler: SchedulerKind = m.scheduler.parse().map_err(|e| format!("{e}"))?;
+    let scheduler: SchedulerKind = m
+        .scheduler
+        .parse()
+        .map_err(|e| JobError::Scheduler(format!("{e}")))?;
     Ok(Request {
         prompt: m.prompt.clone(),
         negative_prompt: m.negative_prompt.clone(),
@@ -102,7 +102,8 @@ pub fn warm_up(
     sd: &mut StableDiffusion,
     jobs: &[&Job],
     observer: &mut dyn RunObserver,
-) -> Result<(), String> {
+) -> Result<(), JobError> {
+    let warm = |e: &dyn std::fmt::Display| JobError::WarmUp(e.to_string());
     let mut seen = Vec::new();
     for job in jobs.iter().rev() {
         let tome = job.material.tome.clone();
@@ -111,19 +112,15 @@ pub fn warm_up(
         }
         seen.push(tome);
         let request = request_for(job)?;
-        if let Some(why) = sd
-            .tome_merges_nothing(&request)
-            .map_err(|e| format!("warm-up: {e}"))?
-        {
+        if let Some(why) = sd.tome_merges_nothing(&request).map_err(|e| warm(&e))? {
             observer.warning(&format!("{} {why}", label(job)));
         }
-        sd.prepare_unet(&request)
-            .map_err(|e| format!("warm-up: {e}"))?;
+        sd.prepare_unet(&request).map_err(|e| warm(&e))?;
     }
     if let Some(first) = jobs.first() {
         let mut request = request_for(first)?;
         request.steps = 1;
-        sd.generate(&request).map_err(|e| format!("warm-up: {e}"))?;
+        sd.generate(&request).map_err(|e| warm(&e))?;
     }
     Ok(())
 }
@@ -161,7 +158,7 @@ pub fn execute(
     if let Err(e) = warm_up(sd, &todo, observer) {
         // Every job would fail the same way; record it on the first and stop.
         if let Some(claim) = store.try_claim(&todo[0].key, &Worker::current(shard.to_string()))? {
-            store.fail(claim, todo[0], &e)?;
+            store.fail(claim, todo[0], &e.to_string())?;
         }
         summary.failed.push(FailedJob {
             key: todo[0].key.clone(),
@@ -194,7 +191,7 @@ pub fn execute(
                 observer.job_finished(&Ok(wall));
             }
             Err(e) => {
-                store.fail(claim, job, &e)?;
+                store.fail(claim, job, &e.to_string())?;
                 summary.failed.push(FailedJob {
                     key: job.key.clone(),
                     label,
@@ -213,25 +210,29 @@ fn make_image(
     job: &Job,
     runtime: &Runtime,
     sd: &mut StableDiffusion,
-) -> Result<(Vec<u8>, Measurement), String> {
+) -> Result<(Vec<u8>, Measurement), JobError> {
     let request = request_for(job)?;
     let precision = sd.precision();
     let wanted = job.material.precision.as_deref().unwrap_or("fp32");
     if wanted != precision.name() {
-        return Err(format!(
-            "the job asks for a {wanted} UNet, this pipeline runs {precision}"
-        ));
+        return Err(JobError::Precision {
+            wanted: wanted.to_string(),
+            runs: precision.to_string(),
+        });
     }
     // Untimed: switching between the whole UNet and a ToMe split opens a session.
-    sd.prepare_unet(&request).map_err(|e| e.to_string())?;
+    sd.prepare_unet(&request)
+        .map_err(|e| JobError::Generate(e.to_string()))?;
     let peak_resettable = crate::host::reset_peak_rss();
     let start = Instant::now();
-    let (image, t) = sd.generate(&request).map_err(|e| e.to_string())?;
+    let (image, t) = sd
+        .generate(&request)
+        .map_err(|e| JobError::Generate(e.to_string()))?;
     let wall_s = start.elapsed().as_secs_f64();
     let mut png = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| format!("encoding the PNG: {e}"))?;
+        .map_err(|e| JobError::Png(e.to_string()))?;
     let measured = Measurement {
         timings: Timings {
             wall_s,
