@@ -9,23 +9,10 @@
 
 use std::arch::x86_64::*;
 
-use super::flash_attention::{Tile, KV_BLOCK, STRIP};
+use super::flash_attention::{Tile, EXP2_TAYLOR, KV_BLOCK, STRIP};
 
 /// Register rows of the micro-tile: 8 × 3 accumulators leave room for the operands.
 const ROWS: usize = 8;
-
-/// `2^f` on `[-½, ½]` by its Taylor series to degree 7, `(f ln 2)^k / k!`; the
-/// truncation error, `(½ ln 2)^8 / 8! · √2 < 1e-8`, is below float rounding.
-const EXP2_TAYLOR: [f32; 8] = [
-    1.0,
-    std::f32::consts::LN_2,
-    0.240_226_5,
-    0.055_504_11,
-    0.009_618_129,
-    0.001_333_355_8,
-    0.000_154_035_3,
-    0.000_015_252_734,
-];
 
 /// `2^x` for each lane; arguments below −150 (where `2^x` rounds to zero) are clamped
 /// so that `f32::MIN`, the maximum before any key, gives 0 rather than NaN.

@@ -18,6 +18,19 @@ pub const TILE_QUERIES: usize = 4 * STRIP;
 /// Keys per block: one strip of scores (`KV_BLOCK × STRIP` floats, 24 KiB) stays in L1.
 pub const KV_BLOCK: usize = 128;
 
+/// `2^f` on `[-½, ½]` by its Taylor series to degree 7, `(f ln 2)^k / k!`; the
+/// truncation error, `(½ ln 2)^8 / 8! · √2 < 1e-8`, is below float rounding.
+pub(super) const EXP2_TAYLOR: [f32; 8] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+    0.000_015_252_734,
+];
+
 /// The shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -46,11 +59,17 @@ impl Dims {
 /// The code that computes a tile: the same algorithm at different widths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// 16-float vectors, a 8 × 48 register tile (x86-64 with AVX-512F).
+    /// 16-float vectors, an 8 × 48 register tile (x86-64 with AVX-512F).
     Avx512,
+    /// 8-float vectors, a 4 × 24 register tile (x86-64 with AVX2 and FMA).
+    Avx2,
     /// Plain Rust, one query at a time: the tiling's reference, on every CPU.
     Portable,
 }
+
+/// Chooses the body instead of [`Body::fastest`] (`avx512`, `avx2` or `portable`), e.g.
+/// to measure the AVX2 body on a CPU that has AVX-512 too.
+pub const BODY_ENV: &str = "TOMEX_FLASH_BODY";
 
 impl Body {
     /// Whether this CPU can run the body.
@@ -58,23 +77,39 @@ impl Body {
         match self {
             #[cfg(target_arch = "x86_64")]
             Body::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Body::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Body::Avx512 => false,
+            Body::Avx512 | Body::Avx2 => false,
             Body::Portable => true,
         }
     }
 
-    /// The fastest SIMD body this CPU runs, if any (the portable one is slower than ONNX
-    /// Runtime's attention, so it is never chosen for speed).
+    /// The body [`BODY_ENV`] names, if this CPU runs it; else the AVX-512 body where
+    /// the CPU has it. The AVX2 body is chosen only by name until a benchmark shows it
+    /// faster than ONNX Runtime's `MultiHeadAttention` on Stable Diffusion's shapes (not
+    /// measured yet); the portable one is slower than ONNX Runtime's attention.
     pub fn fastest() -> Option<Body> {
-        [Body::Avx512].into_iter().find(|b| b.runs_here())
+        let named = std::env::var(BODY_ENV).ok().and_then(|v| match v.as_str() {
+            "avx512" => Some(Body::Avx512),
+            "avx2" => Some(Body::Avx2),
+            "portable" => Some(Body::Portable),
+            _ => None,
+        });
+        match named {
+            Some(body) => body.runs_here().then_some(body),
+            None => Body::Avx512.runs_here().then_some(Body::Avx512),
+        }
     }
 }
 
 /// Why [`attend`] computed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AttendError {
-    #[error("tomex's flash attention needs a CPU with AVX-512F")]
+    #[error("tomex's flash attention needs a CPU with AVX-512F (or {BODY_ENV}=avx2 with AVX2 and FMA)", BODY_ENV = BODY_ENV)]
     NoSimdBody,
     #[error("this CPU cannot run the {0:?} body of tomex's flash attention")]
     Unsupported(Body),
@@ -89,7 +124,7 @@ pub enum AttendError {
     },
 }
 
-/// Whether this CPU runs a SIMD body of the kernel, so fusing attention into it pays.
+/// Whether a SIMD body of the kernel runs here, so fusing attention into it pays.
 pub fn available() -> bool {
     Body::fastest().is_some()
 }
@@ -181,8 +216,10 @@ pub fn attend_with(
                 match body {
                     #[cfg(target_arch = "x86_64")]
                     Body::Avx512 => super::avx512::attend_tile(&tile),
+                    #[cfg(target_arch = "x86_64")]
+                    Body::Avx2 => super::avx2::attend_tile(&tile),
                     #[cfg(not(target_arch = "x86_64"))]
-                    Body::Avx512 => unreachable!("no AVX-512 off x86-64"),
+                    Body::Avx512 | Body::Avx2 => unreachable!("no x86 SIMD off x86-64"),
                     Body::Portable => super::portable::attend_tile(&tile),
                 }
             };
@@ -366,7 +403,7 @@ mod tests {
     /// The bodies a test runs: the portable one always, each SIMD body where the CPU
     /// runs it (said on stderr where it does not).
     fn bodies(test: &str) -> Vec<Body> {
-        [Body::Avx512, Body::Portable]
+        [Body::Avx512, Body::Avx2, Body::Portable]
             .into_iter()
             .filter(|b| {
                 let runs = b.runs_here();
