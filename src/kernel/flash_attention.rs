@@ -504,3 +504,50 @@ mod tests {
         assert!(error.to_string().contains("key holds 39 floats"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// Each body on one Stable Diffusion 1.5 attention (batch 2, 4096 queries and keys,
+    /// 8 heads of 40: the 64×64 latent's full-resolution level), single thread, best of 5.
+    /// Run with `cargo test --release --lib kernel::flash_attention::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bodies_on_sd_shapes() {
+        let dims = Dims {
+            batch: 2,
+            heads: 8,
+            head_size: 40,
+            queries: 4096,
+            keys: 4096,
+        };
+        let len = dims.batch * dims.queries * dims.width();
+        let q: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mut out = vec![0.0; len];
+        let flops =
+            4.0 * (dims.batch * dims.heads * dims.queries * dims.keys * dims.head_size) as f64;
+        // The portable body (about 1 GFLOP/s) is the tiling's reference, not timed here.
+        for body in [Body::Avx512, Body::Avx2] {
+            if !body.runs_here() {
+                eprintln!("{body:?}: skipped (this CPU cannot run it)");
+                continue;
+            }
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                attend_with(body, &q, &q, &q, &mut out, dims, 0.158, |n, work| {
+                    (0..n).for_each(work)
+                })
+                .unwrap();
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            eprintln!(
+                "{body:?}: {best:.3} s, {:.0} GFLOP/s (1 thread)",
+                flops / best / 1e9
+            );
+        }
+    }
+}
