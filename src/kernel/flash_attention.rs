@@ -68,7 +68,7 @@ pub enum Body {
 }
 
 /// Chooses the body instead of [`Body::fastest`] (`avx512`, `avx2` or `portable`), e.g.
-/// to measure the AVX2 body on a CPU that has AVX-512 too.
+/// to measure the AVX2 body on a CPU that has AVX-512 too; read once per process.
 pub const BODY_ENV: &str = "TOMEX_FLASH_BODY";
 
 impl Body {
@@ -93,6 +93,12 @@ impl Body {
     /// faster than ONNX Runtime's `MultiHeadAttention` on Stable Diffusion's shapes (not
     /// measured yet); the portable one is slower than ONNX Runtime's attention.
     pub fn fastest() -> Option<Body> {
+        // Decided once per process: `attend` asks on every attention call.
+        static CHOSEN: std::sync::OnceLock<Option<Body>> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(Body::choose)
+    }
+
+    fn choose() -> Option<Body> {
         let named = std::env::var(BODY_ENV).ok().and_then(|v| match v.as_str() {
             "avx512" => Some(Body::Avx512),
             "avx2" => Some(Body::Avx2),
