@@ -71,7 +71,9 @@ pub fn records(text: &str) -> Result<Vec<(u64, Vec<String>)>, CsvError> {
         let line = lines.at(byte);
         last_start = Some(byte);
         let whitespace_only = record.len() == 1 && record[0].trim().is_empty();
-        if whitespace_only && !text[byte..].lines().next().unwrap_or("").contains('"') {
+        // The record's own line: its position is before the blank lines the crate skips.
+        let raw = text[byte..].trim_start_matches(['\r', '\n']);
+        if whitespace_only && !raw.lines().next().unwrap_or("").contains('"') {
             continue;
         }
         out.push((line, record.iter().map(str::to_string).collect()));
@@ -217,6 +219,8 @@ mod tests {
                 (5, vec!["last".to_string()]),
             ]
         );
+        // A quoted empty field after a blank line is a record, not a blank line.
+        assert_eq!(records("p\n\n\"\"\n").unwrap()[1], (3, vec![String::new()]));
         let e = records("prompt\nok\n\"open\nstill open\n").unwrap_err();
         assert_eq!(e.line, 3);
         assert!(records("p\n\"closed \"\" twice\"\"\"\n").is_ok());
