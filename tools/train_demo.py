@@ -13,7 +13,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   vae       AutoencoderKL, MSE + L1 (10x on object pixels) + tiny KL, with latent
             channels 0-2 tied to the scene's colours at 1/8 size; logs how many held-out
             probe scenes keep their colour and shape through a round trip
-  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor
+  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor;
+            the scenes at half size (128 px) too, for the UNet's first steps
   decoder   the decoder alone, on those latents (the encoder, and so what the UNet learns
             to make, stays fixed): the joint stage leaves colours wrong
   text      the CLIP text encoder alone, taught to name what a caption says (objects in
@@ -21,9 +22,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
             its pooled state; frozen from here on, as SD's CLIP is. Trained jointly with
             the UNet instead, it collapsed to one output for every caption and the UNet
             learnt to ignore the text (tools/demo/train.log, first run)
-  unet      the UNet on the frozen encoder's states: 2200 steps on 16x16-latent windows
-            (128 px, a fifth of the cost per scene) that hold a single-object scene's
-            object, captioned without its place, then 800 on whole scenes at 256 px;
+  unet      the UNet on the frozen encoder's states: 2200 steps on the scenes at 128 px
+            (16x16 latents, a fifth of the cost per scene), then 800 at 256 px;
             10% empty captions (classifier-free
             guidance), cross-attention outputs zero-initialised, each timestep's loss
             weighted by 1/SNR clamped to [1, 10], offset noise (backgrounds are flat white, gray or black: a
@@ -68,8 +68,7 @@ TOKENIZER_DIR = ROOT / "models" / "tiny" / "tokenizer"
 TRAIN_SEED = 1  # world seed of the training scenes; 2 is held out (tools/demo_judge.py)
 SCENES = 12000
 THREADS = 2
-CROP = 16  # latent side of the UNet's first-phase windows (128 px of a 256 px scene)
-PLACE_WORDS = re.compile(r" (on the left|on the right|at the top|at the bottom|in the center)")
+SIZE_HALF = demo_world.SIZE // 2
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -129,9 +128,8 @@ STAGES = {
     "vae": dict(steps=1600, batch=8, lr=1e-3, every=200),
     "decoder": dict(steps=1200, batch=8, lr=5e-4, every=200),
     "text": dict(steps=600, batch=256, lr=1e-3, every=200),
-    # crop_steps of crop_batch 16x16-latent windows around single objects first
-    # (train_unet), then batch whole scenes at 256 px
-    "unet": dict(steps=3000, batch=32, lr=6e-4, every=200, crop_steps=2200, crop_batch=64),
+    # half_steps of half_batch scenes at 128 px first (train_unet), then batch at 256 px
+    "unet": dict(steps=3000, batch=32, lr=6e-4, every=200, half_steps=2200, half_batch=64),
     "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
@@ -452,40 +450,20 @@ def encode_all(images) -> torch.Tensor:
     return torch.cat(out)
 
 
-def crop_windows(captions: list[str]):
-    """The UNet's first phase (train_unet): every single-object training scene, with the
-    range of 16x16 latent window origins that hold its whole object and its caption
-    without the place (which a window moves). Objects keep the size they have at 256 px;
-    the fifth run's half-size scenes showed them at half size, 2 to 7 latents across,
-    where a circle and a square differ by a latent or two, and its shapes stayed blobs."""
-    pool = []
-    for i in range(len(captions)):
-        sc = demo_world.scene(TRAIN_SEED, i)
-        if len(sc.objects) != 1:
-            continue
-        o = sc.objects[0]
-        lo_x, hi_x = math.floor((o.x - o.half) / 8), math.ceil((o.x + o.half) / 8)
-        lo_y, hi_y = math.floor((o.y - o.half) / 8), math.ceil((o.y + o.half) / 8)
-        side = demo_world.SIZE // 8
-        x_range = (max(0, hi_x - CROP), min(side - CROP, lo_x))
-        y_range = (max(0, hi_y - CROP), min(side - CROP, lo_y))
-        if x_range[0] <= x_range[1] and y_range[0] <= y_range[1]:
-            pool.append((i, x_range, y_range, PLACE_WORDS.sub("", captions[i])))
-    return pool
-
-
-def crop_batch(latents, pool, states, g, batch):
-    """`batch` random windows of `pool` (crop_windows) and their captions' states."""
-    pick = torch.randint(0, len(pool), (batch,), generator=g)
-    u = torch.rand(batch, 2, generator=g)
-    x0, conds = [], []
-    for k, j in enumerate(pick.tolist()):
-        i, (xa, xb), (ya, yb), _ = pool[j]
-        ox = xa + int(u[k, 0] * (xb - xa + 1))
-        oy = ya + int(u[k, 1] * (yb - ya + 1))
-        x0.append(latents[i, :, oy : oy + CROP, ox : ox + CROP])
-        conds.append(states[j])
-    return torch.stack(x0), torch.stack(conds)
+def encode_half_latents(images) -> torch.Tensor:
+    """Latents of the scenes at half size (128 px, box-filtered: 16x16 latents), scaled as
+    the full-size ones, for the UNet's first steps (train_unet)."""
+    path = WORK / "latents-128.pt"
+    if not path.exists():
+        n = len(images)
+        half = np.empty((n, SIZE_HALF, SIZE_HALF, 3), np.uint8)
+        for i in range(0, n, 512):
+            block = np.asarray(images[i : i + 512], np.float32)
+            half[i : i + 512] = block.reshape(len(block), SIZE_HALF, 2, SIZE_HALF, 2, 3).mean(axis=(2, 4)).round()
+        scaling = encode_latents(images)["scaling_factor"]
+        torch.save({"latents": (encode_all(half) * scaling).half()}, WORK / "latents-128.tmp.pt")
+        os.replace(WORK / "latents-128.tmp.pt", path)
+    return torch.load(path)["latents"]
 
 
 class Ema:
@@ -608,17 +586,12 @@ def train_unet(bench=False):
     cfg = STAGES["unet"]
     data = encode_latents(load_images()) if not bench else {"latents": torch.randn(256, 4, 32, 32).half(), "scaling_factor": 1.0}
     latents = data["latents"].float() * data["scaling_factor"]
+    half_latents = encode_half_latents(load_images()).float() if not bench else torch.randn(256, 4, 16, 16)
     captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
     # The encoder is frozen: every caption's states once, float32 as the UNet sees them.
     text = frozen_text() if not bench else new_unet_and_text()[1]
     states_all = text_states(text, captions)
     empty = text_states(text, [""])[0]
-    if bench:
-        pool = [(i, (0, 16), (0, 16), c) for i, c in enumerate(captions)]
-    else:
-        pool = crop_windows(captions)
-        log(f"unet: {len(pool)} single-object scenes for the {CROP}x{CROP}-latent windows")
-    crop_states = text_states(text, [c for *_, c in pool])
     unet, _ = new_unet_and_text()
     silence_cross_attention(unet)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
@@ -640,17 +613,13 @@ def train_unet(bench=False):
     running = None
     for step in range(start, steps):
         g = step_generator("unet", step)
-        # The first steps see 16x16-latent windows around single objects: a quarter of the
-        # convolutions and a sixteenth of the full-resolution attention per scene, so the
-        # UNet learns the words and the shapes, at their 256 px size, in many more steps;
-        # the rest see whole scenes (several objects, places, relations).
-        if step < cfg["crop_steps"]:
-            batch = cfg["crop_batch"]
-            x0, states = crop_batch(latents, pool, crop_states, g, batch)
-        else:
-            batch = cfg["batch"]
-            idx = torch.randint(0, len(latents), (batch,), generator=g)
-            x0, states = latents[idx], states_all[idx].clone()
+        # The first steps see the scenes at half size: 16x16 latents cost a quarter of the
+        # convolutions and a sixteenth of the full-resolution attention, so the UNet
+        # learns what the words mean in many more steps; the rest adapt it to 256 px.
+        pool, batch = (half_latents, cfg["half_batch"]) if step < cfg["half_steps"] else (latents, cfg["batch"])
+        idx = torch.randint(0, len(pool), (batch,), generator=g)
+        x0 = pool[idx]
+        states = states_all[idx].clone()
         drop = torch.rand(batch, generator=g) < CAPTION_DROP
         states[drop] = empty
         noise = torch.randn(x0.shape, generator=g)
@@ -849,7 +818,7 @@ def main():
         SCENES, VAE_FULL_STEPS = 64, 2
         for cfg in STAGES.values():
             cfg.update(steps=5, every=3)
-        STAGES["unet"].update(crop_steps=2, crop_batch=4)
+        STAGES["unet"].update(half_steps=2, half_batch=4)
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     WORK.mkdir(parents=True, exist_ok=True)
