@@ -11,8 +11,10 @@
 //!   Runtime: sessions, the UNet whole and split, ToMe's hooks);
 //! * `onnx` (graph rewrites, cuts, caches), `tome` (tomesd's algorithm), `kernel` (CPU
 //!   kernels run as custom operators), `model` (export layout, models.lock, digests);
-//! * `fsx` (the one atomic write), `csv_text` (the one CSV reader and writer) and `host` (facts about the process and machine).
+//! * `fsx` (the one atomic write), `csv_text` (the one CSV reader and writer), `host`
+//!   (facts about the process and machine) and `choice` (the error of an unknown name).
 
+pub mod choice;
 pub mod cli;
 pub mod csv_text;
 pub mod diffusion;

@@ -192,10 +192,6 @@ fn synthetic_case(name: &str) -> (f64, f64, f64, f64) {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "minutes in a debug build (faer's generic code is compiled unoptimised in the caller); run: cargo test --release --test fid_parity"
-)]
 fn frechet_full_rank_2048_matches_scipy() {
     let (got, scipy, eigh, _) = synthetic_case("full_rank");
     assert!(rel_err(got, scipy) < 1e-6, "{got} vs scipy {scipy}");
@@ -209,10 +205,6 @@ fn frechet_full_rank_2048_matches_scipy() {
 /// eigenvalues at the numerical rank, which on the small-set goldens gives the 40-digit value
 /// to ~1e-12 (see src/metrics/frechet.rs).
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "minutes in a debug build (faer's generic code is compiled unoptimised in the caller); run: cargo test --release --test fid_parity"
-)]
 fn frechet_rank_deficient_matches_scipy() {
     let (got, scipy, eigh, _) = synthetic_case("rank_deficient");
     assert!(rel_err(got, scipy) < 1e-6, "{got} vs scipy {scipy}");

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// From the bottom up.
 const LAYERS: [&[&str]; 6] = [
-    &["host", "fsx", "csv_text"],
+    &["host", "fsx", "csv_text", "choice"],
     &["kernel", "tome", "model", "onnx"],
     &["diffusion", "engine"],
     &["spec", "plan", "store", "metrics", "report"],

@@ -59,7 +59,7 @@ impl ClipTokenizer {
         let inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| build_err(e.to_string()))?
         } else {
-            build_clip(&dir.join("vocab.json"), &dir.join("merges.txt")).map_err(build_err)?
+            build_clip(dir)?
         };
         let config = read_config(dir);
         let pad_name = special_name(&config, "pad_token").unwrap_or_else(|| EOS.to_string());
@@ -159,30 +159,37 @@ fn is_cjk_ideograph(c: char) -> bool {
         | 0x2B740..=0x2B81F | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
-fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
+/// CLIP's tokenizer from `vocab.json` + `merges.txt` in `dir`, as transformers' slow
+/// `CLIPTokenizer` reads them.
+fn build_clip(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+    let err = |reason: String| TokenizerError::Build {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     let path_str = |p: &Path| {
         p.to_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+            .ok_or_else(|| err(format!("{} is not UTF-8", p.display())))
     };
-    for p in [vocab, merges] {
+    for p in [&vocab, &merges] {
         if !p.is_file() {
-            return Err(format!("{} is missing", p.display()));
+            return Err(err(format!("{} is missing", p.display())));
         }
     }
-    let bpe = BPE::from_file(&path_str(vocab)?, &path_str(merges)?)
+    let bpe = BPE::from_file(&path_str(&vocab)?, &path_str(&merges)?)
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix("</w>".into())
         .unk_token(EOS.into())
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| err(e.to_string()))?;
     let normalizer = Normalizers::new(vec![
         NFC.into(),
         Replace::new(
             tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
             " ",
         )
-        .map_err(|e| e.to_string())?
+        .map_err(|e| err(e.to_string()))?
         .into(),
         Lowercase.into(),
     ]);
@@ -191,7 +198,7 @@ fn build_clip(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
         SplitDelimiterBehavior::Removed,
         true,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| err(e.to_string()))?;
     let pre_tokenizer = PreTokenizers::new(vec![
         split.into(),
         ByteLevel::new(false, true, false).into(),

@@ -85,7 +85,7 @@ impl Runtime {
                             .with_name("tomex")
                             .build()
                             .map_err(|e| load_err(e.to_string()))?;
-                        share_cpu_arena(&environment).map_err(load_err)?;
+                        share_cpu_arena(&environment, &path)?;
                         let _ = LOADED.set(Loaded {
                             path: path.clone(),
                             environment,
@@ -223,16 +223,20 @@ impl Runtime {
 
 /// Registers one CPU arena allocator on the environment for sessions that opt in with
 /// `with_env_allocators`. ort has no safe wrapper for this call.
-fn share_cpu_arena(environment: &Environment) -> Result<(), String> {
+fn share_cpu_arena(environment: &Environment, library: &Path) -> Result<(), EngineError> {
     use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
     use ort::AsPointer;
+    let refused = |reason: String| EngineError::LibraryLoad {
+        path: library.to_path_buf(),
+        reason: format!("cannot register the shared CPU memory arena: {reason}"),
+    };
     let info = MemoryInfo::new(
         AllocationDevice::CPU,
         0,
         AllocatorType::Arena,
         MemoryType::Default,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| refused(e.to_string()))?;
     let api = ort::api();
     // SAFETY: the environment and memory info are live ONNX Runtime objects for the
     // duration of the call; a null arena configuration selects ONNX Runtime's defaults.
@@ -247,9 +251,7 @@ fn share_cpu_arena(environment: &Environment) -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     unsafe { (api.ReleaseStatus)(status.0) };
-    Err(format!(
-        "cannot register the shared CPU memory arena: {message}"
-    ))
+    Err(refused(message))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

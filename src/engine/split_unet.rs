@@ -23,8 +23,8 @@ use super::resident::{dims, download_f32, run_resident, upload};
 use super::runtime::{shrink_arenas, EngineError, Runtime};
 use super::unet::{Conditioning, UnetInputs};
 use crate::onnx::{
-    self, BlockId, CacheStatus, ComponentId, PartKind, ShapeProbe, SplitManifest, SplitOptions,
-    TensorInfo, TransformerBlock,
+    self, BlockId, CacheStatus, ComponentId, PartKind, ProbeError, ShapeProbe, SplitManifest,
+    SplitOptions, TensorInfo, TransformerBlock,
 };
 
 /// What runs between the parts. All arrays are `[batch, tokens, channels]`.
@@ -150,8 +150,8 @@ struct OrtProbe {
 }
 
 impl ShapeProbe for OrtProbe {
-    fn probe(&mut self, model: &Path) -> Result<Vec<TensorInfo>, String> {
-        let session = self.runtime.session(model).map_err(|e| e.to_string())?;
+    fn probe(&mut self, model: &Path) -> Result<Vec<TensorInfo>, ProbeError> {
+        let session = self.runtime.session(model)?;
         Ok(session
             .outputs()
             .iter()

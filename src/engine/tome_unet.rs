@@ -14,6 +14,7 @@ use super::resident;
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::{transformer_blocks, ResidentHooks, SplitUnet, TokenHooks};
 use super::unet::Conditioning;
+use crate::choice::UnknownChoice;
 use crate::onnx::{BlockId, ComponentId, ComponentKind, SplitOptions, TransformerBlock};
 use crate::tome::{self, Component, Merge, PartitionRng, TomeConfig};
 
@@ -30,14 +31,17 @@ pub enum TokenOps {
 }
 
 impl std::str::FromStr for TokenOps {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "host" => Ok(TokenOps::Host),
             "graph" => Ok(TokenOps::Graph),
-            other => Err(format!(
-                "unknown token ops `{other}`: use `host` (Rust, exactly tomesd's) or `graph` (ONNX graphs on the UNet's device)"
-            )),
+            other => Err(UnknownChoice {
+                what: "token ops",
+                given: other.to_string(),
+                choices:
+                    "`host` (Rust, exactly tomesd's) or `graph` (ONNX graphs on the UNet's device)",
+            }),
         }
     }
 }

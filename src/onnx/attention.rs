@@ -27,9 +27,10 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::graph::{self, dtype};
-use super::pattern::{attr, default_opset, ints_attr, remove_dead_nodes, View};
+use super::pattern::{attr, default_opset, ints_attr, remove_dead_nodes, Mismatch, View};
 use super::proto::attribute_proto::AttributeType;
 use super::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto};
+use crate::choice::UnknownChoice;
 
 /// How the graphs tomex runs compute attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,15 +68,17 @@ impl std::fmt::Display for Attention {
 }
 
 impl std::str::FromStr for Attention {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "fused" => Ok(Attention::Fused),
             "flash" => Ok(Attention::Flash),
             "exported" => Ok(Attention::Exported),
-            other => Err(format!(
-                "unknown attention `{other}`: use `flash` (tomex's CPU kernel), `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported)"
-            )),
+            other => Err(UnknownChoice {
+                what: "attention",
+                given: other.to_string(),
+                choices: "`flash` (tomex's CPU kernel), `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported)",
+            }),
         }
     }
 }
@@ -152,7 +155,7 @@ pub fn fuse_attention(model: &mut ModelProto) -> Fusion {
             .filter_map(|(i, n)| match view.attention(i, opset, &types) {
                 Ok(m) => Some(m),
                 Err(reason) => {
-                    fusion.skipped.push((n.name.clone(), reason));
+                    fusion.skipped.push((n.name.clone(), reason.0));
                     None
                 }
             })
@@ -216,10 +219,10 @@ fn mha_node(name: &str, m: &Match, out: &str) -> NodeProto {
 /// Attention-specific matching over the shared [`View`].
 impl<'g> View<'g> {
     /// `Transpose(Reshape(x, shape), perm)`: returns `x` and the head count in `shape`.
-    fn heads_of(&self, tensor: &str, perm: &[i64]) -> Result<(String, i64), String> {
+    fn heads_of(&self, tensor: &str, perm: &[i64]) -> Result<(String, i64), Mismatch> {
         let t = self.made_by(tensor, "Transpose")?;
         if ints_attr(t, "perm").as_deref() != Some(perm) {
-            return Err(format!("`{}` is not a Transpose {perm:?}", t.name));
+            return Err(format!("`{}` is not a Transpose {perm:?}", t.name).into());
         }
         let r = self.made_by(&t.input[0], "Reshape")?;
         let shape = r.input.get(1).ok_or("a Reshape without a shape")?;
@@ -227,7 +230,7 @@ impl<'g> View<'g> {
             .shape_entry(shape, 2)
             .ok_or_else(|| format!("the head count of `{}` is not a constant", r.name))?;
         if heads <= 0 {
-            return Err(format!("`{}` has {heads} heads", r.name));
+            return Err(format!("`{}` has {heads} heads", r.name).into());
         }
         Ok((r.input[0].clone(), heads))
     }
@@ -248,7 +251,7 @@ impl<'g> View<'g> {
     }
 
     /// `x` scaled: `Mul(x, f)` or `Mul(f, x)` with `x` made by a `Transpose`.
-    fn scaled(&self, tensor: &str) -> Result<(&'g str, &'g str), String> {
+    fn scaled(&self, tensor: &str) -> Result<(&'g str, &'g str), Mismatch> {
         let mul = self.made_by(tensor, "Mul")?;
         let (a, b) = (mul.input[0].as_str(), mul.input[1].as_str());
         if self.made_by(a, "Transpose").is_ok() {
@@ -256,13 +259,13 @@ impl<'g> View<'g> {
         } else if self.made_by(b, "Transpose").is_ok() {
             Ok((b, a))
         } else {
-            Err(format!("`{}` does not scale a head tensor", mul.name))
+            Err(format!("`{}` does not scale a head tensor", mul.name).into())
         }
     }
 
     /// The scale `s` given the two factors `√s` applied to q and kᵀ; `Ok(None)` for the
     /// exporter's `1/√D`, computed from the shape of `qh`.
-    fn scale(&self, fq: &str, fk: &str, qh: &str) -> Result<Option<f32>, String> {
+    fn scale(&self, fq: &str, fk: &str, qh: &str) -> Result<Option<f32>, Mismatch> {
         let sq = self.made_by(fq, "Sqrt")?;
         let sk = self.made_by(fk, "Sqrt")?;
         if sq.input[0] != sk.input[0] {
@@ -275,14 +278,14 @@ impl<'g> View<'g> {
         // s = 1 / √(float(Shape(qh)[-1:])): the default scale.
         let div = self.made_by(self.through_casts(s), "Div")?;
         if self.float_constant(self.through_casts(&div.input[0])) != Some(1.0) {
-            return Err(format!("`{}` is not 1 / √D", div.name));
+            return Err(format!("`{}` is not 1 / √D", div.name).into());
         }
         let sqrt = self.made_by(self.through_casts(&div.input[1]), "Sqrt")?;
         let slice = self.made_by(self.through_casts(&sqrt.input[0]), "Slice")?;
         let shape = self.made_by(&slice.input[0], "Shape")?;
         let last = slice.input.get(1).and_then(|s| self.int_constant(s));
         if shape.input[0] != qh || last.as_deref() != Some(&[-1]) {
-            return Err(format!("`{}` is not the head size of q", slice.name));
+            return Err(format!("`{}` is not the head size of q", slice.name).into());
         }
         Ok(None)
     }
@@ -293,7 +296,7 @@ impl<'g> View<'g> {
         softmax: usize,
         opset: i64,
         types: &HashMap<String, i32>,
-    ) -> Result<Match, String> {
+    ) -> Result<Match, Mismatch> {
         let sm = &self.nodes[softmax];
         let axis = attr(sm, "axis").map(|a| a.i);
         if !(axis == Some(-1) || axis == Some(3) || (axis.is_none() && opset >= 13)) {
@@ -312,7 +315,7 @@ impl<'g> View<'g> {
         let (k, hk) = self.heads_of(kh, &[0, 2, 3, 1])?;
         let (v, hv) = self.heads_of(&m2.input[1], &[0, 2, 1, 3])?;
         if hq != hk || hq != hv {
-            return Err(format!("q, k and v have {hq}, {hk} and {hv} heads"));
+            return Err(format!("q, k and v have {hq}, {hk} and {hv} heads").into());
         }
         let scale = self.scale(fq, fk, qh)?;
         let back = &self.nodes[self.only_reader(&m2.output[0], "attention")?];

@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 
 use super::graph::{dtype, int64_values};
-use super::pattern::{int64_constant_node, remove_dead_nodes, View};
+use super::pattern::{int64_constant_node, remove_dead_nodes, Mismatch, View};
 use super::proto::{ModelProto, NodeProto, TensorProto};
 
 /// One projection to split: node indices and the tensors the halves are built from.
@@ -135,7 +135,7 @@ fn float_dims(t: &TensorProto) -> Option<&[i64]> {
 
 impl View<'_> {
     /// The GEGLU projection whose bias `Add` is node `add`, if it is the pattern.
-    fn geglu(&self, add: usize) -> Result<Match, String> {
+    fn geglu(&self, add: usize) -> Result<Match, Mismatch> {
         let sum = &self.nodes[add];
         let p = sum.output.first().ok_or("an Add without output")?;
         let (mm, bias, bias_first) = match sum.input.as_slice() {
@@ -174,9 +174,9 @@ impl View<'_> {
                 "Slice" if node.input[0] == *p => match self.slice_bounds(node, p, width)? {
                     (0, e) if e == half && hidden.is_none() => hidden = Some(r),
                     (s, e) if s == half && e >= width && gate.is_none() => gate = Some(r),
-                    other => return Err(format!("a Slice of {other:?}")),
+                    other => return Err(format!("a Slice of {other:?}").into()),
                 },
-                other => return Err(format!("the projection is also read by {other}")),
+                other => return Err(format!("the projection is also read by {other}").into()),
             }
         }
         let (Some(hidden), Some(gate)) = (hidden, gate) else {
@@ -200,13 +200,13 @@ impl View<'_> {
 
     /// `[start, end)` of a last-axis, unit-step `Slice` of `p`, whose last dimension is
     /// `width`.
-    fn slice_bounds(&self, slice: &NodeProto, p: &str, width: i64) -> Result<(i64, i64), String> {
+    fn slice_bounds(&self, slice: &NodeProto, p: &str, width: i64) -> Result<(i64, i64), Mismatch> {
         let at = |k: usize| slice.input.get(k).filter(|s| !s.is_empty());
-        let value = |k: usize| -> Result<i64, String> {
+        let value = |k: usize| -> Result<i64, Mismatch> {
             let name = at(k).ok_or("a Slice without bounds")?;
             match self.scalar(name, p, width).as_deref() {
                 Some(&[v]) => Ok(v),
-                _ => Err(format!("the bound `{name}` is not known")),
+                _ => Err(format!("the bound `{name}` is not known").into()),
             }
         };
         if self.int_constant(at(3).ok_or("a Slice without axes")?) != Some(vec![-1]) {

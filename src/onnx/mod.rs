@@ -46,7 +46,9 @@ pub use cache::{
 pub use geglu::split_geglu;
 pub use precision::{to_half, HalfReport, Precision};
 pub use proto::ModelProto;
-pub use split::{BlockPart, DataFile, Part, PartKind, ShapeProbe, SplitManifest, TensorInfo};
+pub use split::{
+    BlockPart, DataFile, Part, PartKind, ProbeError, ShapeProbe, SplitManifest, TensorInfo,
+};
 pub use unet::{transformer_blocks, BlockId, ComponentId, ComponentKind, Stage, TransformerBlock};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,24 @@ use super::proto::{AttributeProto, GraphProto, NodeProto, OperatorSetIdProto, Te
 /// ONNX Runtime's contrib operator domain.
 pub const MS_DOMAIN: &str = "com.microsoft";
 
+/// Why a subgraph is not the pattern a rewrite looks for: the rewrite leaves it as it
+/// is and reports this as a note, so it is a reason, never a failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Mismatch(pub(super) String);
+
+impl From<String> for Mismatch {
+    fn from(reason: String) -> Mismatch {
+        Mismatch(reason)
+    }
+}
+
+impl From<&str> for Mismatch {
+    fn from(reason: &str) -> Mismatch {
+        Mismatch(reason.to_string())
+    }
+}
+
 /// Lookups over one graph's nodes for matching.
 pub(super) struct View<'g> {
     pub(super) nodes: &'g [NodeProto],
@@ -34,7 +52,7 @@ impl<'g> View<'g> {
     }
 
     /// The node computing `tensor`, if it is an `op` of the standard domain.
-    pub(super) fn made_by(&self, tensor: &str, op: &str) -> Result<&'g NodeProto, String> {
+    pub(super) fn made_by(&self, tensor: &str, op: &str) -> Result<&'g NodeProto, Mismatch> {
         let node = self
             .producer
             .get(tensor)
@@ -46,7 +64,8 @@ impl<'g> View<'g> {
             Err(format!(
                 "`{tensor}` comes from {} `{}`, not {op}",
                 node.op_type, node.name
-            ))
+            )
+            .into())
         }
     }
 
@@ -66,10 +85,10 @@ impl<'g> View<'g> {
 
     /// The one node reading `tensor` (which must not be a graph output); `what` names
     /// the pattern for the message.
-    pub(super) fn only_reader(&self, tensor: &str, what: &str) -> Result<usize, String> {
+    pub(super) fn only_reader(&self, tensor: &str, what: &str) -> Result<usize, Mismatch> {
         match self.readers(tensor) {
             &[i] if !self.is_graph_output(tensor) => Ok(i),
-            _ => Err(format!("`{tensor}` is read by more than the {what}")),
+            _ => Err(format!("`{tensor}` is read by more than the {what}").into()),
         }
     }
 

@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use super::graph::{self, dtype};
 use super::proto::attribute_proto::AttributeType;
 use super::proto::{AttributeProto, GraphProto, NodeProto};
+use crate::choice::UnknownChoice;
 
 /// The floating-point precision the UNet computes in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -58,14 +59,16 @@ impl std::fmt::Display for Precision {
 }
 
 impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s.to_ascii_lowercase().as_str() {
             "fp32" | "float32" => Ok(Precision::Fp32),
             "fp16" | "float16" => Ok(Precision::Fp16),
-            other => Err(format!(
-                "unknown precision `{other}`: use `fp32` (as exported) or `fp16` (activations in float16)"
-            )),
+            other => Err(UnknownChoice {
+                what: "precision",
+                given: other.to_string(),
+                choices: "`fp32` (as exported) or `fp16` (activations in float16)",
+            }),
         }
     }
 }
@@ -387,7 +390,11 @@ mod tests {
     fn names_parse_and_print() {
         assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::Fp16);
         assert_eq!("FLOAT32".parse::<Precision>().unwrap(), Precision::Fp32);
-        assert!("bf16".parse::<Precision>().unwrap_err().contains("fp16"));
+        assert!("bf16"
+            .parse::<Precision>()
+            .unwrap_err()
+            .to_string()
+            .contains("fp16"));
         assert_eq!(Precision::Fp16.to_string(), "fp16");
     }
 }

@@ -200,6 +200,24 @@ pub(super) fn cut_inputs(
     Ok(())
 }
 
+/// Why a value a component reads from outside cannot be recomputed inside it (the
+/// message completes "it reads `t` from outside, which ...").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum NotShapeValue {
+    #[error("depends on the values of graph input `{0}`")]
+    GraphInput(String),
+    #[error("depends on the values of the component's input")]
+    ComponentInput,
+    #[error("depends on `{0}`, which nothing computes")]
+    Uncomputed(String),
+    #[error("depends on the component's own result")]
+    OwnResult,
+    #[error("is computed by {op} node `{node}`, not a shape computation")]
+    NotShapeOp { op: String, node: String },
+    #[error("is the shape of `{0}`, not of the component's input, so its token count is unknown after merging")]
+    ShapeOfOther(String),
+}
+
 /// The nodes outside component `k` that compute shape value `t`, stopping at the
 /// component's own input (whose shape is then taken inside, after merging),
 /// initializers and graph inputs without tokens. Errors say why `t` is not such a value.
@@ -211,7 +229,7 @@ pub(super) fn shape_closure_outside(
     comp: &Comp,
     k: usize,
     t: &str,
-) -> Result<Vec<usize>, String> {
+) -> Result<Vec<usize>, NotShapeValue> {
     let mut found = Vec::new();
     let mut stack: Vec<&str> = vec![t];
     let mut seen = HashSet::new();
@@ -220,27 +238,26 @@ pub(super) fn shape_closure_outside(
             continue;
         }
         if ctx.graph_inputs.iter().any(|g| g == name) {
-            return Err(format!("depends on the values of graph input `{name}`"));
+            return Err(NotShapeValue::GraphInput(name.to_string()));
         }
         if name == comp.activation {
-            return Err("depends on the values of the component's input".into());
+            return Err(NotShapeValue::ComponentInput);
         }
         let Some(&p) = producer.get(name) else {
-            return Err(format!("depends on `{name}`, which nothing computes"));
+            return Err(NotShapeValue::Uncomputed(name.to_string()));
         };
         if !seen.insert(p) {
             continue;
         }
         let node = &nodes[p];
         if owner[p] == Some(k) {
-            return Err("depends on the component's own result".into());
+            return Err(NotShapeValue::OwnResult);
         }
         if !is_shape_op(node) {
-            return Err(format!(
-                "is computed by {} node `{}`, not a shape computation",
-                node.op_type.as_str(),
-                node.name.as_str()
-            ));
+            return Err(NotShapeValue::NotShapeOp {
+                op: node.op_type.clone(),
+                node: node.name.clone(),
+            });
         }
         found.push(p);
         if matches!(node.op_type.as_str(), "Shape" | "Size") {
@@ -248,9 +265,7 @@ pub(super) fn shape_closure_outside(
             let ok =
                 x == comp.activation || ctx.token_free.contains(x) || ctx.initializers.contains(x);
             if !ok {
-                return Err(format!(
-                    "is the shape of `{x}`, not of the component's input, so its token count is unknown after merging"
-                ));
+                return Err(NotShapeValue::ShapeOfOther(x.to_string()));
             }
             continue;
         }

@@ -105,5 +105,10 @@ pub struct TensorInfo {
 /// The parts then declare those, so ONNX Runtime's own inference inside each part knows
 /// as much as it did in the whole graph (e.g. the length of a `Resize` size vector).
 pub trait ShapeProbe {
-    fn probe(&mut self, model: &Path) -> Result<Vec<TensorInfo>, String>;
+    /// The probe's own error travels boxed: the runtime's error type lives in a layer
+    /// above this one.
+    fn probe(&mut self, model: &Path) -> Result<Vec<TensorInfo>, ProbeError>;
 }
+
+/// Why a [`ShapeProbe`] could not infer the shapes.
+pub type ProbeError = Box<dyn std::error::Error + Send + Sync>;

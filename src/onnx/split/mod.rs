@@ -43,7 +43,9 @@ use super::unet::ComponentId;
 use super::OnnxError;
 
 pub(crate) use emit::finish;
-pub use manifest::{BlockPart, DataFile, Part, PartKind, ShapeProbe, SplitManifest, TensorInfo};
+pub use manifest::{
+    BlockPart, DataFile, Part, PartKind, ProbeError, ShapeProbe, SplitManifest, TensorInfo,
+};
 
 /// Bumped whenever the cut or the cache layout changes, so old caches are not reused.
 pub const FORMAT: u32 = 3;
