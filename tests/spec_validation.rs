@@ -124,8 +124,8 @@ fn steps_guidance_batch_size() {
 
 /// Values that used to pass the check and fail (or abort) at run time are refused at
 /// load, each at its place: a guidance that overflows float32, a side whose VAE decode
-/// cannot fit memory, more steps than the scheduler's training timesteps, and image
-/// batches (not implemented).
+/// cannot fit memory and more steps than the scheduler's training timesteps; a batch
+/// of images is allowed.
 #[test]
 fn limits_are_checked_at_load() {
     assert_errors(
@@ -137,7 +137,6 @@ fn limits_are_checked_at_load() {
             "{f}:3:12: generation.guidance: must be a number from -100 to 100 (Stable Diffusion is used at 1 to 20), got 1e300",
             "{f}:4:9: generation.width: must be at most 4096 (the VAE decoder's activations at 4096x4096 already take 8 GiB each), got 2147483648",
             "{f}:5:10: generation.height: must be at most 4096 (the VAE decoder's activations at 4096x4096 already take 8 GiB each), got 8192",
-            "{f}:6:14: generation.batch_size: 2 images per UNet batch are not implemented yet; set 1 (one image per pipeline call, as the thesis timed them)",
         ],
     );
 }

@@ -1,4 +1,4 @@
-//! `tomex generate`: one image, with its time.
+//! `tomex generate`: one image, or several in one UNet batch, with the time.
 
 use std::path::{Path, PathBuf};
 
@@ -19,13 +19,21 @@ pub struct GenerateArgs {
     /// Model directory, or a name in models.lock.
     #[arg(long, default_value = "demo")]
     model: String,
-    #[arg(long)]
-    prompt: String,
+    /// The prompt; repeat the flag for several images in one UNet batch (diffusers'
+    /// list of prompts).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Seed of torch's CPU generator for the initial latents (as diffusers).
-    #[arg(long)]
-    seed: u64,
+    /// Images of each prompt in the batch (diffusers' num_images_per_prompt; prompt 1's
+    /// images first).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    images_per_prompt: usize,
+    /// Seed of torch's CPU generator for the initial latents (as diffusers), one per
+    /// image; a single seed S gives the batch's images S, S+1, ... (diffusers with a
+    /// list of generators seeded so).
+    #[arg(long, required = true, value_delimiter = ',')]
+    seed: Vec<u64>,
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale. Default: the model's pipeline's (7.5; SDXL 5.0)
@@ -47,7 +55,8 @@ pub struct GenerateArgs {
     /// Cut prompts over 300 characters at the last comma, as the thesis did.
     #[arg(long)]
     cut_prompt: bool,
-    /// Output PNG file.
+    /// Output PNG file; with several images `NAME-0.png`, `NAME-1.png`, ... in batch
+    /// order.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -119,29 +128,46 @@ impl TomeArgs {
 }
 
 pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
-    let prompt = if args.cut_prompt {
-        cut_prompt(&args.prompt, THESIS_MAX_CHARS)
-    } else {
-        args.prompt.clone()
-    };
     check_writable(&args.out)?;
+    let prompts: Vec<String> = args
+        .prompt
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p, args.images_per_prompt))
+        .map(|p| {
+            if args.cut_prompt {
+                cut_prompt(p, THESIS_MAX_CHARS)
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    if prompts.is_empty() {
+        bail!("--images-per-prompt must be at least 1");
+    }
+    let seeds = image_seeds(&args.seed, prompts.len())?;
+    let outs = out_paths(&args.out, prompts.len());
     let model = model_dir(global, &args.model)?;
     let defaults = ModelDefaults::of(&model)?;
-    let request = Request {
-        prompt,
-        negative_prompt: args.negative_prompt.clone(),
-        seed: args.seed,
-        steps: args.steps,
-        guidance: args.guidance.unwrap_or(defaults.guidance),
-        width: args.width.unwrap_or(defaults.size),
-        height: args.height.unwrap_or(defaults.size),
-        scheduler: match args.scheduler {
-            Some(kind) => kind,
-            None => defaults.scheduler()?,
-        },
-        tome: args.tome.config(),
+    let scheduler = match args.scheduler {
+        Some(kind) => kind,
+        None => defaults.scheduler()?,
     };
-    request.validate()?;
+    let requests: Vec<Request> = prompts
+        .into_iter()
+        .zip(&seeds)
+        .map(|(prompt, &seed)| Request {
+            prompt,
+            negative_prompt: args.negative_prompt.clone(),
+            seed,
+            steps: args.steps,
+            guidance: args.guidance.unwrap_or(defaults.guidance),
+            width: args.width.unwrap_or(defaults.size),
+            height: args.height.unwrap_or(defaults.size),
+            scheduler,
+            tome: args.tome.config(),
+        })
+        .collect();
+    requests[0].validate()?;
     let runtime = Runtime::new(global.ort_lib.as_deref(), args.device)?;
     let mut sd = StableDiffusion::load_with(
         &runtime,
@@ -150,14 +176,26 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     )?;
     sd.set_token_ops(global.token_ops(args.device))?;
     super::note_precision(args.device, sd.precision());
-    if let Some(why) = sd.tome_merges_nothing(&request)? {
+    if let Some(why) = sd.tome_merges_nothing(&requests[0])? {
         eprintln!("warning: --tome-ratio {} {why}", args.tome.tome_ratio);
     }
-    let (image, timings) = sd.generate(&request)?;
-    write_png_atomically(&image, &args.out)?;
+    let (images, timings) = sd.generate_batch(&requests)?;
+    for (image, out) in images.iter().zip(&outs) {
+        write_png_atomically(image, out)?;
+    }
+    let per_image = if images.len() > 1 {
+        format!(
+            " for {} images ({:.3} s per image)",
+            images.len(),
+            timings.total.as_secs_f64() / images.len() as f64
+        )
+    } else {
+        String::new()
+    };
+    let written: Vec<String> = outs.iter().map(|o| o.display().to_string()).collect();
     say!(
-        "{}: {:.3} s (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}",
-        args.out.display(),
+        "{}: {:.3} s{per_image} (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}",
+        written.join(", "),
         timings.total.as_secs_f64(),
         timings.text_encoding.as_secs_f64(),
         timings.unet.as_secs_f64(),
@@ -167,6 +205,35 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
         attention_summary(sd.attention(), sd.fusion())
     );
     Ok(())
+}
+
+/// One seed per image: as given, or from one seed S the run S, S+1, ...
+fn image_seeds(given: &[u64], images: usize) -> anyhow::Result<Vec<u64>> {
+    match given {
+        [one] => (0..images as u64)
+            .map(|i| {
+                one.checked_add(i)
+                    .with_context(|| format!("--seed {one}: seed {one} + {i} is above 2^64 - 1"))
+            })
+            .collect(),
+        many if many.len() == images => Ok(many.to_vec()),
+        many => bail!(
+            "--seed: {} seeds for {images} images; give one seed (S, S+1, ... are used) or one per image",
+            many.len()
+        ),
+    }
+}
+
+/// `out` for one image; `NAME-0.png`, `NAME-1.png`, ... beside it for several.
+fn out_paths(out: &Path, images: usize) -> Vec<PathBuf> {
+    if images == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    (0..images)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
 }
 
 /// `flash attention (14 of 14)`, `exported attention`: what the UNet ran.

@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod bench_attention;
 mod bench_fid;
 mod fid;
 mod fid_step;
@@ -75,6 +76,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Time single UNet evaluations (uncut, cut, with ToMe); prints one JSON line.
     BenchUnet(bench::BenchUnetArgs),
+    /// Time one attention, ONNX Runtime's against tomex's flash kernel; prints one JSON line per kernel.
+    BenchAttention(bench_attention::BenchAttentionArgs),
     /// Time the Fréchet distance and featurising (decode, preprocess, network, statistics); prints one JSON line.
     BenchFid(bench_fid::BenchFidArgs),
     /// FID of two image folders (or .npz statistics), as `python -m pytorch_fid`.
@@ -108,6 +111,7 @@ pub fn main() -> i32 {
         Command::Report(args) => ok(report::run(&global, args)),
         Command::Fid(args) => ok(fid::run(&global, args)),
         Command::BenchFid(args) => ok(bench_fid::run(&global, args)),
+        Command::BenchAttention(args) => ok(bench_attention::run(&global, args)),
         Command::Store(cmd) => store::run(cmd),
     };
     match result {

@@ -287,27 +287,49 @@ impl StableDiffusion {
     }
 
     pub fn generate(&mut self, req: &Request) -> Result<(RgbImage, Timings), PipelineError> {
-        req.validate()?;
+        let (mut images, timings) = self.generate_batch(std::slice::from_ref(req))?;
+        Ok((images.remove(0), timings))
+    }
+
+    /// Several images in one UNet batch, as diffusers' pipeline called with lists of
+    /// prompts, negative prompts and generators (one per image): each image starts from
+    /// its own seed's noise and ToMe's partition generator is drawn once per UNet call
+    /// for the whole batch, as tomesd draws it, so every image is its batch-of-one twin
+    /// (pixel for pixel on the CPU, tests/batch.rs). The requests may differ only in
+    /// prompt, negative prompt and seed. Timings are the batch's.
+    pub fn generate_batch(
+        &mut self,
+        reqs: &[Request],
+    ) -> Result<(Vec<RgbImage>, Timings), PipelineError> {
+        let req = batch_settings(reqs)?;
+        let batch = reqs.len();
         let start = Instant::now();
         let mut scheduler = scheduler::build(req.scheduler, &self.scheduler_config, req.steps)
             .map_err(|e| PipelineError::Scheduler(e.to_string()))?;
         let guided = req.guidance > 1.0;
 
+        let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
+        let negatives: Vec<&str> = reqs.iter().map(|r| r.negative_prompt.as_str()).collect();
         let conditions = self.conditions(
-            &req.prompt,
-            guided.then_some(req.negative_prompt.as_str()),
+            &prompts,
+            guided.then_some(negatives.as_slice()),
             (req.height, req.width),
         )?;
         let text_encoding = start.elapsed();
 
-        // Initial noise from torch's CPU generator, scaled as the scheduler wants.
+        // Initial noise from torch's CPU generator, one per image (diffusers with a
+        // list of generators), scaled as the scheduler wants.
         let shape = [1, 4, req.height / 8, req.width / 8];
         let sigma = scheduler.init_noise_sigma();
-        let mut latents = randn(req.seed, &shape).mapv(|v| v * sigma);
+        let noise: Vec<ndarray::ArrayD<f32>> = reqs.iter().map(|r| randn(r.seed, &shape)).collect();
+        let views: Vec<_> = noise.iter().map(|n| n.view()).collect();
+        let mut latents = concatenate(Axis(0), &views)
+            .map_err(|e| PipelineError::Invalid(format!("internal: batch noise: {e}")))?
+            .mapv(|v| v * sigma);
 
         self.open_unet(req)?;
         let tome = req.merging();
-        // A fresh partition generator per image: the same seed gives the same image.
+        // A fresh partition generator per batch: the same seed gives the same image.
         let mut partition_rng = PartitionRng::new(tome.map_or(0, |t| t.seed));
 
         let unet_start = Instant::now();
@@ -322,8 +344,8 @@ impl StableDiffusion {
                 self.predict_noise(&input, t, conditions.view(), tome, &mut partition_rng)?;
             let noise = if guided {
                 let (uncond, text) = (
-                    noise.slice(s![0..1, .., .., ..]),
-                    noise.slice(s![1..2, .., .., ..]),
+                    noise.slice(s![0..batch, .., .., ..]),
+                    noise.slice(s![batch..2 * batch, .., .., ..]),
                 );
                 // Same float32 operations as torch: uncond + g * (text - uncond).
                 &uncond + &((&text - &uncond) * req.guidance)
@@ -337,11 +359,11 @@ impl StableDiffusion {
         let vae_start = Instant::now();
         let latents = four_d(latents)?.mapv(|v| v / self.vae_scaling_factor);
         let decoded = self.vae.decode(&latents)?;
-        let image = to_rgb8(decoded.index_axis(Axis(0), 0));
+        let images = decoded.axis_iter(Axis(0)).map(to_rgb8).collect();
         let vae = vae_start.elapsed();
 
         Ok((
-            image,
+            images,
             Timings {
                 text_encoding,
                 unet,
@@ -350,6 +372,30 @@ impl StableDiffusion {
             },
         ))
     }
+}
+
+/// The settings a batch's requests share (all but prompt, negative prompt and seed),
+/// checked; the first request stands for them.
+fn batch_settings(reqs: &[Request]) -> Result<&Request, PipelineError> {
+    let first = reqs
+        .first()
+        .ok_or_else(|| PipelineError::Invalid("a batch needs at least one request".into()))?;
+    first.validate()?;
+    for r in &reqs[1..] {
+        let same = r.steps == first.steps
+            && r.guidance.to_bits() == first.guidance.to_bits()
+            && (r.width, r.height) == (first.width, first.height)
+            && r.scheduler == first.scheduler
+            && r.tome == first.tome;
+        if !same {
+            return Err(PipelineError::Invalid(
+                "the images of one batch must share steps, guidance, size, scheduler and ToMe; \
+                 only prompt, negative prompt and seed may differ"
+                    .into(),
+            ));
+        }
+    }
+    Ok(first)
 }
 
 impl StableDiffusion {
@@ -364,29 +410,38 @@ impl StableDiffusion {
     /// negative prompt is given.
     fn conditions(
         &mut self,
-        prompt: &str,
-        negative: Option<&str>,
+        prompts: &[&str],
+        negatives: Option<&[&str]>,
         (height, width): (usize, usize),
     ) -> Result<Conditions, PipelineError> {
         let Some(xl) = self.xl.as_mut() else {
-            let mut rows = Vec::with_capacity(2);
-            if let Some(negative) = negative {
-                rows.push(self.tokenizer.encode(negative)?);
+            let mut rows = Vec::with_capacity(2 * prompts.len());
+            for text in negatives.unwrap_or_default().iter().chain(prompts) {
+                rows.push(self.tokenizer.encode(text)?);
             }
-            rows.push(self.tokenizer.encode(prompt)?);
             return Ok(Conditions {
                 hidden: self.text_encoder.encode(&rows)?,
                 added: None,
             });
         };
-        let zero_negative = negative == Some("") && self.force_zeros_for_empty_prompt;
-        let mut prompts = Vec::with_capacity(2);
-        if let Some(negative) = negative.filter(|_| !zero_negative) {
-            prompts.push(negative);
+        // diffusers zeroes the whole unconditional half when no negative prompt is
+        // given; a batch cannot have it for some images only.
+        let empty = negatives.map(|n| n.iter().filter(|t| t.is_empty()).count());
+        let zero_negative = self.force_zeros_for_empty_prompt && empty == Some(prompts.len());
+        if self.force_zeros_for_empty_prompt && empty.is_some_and(|e| e > 0 && e < prompts.len()) {
+            return Err(PipelineError::Invalid(
+                "this model conditions an empty negative prompt on zeros (force_zeros_for_empty_prompt), \
+                 so a batch's negative prompts must be all empty or all given"
+                    .into(),
+            ));
         }
-        prompts.push(prompt);
+        let mut texts: Vec<&str> = Vec::with_capacity(2 * prompts.len());
+        if let Some(negatives) = negatives.filter(|_| !zero_negative) {
+            texts.extend(negatives);
+        }
+        texts.extend(prompts);
         let rows = |tok: &ClipTokenizer| -> Result<Vec<Vec<u32>>, TokenizerError> {
-            prompts.iter().map(|p| tok.encode(p)).collect()
+            texts.iter().map(|p| tok.encode(p)).collect()
         };
         let first = self.text_encoder.encode(&rows(&self.tokenizer)?)?;
         let second = xl.text_encoder.encode_states(&rows(&xl.tokenizer)?)?;
@@ -464,7 +519,8 @@ impl StableDiffusion {
             return Ok(());
         }
         let guided = req.guidance > 1.0;
-        let conditions = self.conditions("", guided.then_some(""), (req.height, req.width))?;
+        let conditions =
+            self.conditions(&[""], guided.then_some(&[""][..]), (req.height, req.width))?;
         let one = four_d(randn(req.seed, &[1, 4, req.height / 8, req.width / 8]))?;
         let sample = if guided {
             concatenate![Axis(0), one, one]

@@ -116,6 +116,61 @@ pub fn use_flash_kernel(model: &mut ModelProto) -> usize {
     changed
 }
 
+/// A graph of one attention node, `out = attention(q, k, v)` with `q [B, S, H·D]` and
+/// `k`/`v [B, L, H·D]` (float32, dimensions symbolic): ONNX Runtime's
+/// `MultiHeadAttention` as [`fuse_attention`] writes it, or with `flash` tomex's kernel
+/// as [`use_flash_kernel`] hands it over. For benchmarks of the kernels alone.
+pub fn lone_attention_model(heads: i64, flash: bool) -> ModelProto {
+    let value =
+        |name: &str, rows: &str| graph::tensor_value(name, dtype::FLOAT, &["batch", rows, "width"]);
+    let mut model = ModelProto {
+        ir_version: 8,
+        producer_name: "tomex".into(),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+                ..Default::default()
+            },
+            OperatorSetIdProto {
+                domain: MS_DOMAIN.into(),
+                version: 1,
+                ..Default::default()
+            },
+        ],
+        graph: Some(super::proto::GraphProto {
+            name: "attention".into(),
+            node: vec![NodeProto {
+                name: "attention".into(),
+                op_type: "MultiHeadAttention".into(),
+                domain: MS_DOMAIN.into(),
+                input: vec!["q".into(), "k".into(), "v".into()],
+                output: vec!["out".into()],
+                attribute: vec![AttributeProto {
+                    name: "num_heads".into(),
+                    type_: AttributeType::INT.into(),
+                    i: heads,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            input: vec![
+                value("q", "queries"),
+                value("k", "keys"),
+                value("v", "keys"),
+            ],
+            output: vec![value("out", "queries")],
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    if flash {
+        use_flash_kernel(&mut model);
+    }
+    model
+}
+
 /// What [`fuse_attention`] did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Fusion {

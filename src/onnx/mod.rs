@@ -1,5 +1,5 @@
 //! Reading and writing ONNX models, and cutting the UNet graph at the transformer
-//! components that Token Merging wraps (see `shared/DESIGN.md`, "Executing ToMe").
+//! components that Token Merging wraps (ARCHITECTURE.md, "ToMe").
 //!
 //! * [`proto`]: the ONNX protobuf messages, from the `onnx-protobuf` crate (MPL-2.0),
 //!   which carries ONNX's schema and the Rust code rust-protobuf generated from it, so
@@ -39,7 +39,10 @@ use protobuf::{Message, UnknownValue};
 use proto::attribute_proto::AttributeType;
 use proto::{AttributeProto, GraphProto, NodeProto};
 
-pub use attention::{fuse_attention, use_flash_kernel, Attention, Fusion, FLASH_DOMAIN, FLASH_OP};
+pub use attention::{
+    fuse_attention, lone_attention_model, use_flash_kernel, Attention, Fusion, FLASH_DOMAIN,
+    FLASH_OP,
+};
 pub use cache::{
     default_cache_root, prepare_split, prepare_whole, CacheStatus, SplitOptions, Whole,
 };

@@ -90,8 +90,6 @@ impl RunnerError {
 /// (`error.json`), so the variants carry the lower layers' messages as text.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobError {
-    #[error("batch_size {0} is not supported yet (1 image per UNet batch)")]
-    BatchSize(usize),
     #[error("{0}")]
     Scheduler(String),
     #[error("the job asks for a {wanted} UNet, this pipeline runs {runs}")]

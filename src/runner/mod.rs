@@ -1,6 +1,6 @@
 //! From a spec to stored images: resolve the model and prompts, expand the plan,
-//! and run the jobs of a shard that the store does not hold yet, one claimed job at
-//! a time. A killed run resumes with nothing lost and nothing done twice (the
+//! and run the jobs of a shard that the store does not hold yet, one claimed batch at
+//! a time (`batch_size` jobs of one cell per pipeline call, 1 by default). A killed run resumes with nothing lost and nothing done twice (the
 //! store's claims and atomic writes, see `store`). [`finish`] is what comes after, for
 //! `tomex run` and `tomex report` alike: [`fid`] (FID of the stored sets), [`paired`]
 //! (PSNR/SSIM of stored pairs), then the report's files.
@@ -66,9 +66,6 @@ pub struct FailedJob {
 /// The `Request` that makes a job's image.
 pub fn request_for(job: &Job) -> Result<Request, JobError> {
     let m = &job.material;
-    if m.batch_size != 1 {
-        return Err(JobError::BatchSize(m.batch_size));
-    }
     let scheduler: SchedulerKind = m
         .scheduler
         .parse()
@@ -117,12 +114,48 @@ pub fn warm_up(
         }
         sd.prepare_unet(&request).map_err(|e| warm(&e))?;
     }
-    if let Some(first) = jobs.first() {
-        let mut request = request_for(first)?;
-        request.steps = 1;
-        sd.generate(&request).map_err(|e| warm(&e))?;
+    // As large a batch as the first timed one, so that it finds its buffers made.
+    if let Some(batch) = batches(jobs).first() {
+        let mut requests = batch
+            .iter()
+            .map(|job| request_for(job))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in &mut requests {
+            r.steps = 1;
+        }
+        sd.generate_batch(&requests).map_err(|e| warm(&e))?;
     }
     Ok(())
+}
+
+/// The jobs in order, cut into the pipeline calls that make them: runs of consecutive
+/// jobs that differ only in prompt, negative prompt and seed, at most their
+/// `batch_size` long.
+pub fn batches<'j>(jobs: &[&'j Job]) -> Vec<Vec<&'j Job>> {
+    let mut out: Vec<Vec<&Job>> = Vec::new();
+    for &job in jobs {
+        match out.last_mut() {
+            Some(batch)
+                if batch.len() < job.material.batch_size.max(1) && same_batch(batch[0], job) =>
+            {
+                batch.push(job)
+            }
+            _ => out.push(vec![job]),
+        }
+    }
+    out
+}
+
+/// Whether two jobs can share a pipeline call.
+fn same_batch(a: &Job, b: &Job) -> bool {
+    let (a, b) = (&a.material, &b.material);
+    a.steps == b.steps
+        && a.guidance.to_bits() == b.guidance.to_bits()
+        && (a.width, a.height) == (b.width, b.height)
+        && a.scheduler == b.scheduler
+        && a.tome == b.tome
+        && a.precision == b.precision
+        && a.batch_size == b.batch_size
 }
 
 /// Runs the jobs of `shard` that `store` does not hold yet.
@@ -169,84 +202,110 @@ pub fn execute(
     }
     let worker = Worker::current(format!("shard {shard}"));
     observer.start(todo.len());
-    for job in todo {
-        let Some(claim) = store.try_claim(&job.key, &worker)? else {
-            // Done meanwhile, or another live worker holds it: every job is counted
-            // once, so the summary adds up across workers.
-            if store.is_done(&job.key) {
-                summary.done_elsewhere += 1;
-            } else {
-                summary.held_elsewhere += 1;
+    for batch in batches(&todo) {
+        // Claim what is still free; the rest is done or held elsewhere. Every job is
+        // counted once, so the summary adds up across workers.
+        let mut claimed = Vec::with_capacity(batch.len());
+        for job in batch {
+            match store.try_claim(&job.key, &worker)? {
+                Some(claim) => claimed.push((job, claim)),
+                None if store.is_done(&job.key) => summary.done_elsewhere += 1,
+                None => summary.held_elsewhere += 1,
             }
+        }
+        if claimed.is_empty() {
             continue;
-        };
-        let _alive = claim.keep_alive(DEFAULT_HEARTBEAT);
-        let label = label(job);
-        observer.job_started(&label);
-        match make_image(job, runtime, sd) {
-            Ok((png, measured)) => {
-                let wall = measured.timings.wall_s;
-                store.complete(claim, job, &png, measured)?;
-                summary.generated += 1;
-                observer.job_finished(&Ok(wall));
+        }
+        let _alive: Vec<_> = claimed
+            .iter()
+            .map(|(_, claim)| claim.keep_alive(DEFAULT_HEARTBEAT))
+            .collect();
+        for (job, _) in &claimed {
+            observer.job_started(&label(job));
+        }
+        let jobs: Vec<&Job> = claimed.iter().map(|(job, _)| *job).collect();
+        match make_images(&jobs, runtime, sd) {
+            Ok(made) => {
+                for ((job, claim), (png, measured)) in claimed.into_iter().zip(made) {
+                    let wall = measured.timings.wall_s;
+                    store.complete(claim, job, &png, measured)?;
+                    summary.generated += 1;
+                    observer.job_finished(&Ok(wall));
+                }
             }
             Err(e) => {
-                store.fail(claim, job, &e.to_string())?;
-                summary.failed.push(FailedJob {
-                    key: job.key.clone(),
-                    label,
-                    error: e.clone(),
-                });
-                observer.job_finished(&Err(e));
+                for (job, claim) in claimed {
+                    store.fail(claim, job, &e.to_string())?;
+                    summary.failed.push(FailedJob {
+                        key: job.key.clone(),
+                        label: label(job),
+                        error: e.clone(),
+                    });
+                    observer.job_finished(&Err(e.clone()));
+                }
             }
         }
     }
     Ok(summary)
 }
 
-/// One image, timed as the thesis timed it (the whole pipeline call), with its
-/// stages and the process's peak memory while it ran.
-fn make_image(
-    job: &Job,
+/// The images of one batch, timed as the thesis timed an image (the whole pipeline
+/// call; with several images per call each gets the call's times divided by their
+/// number), with the process's peak memory while the call ran (the batch's, the same
+/// for each of its images).
+fn make_images(
+    jobs: &[&Job],
     runtime: &Runtime,
     sd: &mut StableDiffusion,
-) -> Result<(Vec<u8>, Measurement), JobError> {
-    let request = request_for(job)?;
+) -> Result<Vec<(Vec<u8>, Measurement)>, JobError> {
+    let requests = jobs
+        .iter()
+        .map(|job| request_for(job))
+        .collect::<Result<Vec<_>, _>>()?;
     let precision = sd.precision();
-    let wanted = job.material.precision.as_deref().unwrap_or("fp32");
-    if wanted != precision.name() {
-        return Err(JobError::Precision {
-            wanted: wanted.to_string(),
-            runs: precision.to_string(),
-        });
+    for job in jobs {
+        let wanted = job.material.precision.as_deref().unwrap_or("fp32");
+        if wanted != precision.name() {
+            return Err(JobError::Precision {
+                wanted: wanted.to_string(),
+                runs: precision.to_string(),
+            });
+        }
     }
     // Untimed: switching between the whole UNet and a ToMe split opens a session.
-    sd.prepare_unet(&request)
+    sd.prepare_unet(&requests[0])
         .map_err(|e| JobError::Generate(e.to_string()))?;
     let peak_resettable = crate::host::reset_peak_rss();
     let start = Instant::now();
-    let (image, t) = sd
-        .generate(&request)
+    let (images, t) = sd
+        .generate_batch(&requests)
         .map_err(|e| JobError::Generate(e.to_string()))?;
-    let wall_s = start.elapsed().as_secs_f64();
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| JobError::Png(e.to_string()))?;
-    let measured = Measurement {
-        timings: Timings {
-            wall_s,
-            text_encoder_s: t.text_encoding.as_secs_f64(),
-            unet_s: t.unet.as_secs_f64(),
-            vae_s: t.vae.as_secs_f64(),
-        },
-        peak_memory: PeakMemory {
-            host_rss_bytes: peak_resettable.then(crate::host::peak_rss_bytes).flatten(),
-            device_bytes: None,
-        },
-        device: runtime.device().to_string(),
-        onnxruntime: runtime.version(),
-        attention: sd.attention().to_string(),
+    let per_image = |seconds: f64| seconds / images.len() as f64;
+    let timings = Timings {
+        wall_s: per_image(start.elapsed().as_secs_f64()),
+        text_encoder_s: per_image(t.text_encoding.as_secs_f64()),
+        unet_s: per_image(t.unet.as_secs_f64()),
+        vae_s: per_image(t.vae.as_secs_f64()),
     };
-    Ok((png, measured))
+    let peak_memory = PeakMemory {
+        host_rss_bytes: peak_resettable.then(crate::host::peak_rss_bytes).flatten(),
+        device_bytes: None,
+    };
+    images
+        .into_iter()
+        .map(|image| {
+            let mut png = Vec::new();
+            image
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .map_err(|e| JobError::Png(e.to_string()))?;
+            let measured = Measurement {
+                timings,
+                peak_memory,
+                device: runtime.device().to_string(),
+                onnxruntime: runtime.version(),
+                attention: sd.attention().to_string(),
+            };
+            Ok((png, measured))
+        })
+        .collect()
 }

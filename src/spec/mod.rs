@@ -1,6 +1,6 @@
 //! Experiment specs: the TOML schema, defaults, `extends`, and validation with
-//! file/line/column messages. The format is documented in
-//! `docs/spec-reference.md` (the README's spec reference).
+//! file/line/column messages. The format is documented in README.md, "Spec
+//! reference".
 //!
 //! * [`load`] reads a spec file and the files it `extends`, checks syntax, keys,
 //!   types and the semantics that need nothing but the spec, and returns a

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::errors::{did_you_mean, Location, Pos, Problem};
 use super::source::{Entry, Node, Table, Value};
 
-/// The keys of each table of a spec (see docs/spec-reference.md).
+/// The keys of each table of a spec (README.md, "Spec reference").
 pub(crate) mod keys {
     pub const ROOT: &[&str] = &[
         "name",

@@ -312,19 +312,6 @@ fn generation(ctx: &mut Ctx, root: &Section) -> Option<Generation> {
         .map(|v| v.value)
         .unwrap_or_default();
     let batch_size = usize_at_least(ctx, &g, "batch_size", 1, 1);
-    if batch_size > 1 {
-        if let Some(v) = g.integer(ctx, "batch_size") {
-            ctx.error(
-                &v.loc,
-                &v.key,
-                format!(
-                    "{} images per UNet batch are not implemented yet; set 1 (one image per \
-                     pipeline call, as the thesis timed them)",
-                    v.value
-                ),
-            );
-        }
-    }
     let precision = named(ctx, &g, "precision", &Precision::NAMES, Precision::Fp32);
     ok.then_some(Generation {
         width,
