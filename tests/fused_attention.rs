@@ -279,3 +279,51 @@ fn an_unfamiliar_attention_is_left_as_exported() {
         .count();
     assert_eq!(softmaxes, 1);
 }
+
+/// `tomex bench-attention` on a small ragged shape: one JSON line per kernel, the flash
+/// kernel's output within the kernel's bound of ONNX Runtime's (or said to be skipped on
+/// a CPU that runs no SIMD body of it).
+#[test]
+fn bench_attention_times_both_kernels_on_the_same_inputs() {
+    let out = common::succeeded(
+        common::tomex_command()
+            .args([
+                "bench-attention",
+                "--tokens",
+                "50",
+                "--keys",
+                "77",
+                "--heads",
+                "2",
+            ])
+            .args([
+                "--head-size",
+                "8",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["kernel"], "onnxruntime MultiHeadAttention");
+    assert!(lines[0]["best_s"].as_f64().unwrap() > 0.0);
+    let flash = &lines[1];
+    if flash.get("skipped").is_none() {
+        assert!(flash["kernel"].as_str().unwrap().starts_with("tomex flash"));
+        let diff = flash["max_abs_diff_from_onnxruntime"].as_f64().unwrap();
+        assert!(diff < 2e-6, "{diff}");
+        assert_eq!(
+            (flash["queries"].as_u64(), flash["keys"].as_u64()),
+            (Some(50), Some(77))
+        );
+    }
+}

@@ -89,9 +89,10 @@ impl Body {
     }
 
     /// The body [`BODY_ENV`] names, if this CPU runs it; else the AVX-512 body where
-    /// the CPU has it. The AVX2 body is chosen only by name until a benchmark shows it
-    /// faster than ONNX Runtime's `MultiHeadAttention` on Stable Diffusion's shapes (not
-    /// measured yet); the portable one is slower than ONNX Runtime's attention.
+    /// the CPU has it. The AVX2 body is chosen only by name until `tomex
+    /// bench-attention` shows it faster than ONNX Runtime's `MultiHeadAttention` on a
+    /// CPU without AVX-512 (on an AVX-512 CPU ONNX Runtime keeps its AVX-512 kernels and
+    /// wins); the portable one is slower than ONNX Runtime's attention.
     pub fn fastest() -> Option<Body> {
         // Decided once per process: `attend` asks on every attention call.
         static CHOSEN: std::sync::OnceLock<Option<Body>> = std::sync::OnceLock::new();
