@@ -4,7 +4,7 @@
 # tomesd on the GPU. Nothing is fetched here: prepare where the package registries are
 # reachable, then run this (from the repository root).
 #
-#   bash tools/fetch-onnxruntime.sh --gpu          # onnxruntime-gpu's libraries into .ort/lib
+#   bash tools/fetch-onnxruntime.sh --gpu          # onnxruntime-gpu and its CUDA/cuDNN libraries into .ort/lib
 #   cargo build --release
 #   tools/.venv/bin/python tools/make_bench_unet.py # target/bench/unet-128 (optional: timing)
 #   bash tools/gpu_check.sh [OUT_DIR] [CUDA_DEVICE]

@@ -1,6 +1,7 @@
 //! ONNX Runtime: finding and loading its library, execution providers, sessions, and
 //! the three Stable Diffusion graphs, each adapting to its export's input types.
 
+pub mod cuda_libraries;
 mod device;
 mod flash_operator;
 mod graph_token_ops;
@@ -15,6 +16,7 @@ mod tome_unet;
 mod unet;
 mod vae;
 
+pub use cuda_libraries::CudaLibraryError;
 pub use device::Device;
 pub use graph_token_ops::{GraphMerge, GraphTokenOps};
 pub use library::{find_library, LibrarySearch, FETCH_HINT};

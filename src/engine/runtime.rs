@@ -23,6 +23,8 @@ pub enum EngineError {
     LibraryConflict { loaded: PathBuf, wanted: PathBuf },
     #[error("the ONNX Runtime library {path} has no CUDA execution provider (it is the CPU build); fetch the GPU build with: bash tools/fetch-onnxruntime.sh --gpu")]
     NoCudaProvider { path: PathBuf },
+    #[error(transparent)]
+    CudaLibraries(#[from] super::cuda_libraries::CudaLibraryError),
     #[error("the CUDA execution provider on GPU {device} failed to start for {model}: {reason}")]
     CudaStart {
         device: i32,
@@ -204,6 +206,7 @@ impl Runtime {
                     path: self.loaded.path.clone(),
                 });
             }
+            super::cuda_libraries::preload(&self.loaded.path)?;
             let cuda = ep::CUDA::default()
                 .with_device_id(id)
                 .build()
