@@ -85,21 +85,24 @@ pub fn preload(ort_library: &Path) -> Result<(), CudaLibraryError> {
     DONE.get_or_init(|| load_all(ort_library)).clone()
 }
 
-fn open(name_or_path: &std::ffi::OsStr) -> Result<Library, String> {
+fn open(name_or_path: &std::ffi::OsStr) -> Result<Library, libloading::Error> {
     // SAFETY: loading a shared library runs its initialisers; these are NVIDIA's
     // libraries, which ONNX Runtime's CUDA provider would load the same way.
-    unsafe { Library::open(Some(name_or_path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
-        // libloading's message is "dlopen failed"; the loader's own is its source.
-        match std::error::Error::source(&e) {
-            Some(why) => why.to_string(),
-            None => e.to_string(),
-        }
-    })
+    unsafe { Library::open(Some(name_or_path), RTLD_NOW | RTLD_GLOBAL) }
+}
+
+/// The loader's message: libloading's own is only "dlopen failed", with the loader's
+/// as its source.
+fn reason(e: libloading::Error) -> String {
+    match std::error::Error::source(&e) {
+        Some(why) => why.to_string(),
+        None => e.to_string(),
+    }
 }
 
 fn load_all(ort_library: &Path) -> Result<(), CudaLibraryError> {
-    let driver =
-        open("libcuda.so.1".as_ref()).map_err(|reason| CudaLibraryError::NoDriver { reason })?;
+    let driver = open("libcuda.so.1".as_ref())
+        .map_err(|e| CudaLibraryError::NoDriver { reason: reason(e) })?;
     let libraries = load_libraries(&search_dirs(ort_library))?;
     let driver_version = driver_cuda_version(&driver);
     // Loaded for good: the provider resolves its symbols against them from now on.
@@ -120,10 +123,10 @@ pub fn load_libraries(dirs: &[PathBuf]) -> Result<Vec<Library>, CudaLibraryError
         let target = file.as_deref().map_or(name.as_ref(), Path::as_os_str);
         match open(target) {
             Ok(lib) => loaded.push(lib),
-            Err(reason) if file.is_some() => {
+            Err(e) if file.is_some() => {
                 return Err(CudaLibraryError::Load {
                     library: target.to_string_lossy().into_owned(),
-                    reason,
+                    reason: reason(e),
                 })
             }
             Err(_) if needed => missing.push(name.to_string()),
