@@ -179,7 +179,8 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(why) = sd.tome_merges_nothing(&requests[0])? {
         eprintln!("warning: --tome-ratio {} {why}", args.tome.tome_ratio);
     }
-    let (images, timings) = sd.generate_batch(&requests)?;
+    let (made, device_peak) = runtime.with_device_peak(|| sd.generate_batch(&requests));
+    let (images, timings) = made?;
     for (image, out) in images.iter().zip(&outs) {
         write_png_atomically(image, out)?;
     }
@@ -193,8 +194,14 @@ pub fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
         String::new()
     };
     let written: Vec<String> = outs.iter().map(|o| o.display().to_string()).collect();
+    let gpu_memory = device_peak.map_or(String::new(), |b| {
+        format!(
+            ", peak GPU memory {:.0} MiB",
+            b as f64 / (1u64 << 20) as f64
+        )
+    });
     say!(
-        "{}: {:.3} s{per_image} (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}",
+        "{}: {:.3} s{per_image} (text {:.3} s, unet {:.3} s, vae {:.3} s) on {} with ONNX Runtime {}, {}{gpu_memory}",
         written.join(", "),
         timings.total.as_secs_f64(),
         timings.text_encoding.as_secs_f64(),

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::choice::UnknownChoice;
+
 /// Where the graphs run. CUDA never falls back to the CPU silently: a provider
 /// that fails to start is an error (see `Runtime::session`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -13,11 +15,14 @@ pub enum Device {
 }
 
 impl FromStr for Device {
-    type Err = String;
+    type Err = UnknownChoice;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N` (N = GPU index)");
+        let bad = || UnknownChoice {
+            what: "device",
+            given: s.to_string(),
+            choices: "`cpu`, `cuda` or `cuda:N` (N = GPU index)",
+        };
         match s.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
@@ -51,7 +56,7 @@ mod tests {
         assert_eq!("CUDA".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
-        let err = "gpu".parse::<Device>().unwrap_err();
+        let err = "gpu".parse::<Device>().unwrap_err().to_string();
         assert!(err.contains("`cpu`, `cuda` or `cuda:N`"), "{err}");
         assert!("cuda:x".parse::<Device>().is_err());
         assert!("cuda:-1".parse::<Device>().is_err());

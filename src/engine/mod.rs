@@ -3,6 +3,7 @@
 
 pub mod cuda_libraries;
 mod device;
+pub mod device_memory;
 mod flash_operator;
 mod graph_token_ops;
 mod io;

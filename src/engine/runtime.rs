@@ -8,6 +8,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 
 use super::device::Device;
+use super::device_memory::{sample_peak, DeviceMemory, SAMPLE_EVERY};
 use super::flash_operator::flash_domain;
 use super::library::{find_library, FETCH_HINT};
 
@@ -127,6 +128,27 @@ impl Runtime {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Runs `work`, sampling this process's memory on the runtime's GPU meanwhile
+    /// ([`super::device_memory`]); its peak in bytes, `None` on the CPU or where NVML
+    /// cannot report (said once on stderr).
+    pub fn with_device_peak<R>(&self, work: impl FnOnce() -> R) -> (R, Option<u64>) {
+        let Device::Cuda(index) = self.device else {
+            return (work(), None);
+        };
+        static NVML: OnceLock<Option<DeviceMemory>> = OnceLock::new();
+        let nvml = NVML.get_or_init(|| match DeviceMemory::open(index.max(0) as u32) {
+            Ok(nvml) => Some(nvml),
+            Err(e) => {
+                eprintln!("warning: {e}; records leave GPU memory empty");
+                None
+            }
+        });
+        match nvml {
+            Some(nvml) => sample_peak(&|| nvml.used(), SAMPLE_EVERY, work),
+            None => (work(), None),
+        }
     }
 
     pub fn library_path(&self) -> &Path {

@@ -251,8 +251,8 @@ pub fn execute(
 
 /// The images of one batch, timed as the thesis timed an image (the whole pipeline
 /// call; with several images per call each gets the call's times divided by their
-/// number), with the process's peak memory while the call ran (the batch's, the same
-/// for each of its images).
+/// number), with the process's peak host memory and, on a GPU, its peak GPU memory
+/// while the call ran (the batch's, the same for each of its images).
 fn make_images(
     jobs: &[&Job],
     runtime: &Runtime,
@@ -277,9 +277,8 @@ fn make_images(
         .map_err(|e| JobError::Generate(e.to_string()))?;
     let peak_resettable = crate::host::reset_peak_rss();
     let start = Instant::now();
-    let (images, t) = sd
-        .generate_batch(&requests)
-        .map_err(|e| JobError::Generate(e.to_string()))?;
+    let (made, device_peak) = runtime.with_device_peak(|| sd.generate_batch(&requests));
+    let (images, t) = made.map_err(|e| JobError::Generate(e.to_string()))?;
     let per_image = |seconds: f64| seconds / images.len() as f64;
     let timings = Timings {
         wall_s: per_image(start.elapsed().as_secs_f64()),
@@ -289,7 +288,7 @@ fn make_images(
     };
     let peak_memory = PeakMemory {
         host_rss_bytes: peak_resettable.then(crate::host::peak_rss_bytes).flatten(),
-        device_bytes: None,
+        device_bytes: device_peak,
     };
     images
         .into_iter()
