@@ -14,6 +14,8 @@
 # LATENTS (default 64,96), CASES (default: all of bench_unet.py's) and PRECISIONS
 # (default "fp32 fp16") narrow the tables; ONLY=parity or ONLY=timing runs one half.
 #
+# Batch: two images in one call, each within 2/255 of its own call; generate prints the
+# peak GPU memory (NVML) of each call.
 # Parity: for token ops on the host and as graphs, one ToMe image (r = 0.5) and one
 # without, generated on cuda and on cpu, must be within 2/255 per channel (float
 # rounding differs between the providers' kernels; a broken path gives noise); with
@@ -76,6 +78,28 @@ for precision, bound in (("fp32", 2), ("fp16", 4)):
                   f"{d}/255 (bound {bound}), {int((a != b).sum())} of {a.size} channels differ")
 print("parity:", "ok" if ok else "FAILED")
 sys.exit(0 if ok else 1)
+EOF
+  echo "== batch: two images in one call against each alone on $device (and peak GPU memory)"
+  batch=(generate --model tiny --steps 20 --width 128 --height 96 --device "$device" --tome-ratio 0.5)
+  "$tomex" "${batch[@]}" --prompt "a photo of a cat, highly detailed" --prompt "a red fox" \
+    --seed 42 --out "$out/batch.png" | tee -a "$out/batch.log"
+  "$tomex" "${batch[@]}" --prompt "a photo of a cat, highly detailed" --seed 42 \
+    --out "$out/alone-0.png" | tee -a "$out/batch.log"
+  "$tomex" "${batch[@]}" --prompt "a red fox" --seed 43 --out "$out/alone-1.png" | tee -a "$out/batch.log"
+  "$python" - "$out" <<'EOF' | tee -a "$out/batch.log"
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+out = Path(sys.argv[1])
+load = lambda name: np.asarray(Image.open(out / f"{name}.png"), dtype=np.int16)
+# The CPU makes a batch's images pixel for pixel (tests/batch.rs); a GPU's kernels may
+# choose other algorithms per batch size: the bound is the providers' 2/255.
+worst = max(int(np.abs(load(f"batch-{i}") - load(f"alone-{i}")).max()) for i in (0, 1))
+print(f"batch: max |batch - alone| = {worst}/255 (bound 2)")
+sys.exit(0 if worst <= 2 else 1)
 EOF
 fi
 
