@@ -149,7 +149,9 @@ pub fn batches<'j>(jobs: &[&'j Job]) -> Vec<Vec<&'j Job>> {
 /// Whether two jobs can share a pipeline call.
 fn same_batch(a: &Job, b: &Job) -> bool {
     let (a, b) = (&a.material, &b.material);
-    a.steps == b.steps
+    a.format == b.format
+        && a.model == b.model
+        && a.steps == b.steps
         && a.guidance.to_bits() == b.guidance.to_bits()
         && (a.width, a.height) == (b.width, b.height)
         && a.scheduler == b.scheduler
@@ -307,4 +309,53 @@ fn make_images(
             Ok((png, measured))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{JobMaterial, ModelIdentity};
+
+    fn job(prompt: &str, seed: u64, steps: usize, batch_size: usize) -> Job {
+        let material = JobMaterial {
+            format: 1,
+            model: ModelIdentity::Files("sha256:00".into()),
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            seed,
+            width: 64,
+            height: 64,
+            steps,
+            scheduler: "pndm".into(),
+            guidance: 7.5,
+            batch_size,
+            precision: None,
+            tome: None,
+        };
+        Job {
+            key: material.key(),
+            material,
+            cells: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn batches_are_runs_of_jobs_that_differ_only_in_prompt_and_seed() {
+        let jobs = [
+            job("a", 1, 8, 2),
+            job("b", 2, 8, 2),
+            job("c", 3, 8, 2),
+            job("d", 4, 9, 2), // other steps: a call of its own
+            job("e", 5, 8, 2),
+        ];
+        let refs: Vec<&Job> = jobs.iter().collect();
+        let prompts: Vec<Vec<&str>> = batches(&refs)
+            .iter()
+            .map(|b| b.iter().map(|j| j.material.prompt.as_str()).collect())
+            .collect();
+        assert_eq!(prompts, [vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"]]);
+        let single = [job("a", 1, 8, 1), job("b", 2, 8, 1)];
+        let refs: Vec<&Job> = single.iter().collect();
+        assert_eq!(batches(&refs).len(), 2);
+    }
 }
