@@ -14,7 +14,7 @@ use tomex::diffusion::pipeline::{Request, StableDiffusion};
 use tomex::diffusion::scheduler::SchedulerKind;
 use tomex::engine::{GraphTokenOps, NoHooks, SplitUnet, TokenOps, TomeUnet, Unet};
 use tomex::model::ModelDir;
-use tomex::onnx::SplitOptions;
+use tomex::onnx::{Attention, SplitOptions};
 use tomex::tome::{block_merge, block_partition, PartitionRng, Targets, TomeConfig};
 
 fn config(ratio: f64, sx: usize, sy: usize, random: bool) -> TomeConfig {
@@ -155,4 +155,97 @@ fn images_with_graph_token_ops_equal_the_host_images() {
     let (a, _) = host.generate(&request).unwrap();
     let (b, _) = graph.generate(&request).unwrap();
     assert_eq!(a.as_raw(), b.as_raw());
+}
+
+/// The cut parts and the token-op graphs as one graph (`--token-ops one-graph`, one
+/// `Run` per evaluation) against the host path: every targeted component of every
+/// block, random and fixed dst cells, two latent sizes.
+#[test]
+fn the_one_graph_unet_equals_the_host_path() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let unet = common::tiny_model().join("unet/model.onnx");
+    // tomex's flash operator, where this CPU runs it: it needs its inputs' rank when
+    // the session is made, which the one graph must declare around the token ops.
+    let attention = if tomex::kernel::flash_attention::available() {
+        Attention::Flash
+    } else {
+        eprintln!("flash attention: skipped (no SIMD body of it runs here); fused instead");
+        Attention::Fused
+    };
+    let options = SplitOptions {
+        attention,
+        ..cached_in(cache.path())
+    };
+    let mut host = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
+    let mut one = TomeUnet::load(&runtime, &unet, options).unwrap();
+    one.set_token_ops(TokenOps::OneGraph).unwrap();
+    for (k, ((h, w), cfg)) in [
+        ((16, 16), all_targets(config(0.5, 2, 2, true), 2)),
+        ((12, 10), all_targets(config(0.4, 2, 2, false), 1)),
+        ((16, 16), config(0.5, 1, 2, true)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sample =
+            Array4::from_shape_vec((2, 4, h, w), common::pseudo_random(2 * 4 * h * w, 9)).unwrap();
+        let hidden =
+            Array3::from_shape_vec((2, 77, 32), common::pseudo_random(2 * 77 * 32, 10)).unwrap();
+        let run = |u: &mut TomeUnet| {
+            u.predict(&sample, 301.0, &hidden, &cfg, &mut PartitionRng::new(3))
+                .unwrap()
+        };
+        let (a, b) = (run(&mut one), run(&mut host));
+        let cut = one.cut_for((h, w), &cfg).unwrap();
+        assert_eq!(one.parts(&cut), Some(1), "case {k}: not run as one graph");
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert_eq!(
+            a, b,
+            "case {k}: one graph differs from the host path by up to {diff}"
+        );
+    }
+}
+
+/// Images of the tiny SD 1.x, SD 2.x (linear projections, per-level heads) and SDXL
+/// (several transformer layers per block, merging at downsample 2) layouts.
+#[test]
+fn images_with_one_graph_equal_the_host_images() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let options = cached_in(cache.path());
+    let fixtures = common::repo().join("tests/fixtures");
+    for (model, cfg) in [
+        (common::tiny_model(), config(0.5, 2, 2, true)),
+        (
+            fixtures.join("tiny_sd2"),
+            all_targets(config(0.5, 2, 2, true), 2),
+        ),
+        (
+            fixtures.join("tiny_sdxl"),
+            all_targets(config(0.5, 2, 2, false), 2),
+        ),
+    ] {
+        let request = Request {
+            prompt: "a red bicycle leaning on a wall".into(),
+            negative_prompt: String::new(),
+            seed: 42,
+            steps: 6,
+            guidance: 7.5,
+            width: 72,
+            height: 40,
+            scheduler: SchedulerKind::Pndm,
+            tome: Some(cfg),
+        };
+        let model = ModelDir::open(&model).unwrap();
+        let mut host = StableDiffusion::load_with(&runtime, &model, options.clone()).unwrap();
+        let mut one = StableDiffusion::load_with(&runtime, &model, options.clone()).unwrap();
+        one.set_token_ops(TokenOps::OneGraph).unwrap();
+        let (a, _) = host.generate(&request).unwrap();
+        let (b, _) = one.generate(&request).unwrap();
+        assert_eq!(a.as_raw(), b.as_raw(), "{}", model.root.display());
+    }
 }

@@ -50,10 +50,12 @@ struct Cli {
     /// fp32, AVX-512F), else `fused`.
     #[arg(long, global = true, value_name = "flash|fused|exported")]
     attention: Option<Attention>,
-    /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's) or `graph` (ONNX
-    /// graphs run by ONNX Runtime beside the UNet's parts, tensors left on the device).
-    /// Default: `host` on the CPU, `graph` on CUDA (no copies across PCIe per block).
-    #[arg(long, global = true, value_name = "host|graph")]
+    /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's), `graph` (ONNX
+    /// graphs run by ONNX Runtime beside the UNet's parts, tensors left on the device)
+    /// or `one-graph` (those graphs and the UNet's parts composed into one graph: one
+    /// ONNX Runtime run per UNet evaluation). Default: `host` on the CPU, `graph` on
+    /// CUDA (no copies across PCIe per block).
+    #[arg(long, global = true, value_name = "host|graph|one-graph")]
     token_ops: Option<TokenOps>,
     /// The UNet's precision: `fp32` (as exported) or `fp16` (activations in float16,
     /// for CUDA; on the CPU ONNX Runtime runs most float16 nodes through float32).

@@ -145,8 +145,17 @@ fn onnx_err(model: &Path) -> impl Fn(onnx::OnnxError) -> EngineError + '_ {
 
 /// Shape inference by ONNX Runtime itself, on the CPU: loads the probe graph (no
 /// weights) and reads its outputs' declared types and shapes.
-struct OrtProbe {
+pub(super) struct OrtProbe {
     runtime: Runtime,
+}
+
+impl OrtProbe {
+    /// A probe on the CPU of `runtime`'s library.
+    pub(super) fn on_cpu(runtime: &Runtime) -> Result<OrtProbe, EngineError> {
+        Ok(OrtProbe {
+            runtime: Runtime::new(Some(runtime.library_path()), Device::Cpu)?,
+        })
+    }
 }
 
 impl ShapeProbe for OrtProbe {
@@ -183,9 +192,7 @@ impl SplitUnet {
         components: &[ComponentId],
         options: &SplitOptions,
     ) -> Result<SplitUnet, EngineError> {
-        let mut probe = OrtProbe {
-            runtime: Runtime::new(Some(runtime.library_path()), Device::Cpu)?,
-        };
+        let mut probe = OrtProbe::on_cpu(runtime)?;
         let (manifest, status) = onnx::prepare_split(path, components, options, Some(&mut probe))
             .map_err(onnx_err(path))?;
         Self::from_manifest(runtime, path, manifest, status)

@@ -10,6 +10,7 @@ use ndarray::{Array3, Array4, ArrayView3};
 use ort::value::DynValue;
 
 use super::graph_token_ops::{GraphMerge, GraphTokenOps};
+use super::one_graph_unet::OneGraphUnet;
 use super::resident;
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::{transformer_blocks, ResidentHooks, SplitUnet, TokenHooks};
@@ -28,6 +29,9 @@ pub enum TokenOps {
     /// ([`crate::onnx::token_ops`]), with every tensor left on that device between
     /// the parts (the device-resident path).
     Graph,
+    /// The same token-op graphs spliced with the UNet's parts into one graph
+    /// ([`crate::onnx::one_graph`]): one `Run` per evaluation.
+    OneGraph,
 }
 
 impl std::str::FromStr for TokenOps {
@@ -36,11 +40,11 @@ impl std::str::FromStr for TokenOps {
         match s {
             "host" => Ok(TokenOps::Host),
             "graph" => Ok(TokenOps::Graph),
+            "one-graph" => Ok(TokenOps::OneGraph),
             other => Err(UnknownChoice {
                 what: "token ops",
                 given: other.to_string(),
-                choices:
-                    "`host` (Rust, exactly tomesd's) or `graph` (ONNX graphs on the UNet's device)",
+                choices: "`host` (Rust, exactly tomesd's), `graph` (ONNX graphs on the UNet's device) or `one-graph` (those graphs and the UNet's parts as one graph)",
             }),
         }
     }
@@ -58,6 +62,9 @@ pub struct TomeUnet {
     token_ops: Duration,
     /// The token-op graphs, when [`TokenOps::Graph`] is chosen.
     graph_ops: Option<GraphTokenOps>,
+    /// [`TokenOps::OneGraph`]: one model per cut instead of the splits.
+    one_graph: bool,
+    one_graphs: HashMap<Vec<ComponentId>, OneGraphUnet>,
 }
 
 impl TomeUnet {
@@ -74,13 +81,16 @@ impl TomeUnet {
             splits: HashMap::new(),
             token_ops: Duration::ZERO,
             graph_ops: None,
+            one_graph: false,
+            one_graphs: HashMap::new(),
         })
     }
 
     /// Runs the token ops on the host (the default) or as graphs.
     pub fn set_token_ops(&mut self, ops: TokenOps) -> Result<(), EngineError> {
+        self.one_graph = ops == TokenOps::OneGraph;
         self.graph_ops = match ops {
-            TokenOps::Host => None,
+            TokenOps::Host | TokenOps::OneGraph => None,
             TokenOps::Graph => match self.graph_ops.take() {
                 Some(g) => Some(g),
                 None => Some(GraphTokenOps::load(&self.runtime)?),
@@ -155,6 +165,27 @@ impl TomeUnet {
         let cond = cond.into();
         let latent_hw = (sample.shape()[2], sample.shape()[3]);
         self.open(&cut)?;
+        if self.one_graph {
+            let one = self.one_graphs.get_mut(&cut).expect("opened above");
+            let start = Instant::now();
+            let batch = sample.shape()[0];
+            let mut partitions = Vec::with_capacity(one.blocks().len());
+            for block in one.blocks() {
+                let tokens = tokens_at_level(latent_hw, block.level);
+                let p =
+                    tome::block_partition(batch, tokens, latent_hw, cfg, rng).ok_or_else(|| {
+                        EngineError::Unexpected {
+                            model: self.path.clone(),
+                            reason: format!(
+                                "block {block:?} merges nothing at this size, but the cut holds it"
+                            ),
+                        }
+                    })?;
+                partitions.push(p);
+            }
+            self.token_ops += start.elapsed();
+            return one.predict(sample, timestep, cond, &partitions);
+        }
         let split = self.splits.get_mut(&cut).expect("opened above");
         if let Some(ops) = self.graph_ops.as_mut() {
             let mut hooks = GraphHooks {
@@ -186,6 +217,14 @@ impl TomeUnet {
 
     /// Opens the split for `cut` unless it is open; `true` when it was opened now.
     pub fn open(&mut self, cut: &[ComponentId]) -> Result<bool, EngineError> {
+        if self.one_graph {
+            if self.one_graphs.contains_key(cut) {
+                return Ok(false);
+            }
+            let one = OneGraphUnet::load(&self.runtime, &self.path, cut, &self.options)?;
+            self.one_graphs.insert(cut.to_vec(), one);
+            return Ok(true);
+        }
         if self.splits.contains_key(cut) {
             return Ok(false);
         }
@@ -198,11 +237,13 @@ impl TomeUnet {
     /// each split holds the whole UNet's weights.
     pub fn close_others(&mut self, keep: Option<&[ComponentId]>) {
         self.splits.retain(|cut, _| Some(cut.as_slice()) == keep);
+        self.one_graphs
+            .retain(|cut, _| Some(cut.as_slice()) == keep);
     }
 
-    /// How many splits are open.
+    /// How many splits (or one-graph models) are open.
     pub fn open_splits(&self) -> usize {
-        self.splits.len()
+        self.splits.len() + self.one_graphs.len()
     }
 
     /// Host time spent in token ops since the last call, and resets it.
@@ -210,8 +251,11 @@ impl TomeUnet {
         std::mem::take(&mut self.token_ops)
     }
 
-    /// Number of graph parts of the split for `cut`, when it is open.
+    /// Number of graph parts of the split for `cut` (1 for one graph), when it is open.
     pub fn parts(&self, cut: &[ComponentId]) -> Option<usize> {
+        if self.one_graphs.contains_key(cut) {
+            return Some(1);
+        }
         self.splits.get(cut).map(|s| s.manifest().parts.len())
     }
 }

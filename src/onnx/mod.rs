@@ -24,6 +24,7 @@ pub mod attention;
 pub mod cache;
 pub mod geglu;
 mod graph;
+pub mod one_graph;
 mod pattern;
 pub mod precision;
 pub use onnx_protobuf as proto;

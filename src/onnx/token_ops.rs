@@ -32,14 +32,17 @@ const IR_VERSION: i64 = 8;
 
 /// A graph under construction: nodes in order, constants as initializers.
 struct Builder {
+    /// The default domain's opset the graph is written for.
+    opset: i64,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     count: usize,
 }
 
 impl Builder {
-    fn new() -> Builder {
+    fn new(opset: i64) -> Builder {
         Builder {
+            opset,
             nodes: Vec::new(),
             initializers: Vec::new(),
             count: 0,
@@ -114,7 +117,7 @@ impl Builder {
             producer_name: "tomex".into(),
             opset_import: vec![OperatorSetIdProto {
                 domain: String::new(),
-                version: OPSET,
+                version: self.opset,
                 ..Default::default()
             }],
             graph: Some(GraphProto {
@@ -195,7 +198,12 @@ fn index_inputs() -> Vec<ValueInfoProto> {
 
 /// The matching: block input and partition in, the three index sets out.
 pub fn matching_graph() -> ModelProto {
-    let mut g = Builder::new();
+    matching_graph_at(OPSET)
+}
+
+/// [`matching_graph`] for a model of default-domain opset `opset` (17 or later).
+pub fn matching_graph_at(opset: i64) -> ModelProto {
+    let mut g = Builder::new(opset);
     // Row norms as the host computes them: squares summed in f64, sqrt, to f32.
     let x64 = g.op("Cast", &["x"], vec![int("to", DataType::DOUBLE as i64)]);
     let sq = g.op("Mul", &[&x64, &x64], vec![]);
@@ -208,11 +216,16 @@ pub fn matching_graph() -> ModelProto {
     let b = g.op("Gather", &[&xn, "b_idx"], vec![int("axis", 1)]);
     let bt = g.op("Transpose", &[&b], vec![ints_attr("perm", &[0, 2, 1])]);
     let scores = g.op("MatMul", &[&a, &bt], vec![]);
-    let node_max = g.op(
-        "ReduceMax",
-        &[&scores],
-        vec![ints_attr("axes", &[-1]), int("keepdims", 0)],
-    );
+    // Opset 18 moved ReduceMax's axes from an attribute to an input.
+    let node_max = if opset >= 18 {
+        g.op("ReduceMax", &[&scores, &last], vec![int("keepdims", 0)])
+    } else {
+        g.op(
+            "ReduceMax",
+            &[&scores],
+            vec![ints_attr("axes", &[-1]), int("keepdims", 0)],
+        )
+    };
     let node_idx = g.op(
         "ArgMax",
         &[&scores],
@@ -241,7 +254,12 @@ pub fn matching_graph() -> ModelProto {
 
 /// The merge: `x` [B, N, C] → [B, N − r, C].
 pub fn merge_graph() -> ModelProto {
-    let mut g = Builder::new();
+    merge_graph_at(OPSET)
+}
+
+/// [`merge_graph`] for a model of default-domain opset `opset` (17 or later).
+pub fn merge_graph_at(opset: i64) -> ModelProto {
+    let mut g = Builder::new(opset);
     let c = g.dims("x", 2, 3);
     let src = g.op("Gather", &["x", "a_idx"], vec![int("axis", 1)]);
     let dst = g.op("Gather", &["x", "b_idx"], vec![int("axis", 1)]);
@@ -291,7 +309,12 @@ pub fn merge_graph() -> ModelProto {
 
 /// The unmerge: `y` [B, N − r, C] → [B, N, C].
 pub fn unmerge_graph() -> ModelProto {
-    let mut g = Builder::new();
+    unmerge_graph_at(OPSET)
+}
+
+/// [`unmerge_graph`] for a model of default-domain opset `opset` (17 or later).
+pub fn unmerge_graph_at(opset: i64) -> ModelProto {
+    let mut g = Builder::new(opset);
     let c = g.dims("y", 2, 3);
     let batch = g.dims("y", 0, 1);
     let nu = g.dims("unm_idx", 1, 2);
