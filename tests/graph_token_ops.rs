@@ -249,3 +249,43 @@ fn images_with_one_graph_equal_the_host_images() {
         assert_eq!(a.as_raw(), b.as_raw(), "{}", model.root.display());
     }
 }
+
+/// A cut made whatever the ratio, run at r = 0 (`bench-unet`'s measure of the cuts'
+/// own cost): the one graph passes each block's tokens through the token ops with
+/// r = 0 (reordered and put back), which leaves the UNet's output as the whole graph's
+/// up to the order of the attention's sums (bound 1e-5 relative L2, the fused
+/// attention's against the exported graph being 1e-4).
+#[test]
+fn the_one_graph_at_r_0_passes_tokens_through() {
+    let runtime = common::runtime();
+    let cache = tempfile::tempdir().unwrap();
+    let unet = common::tiny_model().join("unet/model.onnx");
+    let options = cached_in(cache.path());
+    let mut one = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
+    one.set_token_ops(TokenOps::OneGraph).unwrap();
+    let cfg = all_targets(config(0.0, 2, 2, false), 2);
+    let cut = one.cut_ignoring_ratio((16, 16), &cfg).unwrap();
+    assert!(!cut.is_empty());
+    let sample =
+        Array4::from_shape_vec((2, 4, 16, 16), common::pseudo_random(2 * 4 * 256, 9)).unwrap();
+    let hidden =
+        Array3::from_shape_vec((2, 77, 32), common::pseudo_random(2 * 77 * 32, 10)).unwrap();
+    let through = one
+        .predict_with_cut(
+            &sample,
+            301.0,
+            &hidden,
+            &cfg,
+            &mut PartitionRng::new(3),
+            cut.clone(),
+        )
+        .unwrap();
+    assert_eq!(one.parts(&cut), Some(1));
+    let whole = Unet::prepare(&runtime, &unet, &options)
+        .unwrap()
+        .0
+        .predict(&sample, 301.0, &hidden)
+        .unwrap();
+    let rel = common::rel_l2(&through.into_dyn(), &whole.into_dyn());
+    assert!(rel < 1e-5, "relative L2 {rel}");
+}

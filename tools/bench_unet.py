@@ -610,7 +610,7 @@ def main() -> None:
                     help="cpu, or cuda[:N]: torch and tomex on that GPU (tools/gpu_check.sh)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
                     help="fp16: torch runs unet.half() on half inputs, tomex --precision fp16")
-    ap.add_argument("--token-ops", default="host", choices=("host", "graph"),
+    ap.add_argument("--token-ops", default="host", choices=("host", "graph", "one-graph"),
                     help="where tomex runs ToMe's token ops (tomex --token-ops)")
     ap.add_argument("--attention", choices=("flash", "fused"),
                     help="tomex --attention for the fused cases (default: tomex's choice for the device)")

@@ -43,7 +43,7 @@ if [ "${ONLY:-}" != timing ]; then
   echo "== parity: cpu vs $device (tiny model)"
   common=(generate --model tiny --prompt "a photo of a cat, highly detailed" --seed 42
           --steps 20 --width 128 --height 96)
-  for ops in host graph; do
+  for ops in host graph one-graph; do
     for ratio in 0 0.5; do
       for dev in cpu "$device"; do
         for precision in fp32 fp16; do
@@ -68,7 +68,7 @@ ok = True
 # float16 where the CPU provider computes float16 nodes in float32; it is compared with
 # the float32 image, which a broken half path (noise) would fail.
 for precision, bound in (("fp32", 2), ("fp16", 4)):
-    for ops in ("host", "graph"):
+    for ops in ("host", "graph", "one-graph"):
         for ratio in ("0", "0.5"):
             a = load(f"cpu-{ops}-r{ratio}-fp32")
             b = load(f"{dev}-{ops}-r{ratio}-{precision}")
@@ -117,7 +117,7 @@ only=()
   || { echo "note: torch without CUDA here: tomex only"; only=(--only tomex); }
 for precision in ${PRECISIONS:-fp32 fp16}; do
   side=("${only[@]}")
-  for ops in graph host; do
+  for ops in graph one-graph host; do
     "$python" tools/bench_unet.py --device "$device" --token-ops "$ops" --precision "$precision" \
       --model-dir "$bench_dir" --latents "${LATENTS:-64,96}" --exported-max 96 --repeats 5 \
       "${side[@]}" "${cases[@]}" --json "$out/bench_unet-$ops-$precision.json" \

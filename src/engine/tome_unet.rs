@@ -172,15 +172,29 @@ impl TomeUnet {
             let mut partitions = Vec::with_capacity(one.blocks().len());
             for block in one.blocks() {
                 let tokens = tokens_at_level(latent_hw, block.level);
-                let p =
-                    tome::block_partition(batch, tokens, latent_hw, cfg, rng).ok_or_else(|| {
-                        EngineError::Unexpected {
-                            model: self.path.clone(),
-                            reason: format!(
-                                "block {block:?} merges nothing at this size, but the cut holds it"
-                            ),
-                        }
-                    })?;
+                let p = match tome::block_partition(batch, tokens, latent_hw, cfg, rng) {
+                    Some(p) => p,
+                    // A block the cut holds but this ratio does not merge (a cut made
+                    // whatever the ratio, as `bench-unet` measures at r = 0): its tokens
+                    // go through the token ops with r = 0, reordered and put back.
+                    None => {
+                        let any = TomeConfig {
+                            ratio: cfg.max_ratio(),
+                            ..*cfg
+                        };
+                        let mut fixed = PartitionRng::new(cfg.seed);
+                        let mut p =
+                            tome::block_partition(batch, tokens, latent_hw, &any, &mut fixed)
+                                .ok_or_else(|| EngineError::Unexpected {
+                                    model: self.path.clone(),
+                                    reason: format!(
+                                        "block {block:?} has no dst cells at this size"
+                                    ),
+                                })?;
+                        p.r = 0;
+                        p
+                    }
+                };
                 partitions.push(p);
             }
             self.token_ops += start.elapsed();
