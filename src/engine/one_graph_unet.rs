@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array4};
 use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorRef};
+use ort::value::{DynValue, Tensor};
 
 use super::io::{input_spec, output_name, run_error, unexpected};
 use super::runtime::{EngineError, Runtime};
@@ -97,23 +97,7 @@ impl OneGraphUnet {
             ));
         }
         let err = |e| run_error(&self.path, e);
-        let t = self
-            .inputs
-            .timestep_value(timestep, sample.shape()[0])
-            .map_err(err)?;
-        let sample_in = TensorRef::from_array_view(sample.view()).map_err(err)?;
-        let hidden_in = TensorRef::from_array_view(cond.hidden).map_err(err)?;
-        let mut feed = ort::inputs![
-            self.inputs.sample.as_str() => sample_in,
-            self.inputs.timestep.name.as_str() => t,
-            self.inputs.hidden.as_str() => hidden_in,
-        ];
-        if let (Some(names), Some(added)) = (&self.inputs.added, cond.added) {
-            let text = TensorRef::from_array_view(added.text_embeds.view()).map_err(err)?;
-            let time = TensorRef::from_array_view(added.time_ids.view()).map_err(err)?;
-            feed.push((names.text_embeds.as_str().into(), text.into()));
-            feed.push((names.time_ids.as_str().into(), time.into()));
-        }
+        let mut feed = self.inputs.feed(sample, timestep, cond).map_err(err)?;
         let index = |v: &[usize]| -> ort::Result<DynValue> {
             Ok(
                 Tensor::from_array(v.iter().map(|&i| i as i64).collect::<Array1<i64>>())?

@@ -1,9 +1,10 @@
 //! The UNet graph: noisy latents, timestep and text states in, noise prediction out.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array0, Array1, Array2, Array3, Array4, ArrayView2, ArrayView3};
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef};
 
 use super::io::{input_spec, output_name, run_error, unexpected, InputSpec};
@@ -158,6 +159,32 @@ impl UnetInputs {
         }
     }
 
+    /// The graph's inputs for one evaluation: views of `sample` and the conditioning,
+    /// the timestep in the graph's type.
+    pub fn feed<'v, 'c: 'v>(
+        &'v self,
+        sample: &'v Array4<f32>,
+        timestep: f32,
+        cond: Conditioning<'c>,
+    ) -> ort::Result<Vec<(Cow<'v, str>, SessionInputValue<'v>)>> {
+        // The conditioning's views, for as long as the feed lives.
+        let hidden: ArrayView3<'v, f32> = cond.hidden;
+        let added: Option<&'v AddedConditions> = cond.added;
+        let t = self.timestep_value(timestep, sample.shape()[0])?;
+        let mut feed = ort::inputs![
+            self.sample.as_str() => TensorRef::from_array_view(sample.view())?,
+            self.timestep.name.as_str() => t,
+            self.hidden.as_str() => TensorRef::from_array_view(hidden)?,
+        ];
+        if let (Some(names), Some(added)) = (&self.added, added) {
+            let text = TensorRef::from_array_view(added.text_embeds.view())?;
+            let time = TensorRef::from_array_view(added.time_ids.view())?;
+            feed.push((names.text_embeds.as_str().into(), text.into()));
+            feed.push((names.time_ids.as_str().into(), time.into()));
+        }
+        Ok(feed)
+    }
+
     /// The timestep in the graph's type and shape: a scalar, `[1]` when the graph fixes
     /// one element, else one per batch element (as torch broadcasts it).
     pub fn timestep_value(&self, t: f32, batch: usize) -> ort::Result<DynValue> {
@@ -241,23 +268,7 @@ impl Unet {
         let cond = cond.into();
         self.inputs.check(&self.path, &cond)?;
         let run_err = |e| run_error(&self.path, e);
-        let t = self
-            .inputs
-            .timestep_value(timestep, sample.shape()[0])
-            .map_err(run_err)?;
-        let sample_in = TensorRef::from_array_view(sample.view()).map_err(run_err)?;
-        let hidden_in = TensorRef::from_array_view(cond.hidden).map_err(run_err)?;
-        let mut feed = ort::inputs![
-            self.inputs.sample.as_str() => sample_in,
-            self.inputs.timestep.name.as_str() => t,
-            self.inputs.hidden.as_str() => hidden_in,
-        ];
-        if let (Some(names), Some(added)) = (&self.inputs.added, cond.added) {
-            let text = TensorRef::from_array_view(added.text_embeds.view()).map_err(run_err)?;
-            let time = TensorRef::from_array_view(added.time_ids.view()).map_err(run_err)?;
-            feed.push((names.text_embeds.as_str().into(), text.into()));
-            feed.push((names.time_ids.as_str().into(), time.into()));
-        }
+        let feed = self.inputs.feed(sample, timestep, cond).map_err(run_err)?;
         let outputs = self.session.run(feed).map_err(run_err)?;
         let noise = outputs[self.output.as_str()]
             .try_extract_array::<f32>()
