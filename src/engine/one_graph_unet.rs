@@ -38,12 +38,7 @@ impl OneGraphUnet {
         let mut probe = OrtProbe::on_cpu(runtime)?;
         let (manifest, _) =
             onnx::prepare_split(path, components, options, Some(&mut probe)).map_err(onnx_err)?;
-        let first = manifest
-            .parts
-            .first()
-            .ok_or_else(|| unexpected(path, "the cut has no parts".into()))?;
-        let key = first.file.split('-').next().unwrap_or("cut");
-        let file = manifest.dir.join(format!("{key}-one-graph.onnx"));
+        let file = one_graph::model_path(&manifest);
         if !file.is_file() {
             let parts = manifest
                 .parts

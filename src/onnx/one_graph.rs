@@ -11,12 +11,28 @@
 //! and `<component>/merged_out` inside it.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
 use super::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use super::split::{PartKind, SplitManifest};
 use super::token_ops;
 use super::unet::BlockId;
 use super::OnnxError;
+
+/// Version of the composition, in the composed file's name: a model composed by an
+/// older tomex is made again, not reused from the cache.
+pub const FORMAT: u32 = 1;
+
+/// Where the composed model of `manifest`'s cut is cached: beside its parts, named by
+/// the cut's key (the prefix of its part files) and [`FORMAT`].
+pub fn model_path(manifest: &SplitManifest) -> PathBuf {
+    let key = manifest
+        .parts
+        .first()
+        .and_then(|p| p.file.split('-').next())
+        .unwrap_or("cut");
+    manifest.dir.join(format!("{key}-one-graph-v{FORMAT}.onnx"))
+}
 
 /// The graph inputs of block `block`'s partition: `a_idx`, `b_idx`, `r`.
 pub fn partition_input_names(block: &BlockId) -> [String; 3] {
