@@ -264,15 +264,14 @@ fn make_images(
         .iter()
         .map(|job| request_for(job))
         .collect::<Result<Vec<_>, _>>()?;
+    // A batch's jobs share their precision (`same_batch`).
     let precision = sd.precision();
-    for job in jobs {
-        let wanted = job.material.precision.as_deref().unwrap_or("fp32");
-        if wanted != precision.name() {
-            return Err(JobError::Precision {
-                wanted: wanted.to_string(),
-                runs: precision.to_string(),
-            });
-        }
+    let wanted = jobs[0].material.precision.as_deref().unwrap_or("fp32");
+    if wanted != precision.name() {
+        return Err(JobError::Precision {
+            wanted: wanted.to_string(),
+            runs: precision.to_string(),
+        });
     }
     // Untimed: switching between the whole UNet and a ToMe split opens a session.
     sd.prepare_unet(&requests[0])
