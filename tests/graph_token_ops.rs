@@ -12,7 +12,7 @@ mod common;
 use ndarray::{Array3, Array4};
 use tomex::diffusion::pipeline::{Request, StableDiffusion};
 use tomex::diffusion::scheduler::SchedulerKind;
-use tomex::engine::{GraphTokenOps, NoHooks, SplitUnet, TokenOps, TomeUnet, Unet};
+use tomex::engine::{Binding, GraphTokenOps, NoHooks, SplitUnet, TokenOps, TomeUnet, Unet};
 use tomex::model::ModelDir;
 use tomex::onnx::{Attention, SplitOptions};
 use tomex::tome::{block_merge, block_partition, PartitionRng, Targets, TomeConfig};
@@ -178,16 +178,20 @@ fn the_one_graph_unet_equals_the_host_path() {
         ..cached_in(cache.path())
     };
     let mut host = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
-    let mut one = TomeUnet::load(&runtime, &unet, options).unwrap();
+    let mut one = TomeUnet::load(&runtime, &unet, options.clone()).unwrap();
     one.set_token_ops(TokenOps::OneGraph).unwrap();
-    for (k, ((h, w), cfg)) in [
+    // CUDA's way on the CPU: inputs and output in fixed buffers, copied into before each
+    // run; the cases change shapes, which must make the buffers again.
+    let mut fixed = TomeUnet::load(&runtime, &unet, options).unwrap();
+    fixed.set_token_ops(TokenOps::OneGraph).unwrap();
+    fixed.set_binding(Binding::Fixed);
+    let cases = [
         ((16, 16), all_targets(config(0.5, 2, 2, true), 2)),
         ((12, 10), all_targets(config(0.4, 2, 2, false), 1)),
         ((16, 16), config(0.5, 1, 2, true)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+        ((16, 16), all_targets(config(0.5, 2, 2, true), 2)),
+    ];
+    for (k, ((h, w), cfg)) in cases.into_iter().enumerate() {
         let sample =
             Array4::from_shape_vec((2, 4, h, w), common::pseudo_random(2 * 4 * h * w, 9)).unwrap();
         let hidden =
@@ -199,6 +203,23 @@ fn the_one_graph_unet_equals_the_host_path() {
         let (a, b) = (run(&mut one), run(&mut host));
         let cut = one.cut_for((h, w), &cfg).unwrap();
         assert_eq!(one.parts(&cut), Some(1), "case {k}: not run as one graph");
+        // Twice: the second run reads the buffers' new contents, not the first's.
+        let first = run(&mut fixed);
+        let sample2 = sample.mapv(|v| -v);
+        let again = fixed
+            .predict(&sample2, 301.0, &hidden, &cfg, &mut PartitionRng::new(3))
+            .unwrap();
+        let again_host = host
+            .predict(&sample2, 301.0, &hidden, &cfg, &mut PartitionRng::new(3))
+            .unwrap();
+        assert_eq!(
+            first, b,
+            "case {k}: fixed buffers differ from the host path"
+        );
+        assert_eq!(
+            again, again_host,
+            "case {k}: fixed buffers kept stale inputs"
+        );
         let diff = a
             .iter()
             .zip(&b)

@@ -16,7 +16,8 @@
 #
 # Batch: two images in one call, each within 2/255 of its own call; generate prints the
 # peak GPU memory (NVML) of each call.
-# Parity: for token ops on the host and as graphs, one ToMe image (r = 0.5) and one
+# Parity: for token ops on the host, as graphs and as one graph (on CUDA in fixed buffers,
+# captured as a CUDA graph unless parity.log warns that ONNX Runtime refused), one ToMe image (r = 0.5) and one
 # without, generated on cuda and on cpu, must be within 2/255 per channel (float
 # rounding differs between the providers' kernels; a broken path gives noise); with
 # --precision fp16 on cuda, within 4/255 of the float32 image on cpu.
@@ -48,8 +49,9 @@ if [ "${ONLY:-}" != timing ]; then
       for dev in cpu "$device"; do
         for precision in fp32 fp16; do
           tag="${dev//:/}-$ops-r$ratio-$precision"
+          # stderr too: one-graph on CUDA warns there when ONNX Runtime will not capture
           "$tomex" --token-ops "$ops" --precision "$precision" "${common[@]}" --device "$dev" \
-            --tome-ratio "$ratio" --out "$out/$tag.png" | tee -a "$out/parity.log"
+            --tome-ratio "$ratio" --out "$out/$tag.png" 2>&1 | tee -a "$out/parity.log"
         done
       done
     done

@@ -4,6 +4,7 @@
 pub mod cuda_libraries;
 mod device;
 pub mod device_memory;
+mod fixed_buffers;
 mod flash_operator;
 mod graph_token_ops;
 mod io;
@@ -23,7 +24,7 @@ pub use device::Device;
 pub use graph_token_ops::{GraphMerge, GraphTokenOps};
 pub use library::{find_library, LibrarySearch, FETCH_HINT};
 pub use lone_attention::LoneAttention;
-pub use one_graph_unet::OneGraphUnet;
+pub use one_graph_unet::{Binding, OneGraphUnet};
 pub use runtime::{EngineError, Runtime};
 pub use split_unet::{transformer_blocks, NoHooks, ResidentHooks, SplitUnet, TokenHooks};
 pub use text_encoder::{TextEncoder, TextStates};

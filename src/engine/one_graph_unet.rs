@@ -2,13 +2,21 @@
 //! per evaluation, every tensor on the device, only the block partitions (drawn on the
 //! host, a few KB) going up. The same cut, token-op graphs and partition draws as the
 //! graph token-op path ([`super::graph_token_ops`]).
+//!
+//! On CUDA the inputs and output live in fixed device buffers ([`FixedBuffers`]) and
+//! ONNX Runtime captures the evaluation as a CUDA graph: a job's shapes stay fixed, so
+//! every later evaluation replays the recorded kernels. A graph ONNX Runtime will not
+//! capture (a node on the CPU) runs uncaptured, said once on stderr.
 
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array4};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
+use super::device::Device;
+use super::fixed_buffers::FixedBuffers;
 use super::io::{input_spec, output_name, run_error, unexpected};
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::OrtProbe;
@@ -16,8 +24,33 @@ use super::unet::{Conditioning, UnetInputs};
 use crate::onnx::{self, one_graph, BlockId, ComponentId, SplitOptions};
 use crate::tome::BlockPartition;
 
+/// How an evaluation hands its tensors to ONNX Runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// A fresh feed per `Run` (the CPU's way: nothing to capture).
+    PerRun,
+    /// Inputs and output in fixed buffers on the runtime's device, on CUDA with the
+    /// evaluation captured as a CUDA graph where ONNX Runtime allows it.
+    Fixed,
+}
+
+impl Binding {
+    /// Fixed buffers (and capture) on CUDA, a feed per run on the CPU.
+    pub fn for_device(device: Device) -> Binding {
+        match device {
+            Device::Cuda(_) => Binding::Fixed,
+            Device::Cpu => Binding::PerRun,
+        }
+    }
+}
+
 pub struct OneGraphUnet {
+    runtime: Runtime,
     session: Session,
+    /// Set with [`Binding::Fixed`]; made again, with a new session where the graph is
+    /// captured, when a job's shapes differ from the last job's.
+    buffers: Option<FixedBuffers>,
+    capturing: bool,
     path: PathBuf,
     inputs: UnetInputs,
     output: String,
@@ -33,6 +66,7 @@ impl OneGraphUnet {
         path: &Path,
         components: &[ComponentId],
         options: &SplitOptions,
+        binding: Binding,
     ) -> Result<OneGraphUnet, EngineError> {
         let onnx_err = |e: onnx::OnnxError| unexpected(path, e.to_string());
         let mut probe = OrtProbe::on_cpu(runtime)?;
@@ -49,7 +83,8 @@ impl OneGraphUnet {
             let model = one_graph::compose(&manifest, &parts).map_err(onnx_err)?;
             onnx::write_model(&model, &file).map_err(onnx_err)?;
         }
-        let session = runtime.session(&file)?;
+        let capture = binding == Binding::Fixed && runtime.device() != Device::Cpu;
+        let (session, capturing) = open(runtime, &file, capture)?;
         let inputs = UnetInputs::new(
             &file,
             input_spec(&session, &file, "sample", 0)?,
@@ -58,8 +93,15 @@ impl OneGraphUnet {
         )?
         .with_added(&file, session.inputs().iter().map(|o| o.name()))?;
         let output = output_name(&session, "out_sample");
+        let buffers = match binding {
+            Binding::Fixed => Some(fixed_buffers(runtime, &session, &file)?),
+            Binding::PerRun => None,
+        };
         Ok(OneGraphUnet {
+            runtime: *runtime,
             session,
+            buffers,
+            capturing,
             path: file,
             inputs,
             output,
@@ -105,15 +147,95 @@ impl OneGraphUnet {
             feed.push((b.into(), index(&p.dst).map_err(err)?.into()));
             feed.push((r.into(), index(&[p.r]).map_err(err)?.into()));
         }
-        let outputs = self.session.run(feed).map_err(err)?;
-        let noise = outputs[self.output.as_str()]
-            .try_extract_array::<f32>()
-            .map_err(err)?;
-        noise.to_owned().into_dimensionality().map_err(|e| {
+        let noise = match self.buffers.as_mut() {
+            None => {
+                let outputs = self.session.run(feed).map_err(err)?;
+                let noise = outputs[self.output.as_str()]
+                    .try_extract_array::<f32>()
+                    .map_err(err)?;
+                noise.to_owned()
+            }
+            Some(buffers) => {
+                if !buffers.fits(&feed).map_err(err)? {
+                    // A captured graph replays the shapes it recorded: new shapes need
+                    // a new capture, and so a new session.
+                    if self.capturing {
+                        self.session = open(&self.runtime, &self.path, true)?.0;
+                    }
+                    *buffers = fixed_buffers(&self.runtime, &self.session, &self.path)?;
+                }
+                let sample = self.inputs.sample.clone();
+                match buffers.run(&mut self.session, &feed, &self.output, &sample) {
+                    Ok(noise) => noise,
+                    // A capture that fails when it records: the job goes on uncaptured.
+                    Err(e) if self.capturing => {
+                        eprintln!(
+                            "warning: capturing {} as a CUDA graph failed ({e}); running it \
+                             uncaptured",
+                            self.path.display()
+                        );
+                        self.capturing = false;
+                        self.session = open(&self.runtime, &self.path, false)?.0;
+                        *buffers = fixed_buffers(&self.runtime, &self.session, &self.path)?;
+                        buffers
+                            .run(&mut self.session, &feed, &self.output, &sample)
+                            .map_err(err)?
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        };
+        noise.into_dimensionality().map_err(|e| {
             unexpected(
                 &self.path,
                 format!("`{}` is not [batch, c, h, w]: {e}", self.output),
             )
         })
     }
+}
+
+/// The composed model's session; on CUDA with `capture`, recorded as a CUDA graph where
+/// ONNX Runtime accepts it, else uncaptured (said once on stderr). True when capturing.
+fn open(runtime: &Runtime, file: &Path, capture: bool) -> Result<(Session, bool), EngineError> {
+    if !capture {
+        return Ok((runtime.session(file)?, false));
+    }
+    match runtime.session_capturing(file, true) {
+        Ok(session) => Ok((session, true)),
+        Err(EngineError::SessionLoad { reason, .. }) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "warning: ONNX Runtime will not capture {} as a CUDA graph ({reason}); \
+                     running it uncaptured",
+                    file.display()
+                )
+            });
+            Ok((runtime.session(file)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Buffers on the runtime's device: the GPU's memory on CUDA, the host's on the CPU.
+fn fixed_buffers(
+    runtime: &Runtime,
+    session: &Session,
+    file: &Path,
+) -> Result<FixedBuffers, EngineError> {
+    let err = |e| run_error(file, e);
+    let allocator = match runtime.device() {
+        Device::Cpu => Allocator::default(),
+        Device::Cuda(id) => {
+            let memory = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(err)?;
+            Allocator::new(session, memory).map_err(err)?
+        }
+    };
+    FixedBuffers::new(session, allocator).map_err(err)
 }

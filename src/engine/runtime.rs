@@ -169,11 +169,19 @@ impl Runtime {
     /// Opens `model` on this runtime's device. A CUDA provider that cannot start is an
     /// error, never a silent fall-back to the CPU.
     pub fn session(&self, model: &Path) -> Result<Session, EngineError> {
+        self.session_capturing(model, false)
+    }
+
+    /// Opens `model` as [`Runtime::session`] does, on CUDA with `capture` asking ONNX
+    /// Runtime to record each evaluation as a CUDA graph and replay it (the caller binds
+    /// inputs and output at fixed addresses: [`super::fixed_buffers`]). ONNX Runtime
+    /// refuses capture, with an error here, when a node of the graph runs on the CPU.
+    pub fn session_capturing(&self, model: &Path, capture: bool) -> Result<Session, EngineError> {
         let load_err = |e: &dyn std::fmt::Display| EngineError::SessionLoad {
             model: model.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut builder = self.builder(model)?;
+        let mut builder = self.builder(model, capture)?;
         let _turn = commit_turn();
         builder.commit_from_file(model).map_err(|e| load_err(&e))
     }
@@ -181,7 +189,7 @@ impl Runtime {
     /// Opens a model held in memory (graphs tomex builds itself); `name` stands for
     /// it in messages.
     pub fn session_from_memory(&self, bytes: &[u8], name: &Path) -> Result<Session, EngineError> {
-        let mut builder = self.builder(name)?;
+        let mut builder = self.builder(name, false)?;
         let _turn = commit_turn();
         builder
             .commit_from_memory(bytes)
@@ -191,7 +199,11 @@ impl Runtime {
             })
     }
 
-    fn builder(&self, model: &Path) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    fn builder(
+        &self,
+        model: &Path,
+        capture: bool,
+    ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
         let load_err = |e: &dyn std::fmt::Display| EngineError::SessionLoad {
             model: model.to_path_buf(),
             reason: e.to_string(),
@@ -231,6 +243,7 @@ impl Runtime {
             super::cuda_libraries::preload(&self.loaded.path)?;
             let cuda = ep::CUDA::default()
                 .with_device_id(id)
+                .with_cuda_graph(capture)
                 .build()
                 .error_on_failure();
             builder =

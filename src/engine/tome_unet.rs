@@ -10,7 +10,7 @@ use ndarray::{Array3, Array4, ArrayView3};
 use ort::value::DynValue;
 
 use super::graph_token_ops::{GraphMerge, GraphTokenOps};
-use super::one_graph_unet::OneGraphUnet;
+use super::one_graph_unet::{Binding, OneGraphUnet};
 use super::resident;
 use super::runtime::{EngineError, Runtime};
 use super::split_unet::{transformer_blocks, ResidentHooks, SplitUnet, TokenHooks};
@@ -65,6 +65,9 @@ pub struct TomeUnet {
     /// [`TokenOps::OneGraph`]: one model per cut instead of the splits.
     one_graph: bool,
     one_graphs: HashMap<Vec<ComponentId>, OneGraphUnet>,
+    /// How the one graph takes its tensors: fixed buffers (and CUDA-graph capture) on
+    /// CUDA, a feed per run on the CPU.
+    binding: Binding,
 }
 
 impl TomeUnet {
@@ -83,7 +86,15 @@ impl TomeUnet {
             graph_ops: None,
             one_graph: false,
             one_graphs: HashMap::new(),
+            binding: Binding::for_device(runtime.device()),
         })
+    }
+
+    /// Chooses how one-graph models take their tensors (tests run the CUDA path's
+    /// fixed buffers on the CPU); models opened before are opened again.
+    pub fn set_binding(&mut self, binding: Binding) {
+        self.binding = binding;
+        self.one_graphs.clear();
     }
 
     /// Runs the token ops on the host (the default) or as graphs.
@@ -235,7 +246,8 @@ impl TomeUnet {
             if self.one_graphs.contains_key(cut) {
                 return Ok(false);
             }
-            let one = OneGraphUnet::load(&self.runtime, &self.path, cut, &self.options)?;
+            let one =
+                OneGraphUnet::load(&self.runtime, &self.path, cut, &self.options, self.binding)?;
             self.one_graphs.insert(cut.to_vec(), one);
             return Ok(true);
         }
