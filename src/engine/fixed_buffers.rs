@@ -6,11 +6,14 @@
 use std::borrow::Cow;
 
 use ndarray::ArrayD;
-use ort::memory::{AllocationDevice, Allocator};
+use ort::memory::Allocator;
 use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{
     DynTensor, DynTensorValueType, PrimitiveTensorElementType, Tensor, TensorElementType,
 };
+
+use super::device::Device;
+use super::resident::{download_f32, memory_info};
 
 /// What a buffer holds: its element type and shape. A captured graph replays one
 /// signature; another needs a new session ([`FixedBuffers::fits`]).
@@ -21,6 +24,7 @@ struct Slot {
 }
 
 pub struct FixedBuffers {
+    device: Device,
     allocator: Allocator,
     binding: IoBinding,
     inputs: Vec<(String, Slot, DynTensor)>,
@@ -28,10 +32,15 @@ pub struct FixedBuffers {
 }
 
 impl FixedBuffers {
-    /// Buffers for `session`'s inputs and output from `allocator` (the device's memory
-    /// for a captured CUDA graph; the host's where the binding alone is wanted).
-    pub fn new(session: &Session, allocator: Allocator) -> ort::Result<FixedBuffers> {
+    /// Buffers for `session`'s inputs and output in `device`'s memory (the GPU's for a
+    /// captured CUDA graph; the host's on the CPU, which runs the same path in tests).
+    pub fn new(session: &Session, device: Device) -> ort::Result<FixedBuffers> {
+        let allocator = match device {
+            Device::Cpu => Allocator::default(),
+            Device::Cuda(_) => Allocator::new(session, memory_info(device)?)?,
+        };
         Ok(FixedBuffers {
+            device,
             allocator,
             binding: session.create_binding()?,
             inputs: Vec::new(),
@@ -90,9 +99,7 @@ impl FixedBuffers {
         }
         session.run_binding(&self.binding)?;
         let (_, buffer) = self.output.as_ref().expect("made with the inputs");
-        // The same copy on the host's memory as on a GPU's: the CPU tests this path.
-        let host = buffer.to(AllocationDevice::CPU, 0)?;
-        Ok(host.try_extract_array::<f32>()?.to_owned())
+        download_f32(&buffer.view().into_dyn(), self.device)
     }
 }
 

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array4};
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
@@ -94,7 +93,9 @@ impl OneGraphUnet {
         .with_added(&file, session.inputs().iter().map(|o| o.name()))?;
         let output = output_name(&session, "out_sample");
         let buffers = match binding {
-            Binding::Fixed => Some(fixed_buffers(runtime, &session, &file)?),
+            Binding::Fixed => Some(
+                FixedBuffers::new(&session, runtime.device()).map_err(|e| run_error(&file, e))?,
+            ),
             Binding::PerRun => None,
         };
         Ok(OneGraphUnet {
@@ -157,15 +158,16 @@ impl OneGraphUnet {
             }
             Some(buffers) => {
                 if !buffers.fits(&feed).map_err(err)? {
-                    // A captured graph replays the shapes it recorded: new shapes need
-                    // a new capture, and so a new session.
+                    // A captured graph replays the shapes and addresses it recorded: new
+                    // shapes need new buffers and, when capturing, a new session.
                     if self.capturing {
-                        self.session = open(&self.runtime, &self.path, true)?.0;
+                        (self.session, self.capturing) = open(&self.runtime, &self.path, true)?;
                     }
-                    *buffers = fixed_buffers(&self.runtime, &self.session, &self.path)?;
+                    *buffers =
+                        FixedBuffers::new(&self.session, self.runtime.device()).map_err(err)?;
                 }
-                let sample = self.inputs.sample.clone();
-                match buffers.run(&mut self.session, &feed, &self.output, &sample) {
+                let sample = self.inputs.sample.as_str();
+                match buffers.run(&mut self.session, &feed, &self.output, sample) {
                     Ok(noise) => noise,
                     // A capture that fails when it records: the job goes on uncaptured.
                     Err(e) if self.capturing => {
@@ -174,11 +176,11 @@ impl OneGraphUnet {
                              uncaptured",
                             self.path.display()
                         );
-                        self.capturing = false;
-                        self.session = open(&self.runtime, &self.path, false)?.0;
-                        *buffers = fixed_buffers(&self.runtime, &self.session, &self.path)?;
+                        (self.session, self.capturing) = open(&self.runtime, &self.path, false)?;
+                        *buffers =
+                            FixedBuffers::new(&self.session, self.runtime.device()).map_err(err)?;
                         buffers
-                            .run(&mut self.session, &feed, &self.output, &sample)
+                            .run(&mut self.session, &feed, &self.output, sample)
                             .map_err(err)?
                     }
                     Err(e) => return Err(err(e)),
@@ -197,12 +199,9 @@ impl OneGraphUnet {
 /// The composed model's session; on CUDA with `capture`, recorded as a CUDA graph where
 /// ONNX Runtime accepts it, else uncaptured (said once on stderr). True when capturing.
 fn open(runtime: &Runtime, file: &Path, capture: bool) -> Result<(Session, bool), EngineError> {
-    if !capture {
-        return Ok((runtime.session(file)?, false));
-    }
-    match runtime.session_capturing(file, true) {
-        Ok(session) => Ok((session, true)),
-        Err(EngineError::SessionLoad { reason, .. }) => {
+    match runtime.session_capturing(file, capture) {
+        Ok(session) => Ok((session, capture)),
+        Err(EngineError::SessionLoad { reason, .. }) if capture => {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 eprintln!(
@@ -215,27 +214,4 @@ fn open(runtime: &Runtime, file: &Path, capture: bool) -> Result<(Session, bool)
         }
         Err(e) => Err(e),
     }
-}
-
-/// Buffers on the runtime's device: the GPU's memory on CUDA, the host's on the CPU.
-fn fixed_buffers(
-    runtime: &Runtime,
-    session: &Session,
-    file: &Path,
-) -> Result<FixedBuffers, EngineError> {
-    let err = |e| run_error(file, e);
-    let allocator = match runtime.device() {
-        Device::Cpu => Allocator::default(),
-        Device::Cuda(id) => {
-            let memory = MemoryInfo::new(
-                AllocationDevice::CUDA,
-                id,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )
-            .map_err(err)?;
-            Allocator::new(session, memory).map_err(err)?
-        }
-    };
-    FixedBuffers::new(session, allocator).map_err(err)
 }

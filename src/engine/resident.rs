@@ -15,7 +15,7 @@ use ort::value::{DynTensorValueType, DynValue, ValueType};
 use super::device::Device;
 
 /// The memory a device's outputs are allocated in.
-fn memory_info(device: Device) -> ort::Result<MemoryInfo<'static>> {
+pub fn memory_info(device: Device) -> ort::Result<MemoryInfo<'static>> {
     let (allocation, id) = match device {
         Device::Cpu => (AllocationDevice::CPU, 0),
         Device::Cuda(id) => (AllocationDevice::CUDA, id),
