@@ -44,27 +44,41 @@ OBJECT_DISTANCE = 50.0
 MIN_PIXELS = 64
 
 
-def judge(image: np.ndarray) -> tuple[str | None, str | None]:
-    """(colour, shape) of the largest object of an RGB uint8 image, or (None, None)."""
-    img = image.astype(np.float32)
+def largest_object(img: np.ndarray) -> np.ndarray | None:
+    """Mask of the largest region that differs from the border's median colour, or None."""
     border = np.concatenate([img[:4].reshape(-1, 3), img[-4:].reshape(-1, 3), img[:, :4].reshape(-1, 3), img[:, -4:].reshape(-1, 3)])
     background = np.median(border, axis=0)
     mask = np.linalg.norm(img - background, axis=2) > OBJECT_DISTANCE
     labels, count = ndimage.label(mask)
     if count == 0:
-        return None, None
+        return None
     sizes = ndimage.sum(mask, labels, index=range(1, count + 1))
     region = labels == (int(np.argmax(sizes)) + 1)
-    area = int(region.sum())
-    if area < MIN_PIXELS:
+    return region if int(region.sum()) >= MIN_PIXELS else None
+
+
+def fill_of_box(region: np.ndarray) -> float:
+    ys, xs = np.nonzero(region)
+    return float(region.sum()) / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+
+
+def box_fill(image: np.ndarray) -> float:
+    """How much of its bounding box the largest object fills (0 without one)."""
+    region = largest_object(image.astype(np.float32))
+    return 0.0 if region is None else fill_of_box(region)
+
+
+def judge(image: np.ndarray) -> tuple[str | None, str | None]:
+    """(colour, shape) of the largest object of an RGB uint8 image, or (None, None)."""
+    img = image.astype(np.float32)
+    region = largest_object(img)
+    if region is None:
         return None, None
     inner = ndimage.binary_erosion(region)
     pixels = img[inner] if inner.sum() >= 16 else img[region]
     rgb = np.median(pixels, axis=0)
     colour = min(demo_world.COLOURS, key=lambda c: float(np.linalg.norm(rgb - np.array(demo_world.COLOURS[c]))))
-    ys, xs = np.nonzero(region)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    fill = area / box
+    fill = fill_of_box(region)
     shape = "square" if fill > 0.89 else "triangle" if fill < 0.64 else "circle"
     return colour, shape
 

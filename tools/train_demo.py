@@ -13,8 +13,7 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   vae       AutoencoderKL, MSE + L1 (10x on object pixels) + tiny KL, with latent
             channels 0-2 tied to the scene's colours at 1/8 size; logs how many held-out
             probe scenes keep their colour and shape through a round trip
-  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor;
-            the scenes at half size (128 px) too, for the UNet's first steps
+  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor
   decoder   the decoder alone, on those latents (the encoder, and so what the UNet learns
             to make, stays fixed): the joint stage leaves colours wrong
   text      the CLIP text encoder alone, taught to name what a caption says (objects in
@@ -22,9 +21,12 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
             its pooled state; frozen from here on, as SD's CLIP is. Trained jointly with
             the UNet instead, it collapsed to one output for every caption and the UNet
             learnt to ignore the text (tools/demo/train.log, first run)
-  unet      the UNet on the frozen encoder's states: 2200 steps on the scenes at 128 px
-            (16x16 latents, a fifth of the cost per scene), then 800 at 256 px;
-            10% empty captions (classifier-free
+  unet      the UNet on the frozen encoder's states: 1400 steps on 16x16-latent windows
+            (128 px) around the objects of one-object scenes, at their 256 px size and
+            with their captions less the place (a fifth of the cost per scene: the
+            shapes' edges and corners), then 1300 on whole scenes at 256 px; a third of
+            each batch at t < 300 (the low-noise steps that draw edges); 10% empty
+            captions (classifier-free
             guidance), cross-attention outputs zero-initialised, each timestep's loss
             weighted by 1/SNR clamped to [1, 10], offset noise (backgrounds are flat white, gray or black: a
             whole-image brightness that plain noise cannot teach under SD's non-zero
@@ -34,7 +36,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; about 100 minutes on 2 cores):
+Usage (from the repository root; about 2 hours on 2 cores: the seventh run's UNet stage took
+82 minutes, the other stages 42 in the fifth run):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
 """
@@ -68,7 +71,7 @@ TOKENIZER_DIR = ROOT / "models" / "tiny" / "tokenizer"
 TRAIN_SEED = 1  # world seed of the training scenes; 2 is held out (tools/demo_judge.py)
 SCENES = 12000
 THREADS = 2
-SIZE_HALF = demo_world.SIZE // 2
+WINDOW = 16  # latents (128 px) on a side of the UNet's first steps' windows
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -128,13 +131,15 @@ STAGES = {
     "vae": dict(steps=1600, batch=8, lr=1e-3, every=200),
     "decoder": dict(steps=1200, batch=8, lr=5e-4, every=200),
     "text": dict(steps=600, batch=256, lr=1e-3, every=200),
-    # half_steps of half_batch scenes at 128 px first (train_unet), then batch at 256 px
-    "unet": dict(steps=3000, batch=32, lr=6e-4, every=200, half_steps=2200, half_batch=64),
+    # window_steps of window_batch object windows first (train_unet), then batch at 256 px
+    "unet": dict(steps=2700, batch=32, lr=6e-4, every=200, window_steps=1400, window_batch=64),
     "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
 CAPTION_DROP = 0.1
 MAX_LOSS_WEIGHT = 10.0  # of a timestep's loss, 1/SNR clamped to [1, this] (train_unet)
+LOW_NOISE_SHARE = 1 / 3  # of each batch drawn at t < LOW_NOISE_T (train_unet)
+LOW_NOISE_T = 300
 OFFSET_NOISE = 0.1  # std of the per-image, per-channel constant added to the training noise
 EMA_MAX = 0.998
 
@@ -450,20 +455,40 @@ def encode_all(images) -> torch.Tensor:
     return torch.cat(out)
 
 
-def encode_half_latents(images) -> torch.Tensor:
-    """Latents of the scenes at half size (128 px, box-filtered: 16x16 latents), scaled as
-    the full-size ones, for the UNet's first steps (train_unet)."""
-    path = WORK / "latents-128.pt"
-    if not path.exists():
-        n = len(images)
-        half = np.empty((n, SIZE_HALF, SIZE_HALF, 3), np.uint8)
-        for i in range(0, n, 512):
-            block = np.asarray(images[i : i + 512], np.float32)
-            half[i : i + 512] = block.reshape(len(block), SIZE_HALF, 2, SIZE_HALF, 2, 3).mean(axis=(2, 4)).round()
-        scaling = encode_latents(images)["scaling_factor"]
-        torch.save({"latents": (encode_all(half) * scaling).half()}, WORK / "latents-128.tmp.pt")
-        os.replace(WORK / "latents-128.tmp.pt", path)
-    return torch.load(path)["latents"]
+PLACE_PHRASE = re.compile(" (" + "|".join(demo_world.PLACES) + ")")
+
+
+def object_windows():
+    """The one-object training scenes as windows of the UNet's first steps: each scene's
+    index, its caption less the place (a window moves the object), and the range of
+    window corners (latent cells, y then x) that keep the whole object inside."""
+    out = []
+    last = 32 - WINDOW
+    for i in range(SCENES):
+        s = demo_world.scene(TRAIN_SEED, i)
+        if len(s.objects) != 1:
+            continue
+        o = s.objects[0]
+        ranges = []
+        for c in (o.y, o.x):
+            lo = max(0, math.ceil((c + o.half + 2 - 8 * WINDOW) / 8))
+            hi = min(last, math.floor((c - o.half - 2) / 8))
+            ranges.append((lo, max(lo, hi)))
+        out.append((i, PLACE_PHRASE.sub("", s.caption), ranges))
+    return out
+
+
+def window_batch(latents, windows, states, batch, g):
+    """A batch of object windows of the scenes' latents and their captions' states."""
+    pick = torch.randint(0, len(windows), (batch,), generator=g)
+    u = torch.rand(batch, 2, generator=g)
+    x0 = torch.empty(batch, latents.shape[1], WINDOW, WINDOW)
+    for k, w in enumerate(pick.tolist()):
+        index, _, ((ylo, yhi), (xlo, xhi)) = windows[w]
+        y = ylo + int(u[k, 0] * (yhi - ylo + 1))
+        x = xlo + int(u[k, 1] * (xhi - xlo + 1))
+        x0[k] = latents[index, :, y : y + WINDOW, x : x + WINDOW]
+    return x0, states[pick]
 
 
 class Ema:
@@ -586,12 +611,13 @@ def train_unet(bench=False):
     cfg = STAGES["unet"]
     data = encode_latents(load_images()) if not bench else {"latents": torch.randn(256, 4, 32, 32).half(), "scaling_factor": 1.0}
     latents = data["latents"].float() * data["scaling_factor"]
-    half_latents = encode_half_latents(load_images()).float() if not bench else torch.randn(256, 4, 16, 16)
     captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
+    windows = object_windows() if not bench else [(i, "a red circle", ((0, 16), (0, 16))) for i in range(256)]
     # The encoder is frozen: every caption's states once, float32 as the UNet sees them.
     text = frozen_text() if not bench else new_unet_and_text()[1]
     states_all = text_states(text, captions)
     empty = text_states(text, [""])[0]
+    window_states = text_states(text, [w[1] for w in windows])
     unet, _ = new_unet_and_text()
     silence_cross_attention(unet)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
@@ -613,18 +639,28 @@ def train_unet(bench=False):
     running = None
     for step in range(start, steps):
         g = step_generator("unet", step)
-        # The first steps see the scenes at half size: 16x16 latents cost a quarter of the
-        # convolutions and a sixteenth of the full-resolution attention, so the UNet
-        # learns what the words mean in many more steps; the rest adapt it to 256 px.
-        pool, batch = (half_latents, cfg["half_batch"]) if step < cfg["half_steps"] else (latents, cfg["batch"])
-        idx = torch.randint(0, len(pool), (batch,), generator=g)
-        x0 = pool[idx]
-        states = states_all[idx].clone()
+        # The first steps see windows around single objects: 16x16 latents cost a quarter
+        # of the convolutions and a sixteenth of the full-resolution attention, and show
+        # each shape at the size it has at 256 px (half-size scenes, the fifth run's
+        # start, drew them 2 to 7 latents across and left corners round); the rest
+        # teach whole scenes: backgrounds, places, several objects.
+        if step < cfg["window_steps"]:
+            batch = cfg["window_batch"]
+            x0, states = window_batch(latents, windows, window_states, batch, g)
+        else:
+            batch = cfg["batch"]
+            idx = torch.randint(0, len(latents), (batch,), generator=g)
+            x0, states = latents[idx], states_all[idx].clone()
         drop = torch.rand(batch, generator=g) < CAPTION_DROP
         states[drop] = empty
         noise = torch.randn(x0.shape, generator=g)
         noise = noise + OFFSET_NOISE * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
+        # The 1/SNR weights below lift high noise; without more low-noise draws the steps
+        # that sharpen edges and flatten backgrounds got under a tenth of the gradient
+        # (the fifth run's squares came out as blobs, its backgrounds speckled).
+        low = int(batch * LOW_NOISE_SHARE)
+        t[:low] = torch.randint(0, LOW_NOISE_T, (low,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -818,7 +854,7 @@ def main():
         SCENES, VAE_FULL_STEPS = 64, 2
         for cfg in STAGES.values():
             cfg.update(steps=5, every=3)
-        STAGES["unet"].update(half_steps=2, half_batch=4)
+        STAGES["unet"].update(window_steps=2, window_batch=4)
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     WORK.mkdir(parents=True, exist_ok=True)
