@@ -37,7 +37,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
             models/demo_fid/features.onnx
 
 Usage (from the repository root; about 2 hours on 2 cores: the seventh run's UNet stage took
-82 minutes, the other stages 42 in the fifth run):
+82 minutes on an AMD VM without AMX, the other stages 42 in the fifth run on an Intel VM with
+AMX, so about 2 h 15 min where bfloat16 has no AMX):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
 """
@@ -463,7 +464,8 @@ def object_windows():
     index, its caption less the place (a window moves the object), and the range of
     window corners (latent cells, y then x) that keep the whole object inside."""
     out = []
-    last = 32 - WINDOW
+    cells = demo_world.SIZE // 8  # the latents' side
+    last = cells - WINDOW
     for i in range(SCENES):
         s = demo_world.scene(TRAIN_SEED, i)
         if len(s.objects) != 1:
@@ -471,6 +473,7 @@ def object_windows():
         o = s.objects[0]
         ranges = []
         for c in (o.y, o.x):
+            # 2 px of background around the object's anti-aliased edge
             lo = max(0, math.ceil((c + o.half + 2 - 8 * WINDOW) / 8))
             hi = min(last, math.floor((c - o.half - 2) / 8))
             ranges.append((lo, max(lo, hi)))
