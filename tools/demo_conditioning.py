@@ -50,10 +50,10 @@ def probe(pipe, repeats: int) -> None:
         for k in range(repeats):
             for colour in demo_world.COLOURS:
                 image = generate(pipe, f"a {colour} {shape}", 1000 + k)
-                judged_colour, judged_shape = demo_judge.judge(image)
+                judged_colour, judged_shape, fill = demo_judge.measure(image)
                 colour_right += judged_colour == colour
                 right += judged_shape == shape
-                fills.append(demo_judge.box_fill(image))
+                fills.append(fill)
         shape_right += right
         n = repeats * len(demo_world.COLOURS)
         print(f"  {shape}: shape right {right} of {n}; fill of its box {min(fills):.2f}-{max(fills):.2f}")

@@ -57,30 +57,26 @@ def largest_object(img: np.ndarray) -> np.ndarray | None:
     return region if int(region.sum()) >= MIN_PIXELS else None
 
 
-def fill_of_box(region: np.ndarray) -> float:
-    ys, xs = np.nonzero(region)
-    return float(region.sum()) / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-
-
-def box_fill(image: np.ndarray) -> float:
-    """How much of its bounding box the largest object fills (0 without one)."""
-    region = largest_object(image.astype(np.float32))
-    return 0.0 if region is None else fill_of_box(region)
-
-
-def judge(image: np.ndarray) -> tuple[str | None, str | None]:
-    """(colour, shape) of the largest object of an RGB uint8 image, or (None, None)."""
+def measure(image: np.ndarray) -> tuple[str | None, str | None, float]:
+    """(colour, shape, fill of its bounding box) of the largest object of an RGB uint8
+    image, or (None, None, 0.0) without one."""
     img = image.astype(np.float32)
     region = largest_object(img)
     if region is None:
-        return None, None
+        return None, None, 0.0
     inner = ndimage.binary_erosion(region)
     pixels = img[inner] if inner.sum() >= 16 else img[region]
     rgb = np.median(pixels, axis=0)
     colour = min(demo_world.COLOURS, key=lambda c: float(np.linalg.norm(rgb - np.array(demo_world.COLOURS[c]))))
-    fill = fill_of_box(region)
+    ys, xs = np.nonzero(region)
+    fill = float(region.sum()) / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
     shape = "square" if fill > 0.89 else "triangle" if fill < 0.64 else "circle"
-    return colour, shape
+    return colour, shape, fill
+
+
+def judge(image: np.ndarray) -> tuple[str | None, str | None]:
+    """(colour, shape) of the largest object of an RGB uint8 image, or (None, None)."""
+    return measure(image)[:2]
 
 
 def expected(caption: str) -> tuple[str, str] | None:
