@@ -1234,6 +1234,61 @@ fn manifest_lists_every_stored_job() {
     assert_eq!(cells.len(), 6);
 }
 
+/// A run writes its own plan's manifest rows and keeps every other spec's: a spec that
+/// found its jobs stored is named only in the manifest, not in their records.
+#[test]
+fn one_specs_manifest_keeps_the_other_specs_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let me = Worker::current("me");
+    let all = vec!["a red fox".to_string(), "a blue whale".to_string()];
+    let plan_of = |name: &str, ratios: Vec<f64>| {
+        let mut s = spec(name, vec![config("a", SELF, 2, 2)], 2, 64);
+        s.prompts.sample = None;
+        s.seeds = SeedSource::Listed(vec![11, 22]);
+        s.ratios = ratios;
+        plan::expand(&s, Some(&model_files()), &all).unwrap()
+    };
+    let run = |p: &Plan| {
+        for job in p.jobs() {
+            if let Some(c) = store.try_claim(&job.key, &me).unwrap() {
+                store
+                    .complete(c, job, &png_of(&job.key), measurement(1.5))
+                    .unwrap();
+            }
+        }
+        store.write_manifest_for(p, None).unwrap().1
+    };
+    let rows_of = |spec: &str| -> usize {
+        let path = dir.path().join("manifest.csv");
+        tomex::spec::read_prompts(&path, "spec")
+            .unwrap()
+            .iter()
+            .filter(|s| *s == spec)
+            .count()
+    };
+    // "first" runs r = 0 and 0.5; "second" shares its r = 0 jobs and adds r = 0.3
+    let first = plan_of("first", vec![0.0, 0.5]);
+    let second = plan_of("second", vec![0.0, 0.3]);
+    assert_eq!(run(&first), 4);
+    assert_eq!(run(&second), 4 + 4);
+    assert_eq!((rows_of("first"), rows_of("second")), (4, 4));
+    // the first spec again: its rows once, the second's kept (its r = 0 rows too,
+    // though their records name the first spec's cells only)
+    assert_eq!(run(&first), 4 + 4);
+    assert_eq!((rows_of("first"), rows_of("second")), (4, 4));
+    // a job gone from the store leaves every row that used it
+    let shared = &first.jobs()[0];
+    assert!(shared.material.tome.is_none());
+    std::fs::remove_dir_all(dir.path().join("objects").join(&shared.key)).unwrap();
+    store.write_manifest_for(&first, None).unwrap();
+    assert_eq!((rows_of("first"), rows_of("second")), (3, 3));
+    // without the manifest, the records still name the second spec's own jobs
+    std::fs::remove_file(dir.path().join("manifest.csv")).unwrap();
+    store.write_manifest_for(&first, None).unwrap();
+    assert_eq!((rows_of("first"), rows_of("second")), (3, 2));
+}
+
 #[test]
 fn drawn_prompts_expand_in_r_config_prompt_order() {
     let s = spec(

@@ -81,6 +81,7 @@
 pub mod claim;
 pub mod record;
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -669,24 +670,59 @@ impl Store {
         self.write_rows(path, rows)
     }
 
-    /// The manifest of one plan: a row per cell of `plan` whose job is stored,
-    /// in plan order (cells that other specs' runs stored included).
+    /// The manifest after a run of `plan` (default `<root>/manifest.csv`,
+    /// atomically): a row per cell of `plan` whose job is stored, in plan order, then
+    /// the other specs' rows, so that one spec's run does not drop another's: those the
+    /// manifest already lists (a spec that found its jobs stored is named there, not in
+    /// their records), then those the stored records name; each row once, only while
+    /// its job is stored, with the record's current measurements. An old manifest that
+    /// does not parse, or has other columns, is rebuilt from the records.
     pub fn write_manifest_for(
         &self,
         plan: &Plan,
         path: Option<&Path>,
     ) -> Result<(PathBuf, usize), StoreError> {
+        let path = path.map_or_else(|| self.root.join(MANIFEST), Path::to_path_buf);
+        let stored: BTreeMap<String, Record> = self
+            .records()?
+            .map(|r| r.map(|r| (r.key.clone(), r)))
+            .collect::<Result<_, _>>()?;
+        let image = |key: &str| format!("objects/{key}/{IMAGE}");
         let mut rows = Vec::new();
+        let mut listed = HashSet::new();
+        let mut ours = HashSet::new();
         for job in plan.jobs() {
-            let Some(record) = self.record(&job.key)? else {
-                continue;
-            };
-            let image = format!("objects/{}/{IMAGE}", record.key);
             for cell in &job.cells {
-                rows.push(record::manifest_row(&record, cell, &image));
+                ours.insert(cell.spec.clone());
+                if let Some(record) = stored.get(&job.key) {
+                    let row = record::manifest_row(record, cell, &image(&record.key));
+                    listed.insert(row_identity(&row));
+                    rows.push(row);
+                }
             }
         }
-        self.write_rows(path, rows)
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        for old_row in previous_manifest_rows(&old) {
+            let Some(record) = stored.get(&old_row[4]) else {
+                continue;
+            };
+            if ours.contains(&old_row[0]) || !listed.insert(row_identity(&old_row)) {
+                continue;
+            }
+            // The row's cell (spec, config, r, prompt index) with the record as it is now.
+            let mut row = old_row[..4].to_vec();
+            row.extend(record::manifest_job_columns(record, &image(&record.key)));
+            rows.push(row);
+        }
+        for record in stored.values() {
+            for cell in record.cells.iter().filter(|c| !ours.contains(&c.spec)) {
+                let row = record::manifest_row(record, cell, &image(&record.key));
+                if listed.insert(row_identity(&row)) {
+                    rows.push(row);
+                }
+            }
+        }
+        self.write_rows(Some(&path), rows)
     }
 
     fn write_rows(
@@ -698,6 +734,26 @@ impl Store {
         let text = crate::csv_text::to_string(&record::MANIFEST_COLUMNS, &rows);
         fsx::write_atomic(&path, text.as_bytes()).map_err(|e| StoreError::io(&path, e))?;
         Ok((path, rows.len()))
+    }
+}
+
+/// What names a manifest row: spec, configuration, r, prompt index and key.
+fn row_identity(row: &[String]) -> Vec<String> {
+    row[..5].to_vec()
+}
+
+/// The rows of an earlier manifest, or none when it does not parse or its columns are
+/// not today's.
+fn previous_manifest_rows(text: &str) -> Vec<Vec<String>> {
+    let Ok(records) = crate::csv_text::records(text) else {
+        return Vec::new();
+    };
+    let mut records = records.into_iter().map(|(_, row)| row);
+    match records.next() {
+        Some(header) if header == record::MANIFEST_COLUMNS => records
+            .filter(|row| row.len() == record::MANIFEST_COLUMNS.len())
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

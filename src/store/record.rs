@@ -127,6 +127,19 @@ pub const MANIFEST_COLUMNS: [&str; 31] = [
 
 /// One manifest row: the record of a job as used by one cell.
 pub(crate) fn manifest_row(record: &Record, cell: &Cell, image: &str) -> Vec<String> {
+    let mut row = vec![
+        cell.spec.clone(),
+        cell.config.clone(),
+        cell.ratio.to_string(),
+        cell.prompt_index.to_string(),
+    ];
+    row.extend(manifest_job_columns(record, image));
+    row
+}
+
+/// The manifest's columns from `key` on: what the record says of its job, whichever
+/// cell uses it.
+pub(crate) fn manifest_job_columns(record: &Record, image: &str) -> Vec<String> {
     let j = &record.job;
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     let (merge, sx, sy, random, max_ds) = match &j.tome {
@@ -140,10 +153,6 @@ pub(crate) fn manifest_row(record: &Record, cell: &Cell, image: &str) -> Vec<Str
         None => ("none".into(), "".into(), "".into(), "".into(), "".into()),
     };
     vec![
-        cell.spec.clone(),
-        cell.config.clone(),
-        cell.ratio.to_string(),
-        cell.prompt_index.to_string(),
         record.key.clone(),
         image.to_string(),
         j.prompt.clone(),
