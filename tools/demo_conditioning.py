@@ -114,7 +114,7 @@ def main():
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(2)
-    pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(str(args.pipeline), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     if args.probe:
         probe(pipe, args.probe)
