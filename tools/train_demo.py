@@ -40,7 +40,8 @@ Usage (from the repository root; about 2 hours on 2 cores: the seventh run's UNe
 82 minutes on an AMD VM without AMX, the other stages 42 in the fifth run on an Intel VM with
 AMX, so about 2 h 15 min where bfloat16 has no AMX):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
-  tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage
+  tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage,
+                                                        # and the UNet stage's minutes here
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ STAGES = {
     "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
+BENCH_STEPS = 3  # window steps, then whole-scene steps, that --bench times of the UNet stage
 CAPTION_DROP = 0.1
 MAX_LOSS_WEIGHT = 10.0  # of a timestep's loss, 1/SNR clamped to [1, this] (train_unet)
 LOW_NOISE_SHARE = 1 / 3  # of each batch drawn at t < LOW_NOISE_T (train_unet)
@@ -637,7 +639,10 @@ def train_unet(bench=False):
     )
     probe = conditioning_probe(latents, states_all, empty, sched)
     snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
-    steps = 4 if bench else cfg["steps"]
+    # --bench: BENCH_STEPS window steps, then as many whole-scene steps
+    steps = 2 * BENCH_STEPS if bench else cfg["steps"]
+    window_steps = BENCH_STEPS if bench else cfg["window_steps"]
+    timings = {"window": [], "whole-scene": []}
     t0 = time.time()
     running = None
     for step in range(start, steps):
@@ -647,7 +652,7 @@ def train_unet(bench=False):
         # each shape at the size it has at 256 px (half-size scenes, the fifth run's
         # start, drew them 2 to 7 latents across and left corners round); the rest
         # teach whole scenes: backgrounds, places, several objects.
-        if step < cfg["window_steps"]:
+        if step < window_steps:
             batch = cfg["window_batch"]
             x0, states = window_batch(latents, windows, window_states, batch, g)
         else:
@@ -683,7 +688,9 @@ def train_unet(bench=False):
         ema.update([unet], step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if bench:
-            log(f"unet step {step}: {time.time() - t0:.2f} s")
+            kind = "window" if step < window_steps else "whole-scene"
+            timings[kind].append(time.time() - t0)
+            log(f"unet step {step} ({kind}): {timings[kind][-1]:.2f} s")
             t0 = time.time()
             continue
         if step % 50 == 0 or step + 1 == steps:
@@ -691,6 +698,22 @@ def train_unet(bench=False):
         if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
             log(f"unet {step + 1}: " + probe(unet))
             save_checkpoint("unet", step + 1, {"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow})
+    if bench:
+        log(unet_stage_estimate(cfg, timings))
+
+
+def unet_stage_estimate(cfg: dict, timings: dict) -> str:
+    """The UNet stage's length on this machine from --bench's step times (the first step of
+    each kind, a warm-up, left out): the stage is most of the script's two hours, and its
+    speed depends on the CPU (bfloat16 without AMX is about a fifth slower)."""
+    window = float(np.median(timings["window"][1:] or timings["window"]))
+    scene = float(np.median(timings["whole-scene"][1:] or timings["whole-scene"]))
+    scenes = cfg["steps"] - cfg["window_steps"]
+    minutes = (cfg["window_steps"] * window + scenes * scene) / 60
+    return (
+        f"unet stage on this machine: {cfg['window_steps']} window steps x {window:.2f} s + {scenes} "
+        f"whole-scene steps x {scene:.2f} s = about {minutes:.0f} minutes (its probes and checkpoints add a few)"
+    )
 
 
 def silence_cross_attention(unet) -> None:
