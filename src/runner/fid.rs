@@ -334,6 +334,20 @@ pub fn measure_fid(
     Ok(out)
 }
 
+/// Removes the store's cached set statistics (`<store>/reports/fid-stats/*.npz`), so the
+/// next FID step featurises every set again; returns how many were removed.
+pub fn drop_cached_statistics(store: &Store) -> usize {
+    let dir = store.root().join("reports").join(STATS_DIR);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "npz") && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn write_fid_csv(path: &Path, values: &FidValues) -> Result<(), RunnerError> {
     crate::fsx::write_atomic(path, values.to_csv().as_bytes())
         .map_err(|e| RunnerError::io("writing", path, e))

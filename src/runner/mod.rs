@@ -13,6 +13,8 @@ mod prepare;
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::diffusion::pipeline::{Request, StableDiffusion};
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::engine::Runtime;
@@ -170,17 +172,29 @@ pub fn execute(
     observer: &mut dyn RunObserver,
 ) -> Result<Summary, crate::store::StoreError> {
     let jobs = prepared.plan.shard(shard);
-    // One look at each job: stored, or to run (a damaged one named once).
+    // One look at each job, its image's digest included: stored, or to run (a damaged
+    // one named once).
     let mut todo: Vec<&Job> = Vec::new();
-    for job in jobs.iter().copied() {
-        match store.state(&job.key) {
+    let mut damaged = false;
+    let states: Vec<ObjectState> = jobs
+        .par_iter()
+        .map(|job| store.checked_state(&job.key))
+        .collect();
+    for (job, state) in jobs.iter().copied().zip(states) {
+        match state {
             ObjectState::Done(_) => {}
             ObjectState::Damaged(why) => {
                 observer.warning(&Store::damage_message(&job.key, &why));
+                damaged = true;
                 todo.push(job);
             }
             ObjectState::Absent => todo.push(job),
         }
+    }
+    if damaged {
+        // A cached statistic may have been computed from a damaged image, as
+        // `tomex store verify --repair` assumes: every set is featurised again.
+        fid::drop_cached_statistics(store);
     }
     let mut summary = Summary {
         planned: jobs.len(),

@@ -45,8 +45,9 @@
 //!    ends in `completed` does not hold such a job back once the completing worker is
 //!    seen to be on this machine, or its entry is older than the claim timeout (the
 //!    window in which another host's view of the directory may lag). The image's
-//!    digest is checked by [`Store::verify`] (`tomex store verify`), which also finds
-//!    leftovers and, with `repair`, makes the store consistent.
+//!    digest is checked by a run for the jobs it needs ([`Store::checked_state`],
+//!    [`Store::try_claim`]) and by [`Store::verify`] (`tomex store verify`), which also
+//!    finds leftovers and, with `repair`, makes the store consistent.
 //!
 //! The claim protocol, and what it assumes of the file system and clocks, is in
 //! [`claim`]; the primitives in [`crate::fsx`].
@@ -272,9 +273,9 @@ impl Store {
         })
     }
 
-    /// What the store holds for the job, with the cheap checks every run makes: the
-    /// record parses and names this key; the image exists, starts as a PNG does, and has
-    /// the size the record says. The image's digest is [`Store::verify`]'s.
+    /// What the store holds for the job, with the cheap checks: the record parses and
+    /// names this key; the image exists, starts as a PNG does, and has the size the
+    /// record says. The image's digest is [`Store::checked_state`]'s.
     pub fn state(&self, key: &str) -> ObjectState {
         let path = self.record_path(key);
         let record: Record = match fs::read(&path) {
@@ -316,6 +317,20 @@ impl Store {
         }
     }
 
+    /// [`Store::state`] with the image's digest checked too (what `verify` checks; for
+    /// records without a digest, whether it decodes): a done job whose image is not what
+    /// its record says is damaged. What a run uses for the jobs it needs, so a
+    /// same-size damaged image is set aside and regenerated before anything reads it.
+    pub fn checked_state(&self, key: &str) -> ObjectState {
+        match self.state(key) {
+            ObjectState::Done(record) => match self.image_problem(key, &record) {
+                Some(why) => ObjectState::Damaged(why),
+                None => ObjectState::Done(record),
+            },
+            other => other,
+        }
+    }
+
     /// The one line `plan` and `run` say about a damaged object.
     pub fn damage_message(key: &str, why: &str) -> String {
         format!(
@@ -347,14 +362,15 @@ impl Store {
         Ok(read_json(&self.object_dir(key).join(ERROR)).unwrap_or(None))
     }
 
-    /// Claims the job for `worker`: `None` when it is done or held by a live
-    /// worker. A claim of a dead worker is taken over (see [`claim`]).
+    /// Claims the job for `worker`: `None` when it is done (its image checked against
+    /// the record, [`Store::checked_state`]) or held by a live worker. A claim of a dead
+    /// worker is taken over (see [`claim`]); a damaged object is moved aside once claimed.
     pub fn try_claim(&self, key: &str, worker: &Worker) -> Result<Option<Claim>, StoreError> {
         check_key(key)?;
         let dir = self.claim_dir(key);
         // every failed attempt means another worker made progress on this job
         for _ in 0..16 {
-            let state = self.state(key);
+            let state = self.checked_state(key);
             if matches!(state, ObjectState::Done(_)) {
                 return Ok(None);
             }
@@ -376,7 +392,7 @@ impl Store {
                 continue;
             };
             let claim = Claim::new(dir.clone(), info);
-            match self.state(key) {
+            match self.checked_state(key) {
                 ObjectState::Done(_) => {
                     claim.release_with("already done")?;
                     return Ok(None);
