@@ -62,6 +62,49 @@ fn sdxl_images_match_diffusers_and_tomesd() {
     assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
 }
 
+/// A VAE config with per-channel latent statistics (`latents_mean`, `latents_std`: set
+/// in a copy of the fixture, the graphs unchanged) is decoded as diffusers' SDXL pipeline
+/// decodes it, `latents * std / scaling_factor + mean`. Bound 1/255 as above; without the
+/// statistics the image is farther off than that. Statistics of the wrong length are a
+/// clear error naming the file.
+#[test]
+fn sdxl_latent_statistics_are_undone_before_decoding() {
+    let golden = common::golden("sdxl");
+    let index = common::read_json(&golden.join("index.json"));
+    let case = &index["latents_stats"];
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny_sdxl");
+    common::copy_dir(&fixture(), &model_dir);
+    let config_path = model_dir.join("vae_decoder/config.json");
+    let mut config = common::read_json(&config_path);
+    config["latents_mean"] = case["latents_mean"].clone();
+    config["latents_std"] = case["latents_std"].clone();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let runtime = common::runtime();
+    let request = common::golden_request(case, None);
+    let file = golden.join(case["file"].as_str().unwrap());
+    let model = ModelDir::open(&model_dir).unwrap();
+    let mut sd = StableDiffusion::load(&runtime, &model).unwrap();
+    let diff = common::max_pixel_diff(&sd.generate(&request).unwrap().0, &file);
+    assert!(diff <= 1, "{}: max diff {diff} (bound 1)", file.display());
+    let plain = ModelDir::open(&fixture()).unwrap();
+    let mut sd = StableDiffusion::load(&runtime, &plain).unwrap();
+    let without = common::max_pixel_diff(&sd.generate(&request).unwrap().0, &file);
+    assert!(without > 1, "the statistics change nothing ({without})");
+
+    config["latents_std"] = serde_json::json!([1.0, 1.0, 1.0]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = ModelDir::open(&model_dir).unwrap();
+    let err = match StableDiffusion::load(&runtime, &model) {
+        Ok(_) => panic!("statistics of the wrong length were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("vae_decoder/config.json") && err.contains("`latents_std` 3 numbers"),
+        "{err}"
+    );
+}
+
 /// `tomex generate --model <sdxl export> --prompt P --seed S` and nothing else is
 /// diffusers' `StableDiffusionXLPipeline(prompt, generator=...)`: 50 Euler steps,
 /// guidance 5.0, the model's size, zeroed negative conditioning. Bound 1/255 as above.

@@ -7,7 +7,8 @@ pipeline defaults it) at the model's own size, no negative prompt (zeroed negati
 conditioning, `force_zeros_for_empty_prompt`) and a negative prompt (encoded by both
 encoders), explicit DDIM and DPM-Solver++, a size whose latent the UNet's downsampling
 does not divide, and ToMe: tomesd's default `max_downsample = 1` (which on SDXL merges
-nothing: the full-resolution level has no attention) and `max_downsample = 2`.
+nothing: the full-resolution level has no attention) and `max_downsample = 2`. One case
+with per-channel latent statistics in the VAE config (index.json's "latents_stats").
 
 One UNet evaluation besides (golden/sdxl/unet/): random sample, text states, `text_embeds`
 and the `time_ids` of a 128x128 image at timestep 500, the unpatched output and tomesd's
@@ -50,6 +51,12 @@ CASES = [
     (None, "a lighthouse in a storm", "people", 4, (64, 96), ALL_MD2),
     (None, "a small blue square", None, 21, (128, 128), SELF_MD1),
 ]
+# A VAE config with per-channel latent statistics (as SDXL-family models such as
+# Playground v2.5 ship): diffusers' SDXL pipeline decodes latents * std / scaling_factor
+# + mean. The ONNX graphs are the same; tomex reads the statistics from
+# vae_decoder/config.json (tests/sdxl_golden.rs writes them into a copy of the fixture).
+LATENTS_STATS = dict(latents_mean=[0.4, -0.3, 0.2, -0.1], latents_std=[0.8, 1.3, 0.9, 1.1])
+LATENTS_STATS_CASE = ("a red circle on a white background", 12, (64, 64))
 # `pipe(prompt, generator=...)` and nothing else: what `tomex generate --model M --prompt P
 # --seed S` must reproduce (50 steps, guidance 5.0, the model's size and scheduler).
 DEFAULTS_CASE = ("a cat sitting on a chair", 7)
@@ -129,12 +136,32 @@ def main() -> None:
     image.save(OUT / entry["file"], format="PNG", optimize=False)
     index.append(entry)
     print(f"{entry['file']}: {prompt!r}")
+    stats_case = gen_latents_stats(pipe, gen)
     unet_case = gen_unet(pipe.unet, tomesd)
     with open(OUT / "index.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump({"model": "tools/.work/tiny_sdxl_pt (= tests/fixtures/tiny_sdxl)", "cases": index,
-                   "unet": unet_case}, fh, indent=2)
+                   "latents_stats": stats_case, "unet": unet_case}, fh, indent=2)
         fh.write("\n")
     print(f"wrote {len(index)} cases to {OUT.relative_to(ROOT)}")
+
+
+def gen_latents_stats(pipe, gen) -> dict:
+    """The LATENTS_STATS case: the same generation with and without the VAE config's
+    latent statistics (they must change the image, or the case tests nothing)."""
+    prompt, seed, size = LATENTS_STATS_CASE
+    plain = np.asarray(gen(prompt, None, seed, size)).astype(np.int32)
+    pipe.vae.register_to_config(**LATENTS_STATS)
+    image = gen(prompt, None, seed, size)
+    pipe.vae.register_to_config(latents_mean=None, latents_std=None)
+    moved = int(np.abs(np.asarray(image).astype(np.int32) - plain).max())
+    if moved < 10:
+        sys.exit(f"golden_sdxl: the latent statistics barely change the image ({moved})")
+    name = f"latents_stats_{size[0]}x{size[1]}_seed{seed}.png"
+    image.save(OUT / name, format="PNG", optimize=False)
+    print(f"{name}: {prompt!r} {moved}")
+    return {"prompt": prompt, "negative_prompt": "", "seed": seed, "width": size[0], "height": size[1],
+            "steps": STEPS, "guidance": GUIDANCE, "scheduler": "euler", "model_default_scheduler": True,
+            "file": name, **LATENTS_STATS, "diff_vs_without": moved}
 
 
 def gen_unet(unet, tomesd) -> dict:

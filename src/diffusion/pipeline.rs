@@ -14,7 +14,7 @@ use crate::engine::{
     AddedConditions, Conditioning, EngineError, Runtime, TextEncoder, TokenOps, TomeUnet, Unet,
     VaeDecoder,
 };
-use crate::model::{ModelDir, ModelError};
+use crate::model::{LatentStats, ModelDir, ModelError};
 use crate::onnx::{Attention, Fusion, Precision, SplitOptions};
 use crate::tome::{PartitionRng, TomeConfig, TomeError};
 
@@ -177,6 +177,9 @@ pub struct StableDiffusion {
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
     vae_scaling_factor: f32,
+    /// SDXL only (diffusers' SD 1.x/2.x pipelines ignore them): the VAE config's
+    /// `latents_mean`/`latents_std`, undone with the scaling factor before decoding.
+    vae_latent_stats: Option<LatentStats>,
 }
 
 struct SecondEncoder {
@@ -254,7 +257,29 @@ impl StableDiffusion {
             vae: VaeDecoder::load(runtime, &model.vae_decoder)?,
             scheduler_config,
             vae_scaling_factor: model.vae_scaling_factor()?,
+            vae_latent_stats: if model.is_xl() {
+                model.vae_latents_stats()?
+            } else {
+                None
+            },
         })
+    }
+
+    /// The latents as the VAE decodes them: `latents / scaling_factor`, or with SDXL's
+    /// latent statistics `latents * std / scaling_factor + mean` per channel (diffusers'
+    /// order of float32 operations).
+    fn unscaled(&self, mut latents: Array4<f32>) -> Array4<f32> {
+        let factor = self.vae_scaling_factor;
+        match &self.vae_latent_stats {
+            None => latents.mapv_inplace(|v| v / factor),
+            Some(stats) => {
+                for (c, mut plane) in latents.axis_iter_mut(Axis(1)).enumerate() {
+                    let (mean, std) = (stats.mean[c], stats.std[c]);
+                    plane.mapv_inplace(|v| v * std / factor + mean);
+                }
+            }
+        }
+        latents
     }
 
     /// How the UNet computes attention.
@@ -357,7 +382,7 @@ impl StableDiffusion {
         let unet = unet_start.elapsed();
 
         let vae_start = Instant::now();
-        let latents = four_d(latents)?.mapv(|v| v / self.vae_scaling_factor);
+        let latents = self.unscaled(four_d(latents)?);
         let decoded = self.vae.decode(&latents)?;
         let images = decoded.axis_iter(Axis(0)).map(to_rgb8).collect();
         let vae = vae_start.elapsed();

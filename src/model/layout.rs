@@ -138,6 +138,53 @@ impl ModelDir {
             .map_or(0.18215, |v| v as f32))
     }
 
+    /// The VAE's per-channel latent statistics, `vae_decoder/config.json`'s `latents_mean`
+    /// and `latents_std` (both set, one number per latent channel), which diffusers' SDXL
+    /// pipeline undoes before decoding; `None` where the config leaves them null or out.
+    pub fn vae_latents_stats(&self) -> Result<Option<LatentStats>, ModelError> {
+        let path = self.root.join("vae_decoder/config.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let config = read_json(&path)?;
+        let numbers = |key: &str| -> Result<Option<Vec<f32>>, ModelError> {
+            match config.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .map(|v| v.as_f64().map(|v| v as f32))
+                    .collect::<Option<Vec<f32>>>()
+                    .map(Some)
+                    .ok_or_else(|| ModelError::BadFile {
+                        path: path.clone(),
+                        reason: format!("`{key}` holds something other than numbers"),
+                    }),
+                Some(_) => Err(ModelError::BadFile {
+                    path: path.clone(),
+                    reason: format!("`{key}` is not a list of numbers"),
+                }),
+            }
+        };
+        let (Some(mean), Some(std)) = (numbers("latents_mean")?, numbers("latents_std")?) else {
+            return Ok(None);
+        };
+        let channels = config
+            .get("latent_channels")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(4) as usize;
+        if mean.len() != channels || std.len() != channels {
+            return Err(ModelError::BadFile {
+                path,
+                reason: format!(
+                    "`latents_mean` has {} and `latents_std` {} numbers; the VAE has {channels} latent channels",
+                    mean.len(),
+                    std.len()
+                ),
+            });
+        }
+        Ok(Some(LatentStats { mean, std }))
+    }
+
     pub fn scheduler_config_text(&self) -> Result<String, ModelError> {
         read_text(&self.scheduler_config)
     }
@@ -185,6 +232,13 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ModelError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// A VAE's per-channel latent mean and standard deviation (SDXL-family configs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentStats {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {

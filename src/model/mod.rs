@@ -6,5 +6,5 @@ mod layout;
 mod lock;
 
 pub use digest::{hex, sha256_bytes, sha256_file, DigestCache};
-pub use layout::{ModelDir, ModelError};
+pub use layout::{LatentStats, ModelDir, ModelError};
 pub use lock::{digest_files, LockEntry, LockError, ModelsLock, Problem, LOCK_FILE};
