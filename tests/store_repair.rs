@@ -165,4 +165,25 @@ fn a_damaged_store_is_found_repaired_and_regenerated_byte_identical() {
         "{out}"
     );
     assert_eq!(images(&store), before);
+
+    // Cached FID statistics: verify names an unreadable file and --repair removes it;
+    // once --repair moves an image aside, readable statistics go too (they may hold it).
+    std::fs::write(stats.join("0456.npz"), b"not an npz").unwrap();
+    let found = tomex(&["store", "verify"], &store);
+    let (out, _) = text(&found);
+    assert_eq!(found.status.code(), Some(1), "{out}");
+    assert!(out.contains("0456.npz: unreadable FID statistics"), "{out}");
+    let repair = tomex(&["store", "verify", "--repair"], &store);
+    assert!(repair.status.success(), "{:?}", text(&repair));
+    assert!(!stats.join("0456.npz").exists());
+    let readable = stats.join("0789.npz");
+    std::fs::copy(common::golden("fid").join("stats_a_64.npz"), &readable).unwrap();
+    std::fs::write(object(3).join("image.png"), &same_size).unwrap();
+    let repair = tomex(&["store", "verify", "--repair"], &store);
+    let (out, _) = text(&repair);
+    assert!(out.contains("1 problem(s); repaired"), "{out}");
+    assert!(
+        !readable.exists(),
+        "statistics dropped after an image was repaired"
+    );
 }

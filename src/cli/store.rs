@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::metrics::Statistics;
-use crate::runner::fid::STATS_DIR;
+use crate::runner::fid::{cached_statistics, drop_cached_statistics};
 use crate::store::Store;
 
 #[derive(Subcommand)]
@@ -37,26 +37,20 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
     }
     // Cached FID statistics: unreadable files; all of them once an image was
     // repaired (a statistic may have been computed from the damaged image).
-    let stats_dir = store.join("reports").join(STATS_DIR);
     let mut stats_problems = 0;
     let images_repaired = repair && report.findings.iter().any(|f| f.action.is_some());
-    for entry in std::fs::read_dir(&stats_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "npz") {
-            continue;
-        }
-        let unreadable = Statistics::load_npz(&path).err();
-        if let Some(e) = &unreadable {
+    for path in cached_statistics(&opened) {
+        if let Err(e) = Statistics::load_npz(&path) {
             stats_problems += 1;
             say!("{}: unreadable FID statistics: {e}", path.display());
+            if repair && !images_repaired {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
         }
-        if repair && (unreadable.is_some() || images_repaired) {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
+    }
+    if images_repaired {
+        drop_cached_statistics(&opened)?;
     }
     let problems = report.findings.len() + stats_problems;
     say!(

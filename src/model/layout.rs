@@ -127,11 +127,9 @@ impl ModelDir {
     /// The VAE's latent scaling factor: `vae_decoder/config.json`'s `scaling_factor`
     /// when the export wrote one, else SD 1.x's 0.18215.
     pub fn vae_scaling_factor(&self) -> Result<f32, ModelError> {
-        let path = self.root.join("vae_decoder/config.json");
-        if !path.is_file() {
+        let Some((_, config)) = self.vae_config()? else {
             return Ok(0.18215);
-        }
-        let config = read_json(&path)?;
+        };
         Ok(config
             .get("scaling_factor")
             .and_then(|v| v.as_f64())
@@ -142,11 +140,9 @@ impl ModelDir {
     /// and `latents_std` (both set, one number per latent channel), which diffusers' SDXL
     /// pipeline undoes before decoding; `None` where the config leaves them null or out.
     pub fn vae_latents_stats(&self) -> Result<Option<LatentStats>, ModelError> {
-        let path = self.root.join("vae_decoder/config.json");
-        if !path.is_file() {
+        let Some((path, config)) = self.vae_config()? else {
             return Ok(None);
-        }
-        let config = read_json(&path)?;
+        };
         let numbers = |key: &str| -> Result<Option<Vec<f32>>, ModelError> {
             match config.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -183,6 +179,16 @@ impl ModelDir {
             });
         }
         Ok(Some(LatentStats { mean, std }))
+    }
+
+    /// `vae_decoder/config.json` and its path, `None` when the export wrote none.
+    fn vae_config(&self) -> Result<Option<(PathBuf, serde_json::Value)>, ModelError> {
+        let path = self.root.join("vae_decoder/config.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let config = read_json(&path)?;
+        Ok(Some((path, config)))
     }
 
     pub fn scheduler_config_text(&self) -> Result<String, ModelError> {

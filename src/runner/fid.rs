@@ -335,17 +335,27 @@ pub fn measure_fid(
 }
 
 /// Removes the store's cached set statistics (`<store>/reports/fid-stats/*.npz`), so the
-/// next FID step featurises every set again; returns how many were removed.
-pub fn drop_cached_statistics(store: &Store) -> usize {
-    let dir = store.root().join("reports").join(STATS_DIR);
+/// next FID step featurises every set again (`tomex run` finding damage, `tomex store
+/// verify --repair` after repairing an image); returns how many were removed.
+pub fn drop_cached_statistics(store: &Store) -> Result<usize, RunnerError> {
     let mut removed = 0;
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "npz") && std::fs::remove_file(&path).is_ok() {
-            removed += 1;
-        }
+    for path in cached_statistics(store) {
+        std::fs::remove_file(&path).map_err(|e| RunnerError::io("removing", &path, e))?;
+        removed += 1;
     }
-    removed
+    Ok(removed)
+}
+
+/// The files of the store's statistics cache (`<store>/reports/fid-stats/*.npz`).
+pub fn cached_statistics(store: &Store) -> Vec<PathBuf> {
+    let dir = store.root().join("reports").join(STATS_DIR);
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "npz"))
+        .collect()
 }
 
 fn write_fid_csv(path: &Path, values: &FidValues) -> Result<(), RunnerError> {

@@ -194,7 +194,9 @@ pub fn execute(
     if damaged {
         // A cached statistic may have been computed from a damaged image, as
         // `tomex store verify --repair` assumes: every set is featurised again.
-        fid::drop_cached_statistics(store);
+        if let Err(e) = fid::drop_cached_statistics(store) {
+            observer.warning(&format!("{e}: FID may reuse statistics of a damaged image"));
+        }
     }
     let mut summary = Summary {
         planned: jobs.len(),

@@ -562,16 +562,13 @@ impl Store {
         let mut report = VerifyReport::default();
         for key in self.object_keys()? {
             report.objects += 1;
-            let problem = match self.state(&key) {
+            let problem = match self.checked_state(&key) {
                 ObjectState::Absent => continue,
                 ObjectState::Damaged(why) => why,
-                ObjectState::Done(record) => match self.image_problem(&key, &record) {
-                    None => {
-                        report.intact += 1;
-                        continue;
-                    }
-                    Some(why) => why,
-                },
+                ObjectState::Done(_) => {
+                    report.intact += 1;
+                    continue;
+                }
             };
             let action = if repair {
                 let to = self.quarantine(&key)?;
