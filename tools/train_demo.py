@@ -11,11 +11,15 @@ CPU has AMX), fixed seeds, a fixed number of steps per stage.
 Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   data      render the training scenes (seed 1) into tools/.work/demo/images.npy
   vae       AutoencoderKL, MSE + L1 (10x on object pixels) + tiny KL, with latent
-            channels 0-2 tied to the scene's colours at 1/8 size; logs how many held-out
+            channels 0-2 tied to the scene's colours at 1/8 size and channel 3 to its
+            objects' shapes (circle +1, square -1, triangle 0); logs how many held-out
             probe scenes keep their colour and shape through a round trip
-  latents   encode every scene once (posterior mean) and set the VAE's scaling_factor
-  decoder   the decoder alone, on those latents (the encoder, and so what the UNet learns
-            to make, stays fixed): the joint stage leaves colours wrong
+  latents   encode every scene once (posterior mean), write channel 3 from the scenes'
+            shape tags (the encoder learns them only roughly) and set the VAE's
+            scaling_factor
+  decoder   the decoder alone, on those latents, half of each batch with a little noise
+            added (the encoder, and so what the UNet learns to make, stays fixed): the
+            joint stage leaves colours wrong
   text      the CLIP text encoder alone, taught to name what a caption says (objects in
             order with colour, shape and size, background, place, relation, count) from
             its pooled state; frozen from here on, as SD's CLIP is. Trained jointly with
@@ -24,7 +28,7 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   unet      the UNet on the frozen encoder's states: 1400 steps on 16x16-latent windows
             (128 px) around the objects of one-object scenes, at their 256 px size and
             with their captions less the place (a fifth of the cost per scene: the
-            shapes' edges and corners), then 1300 on whole scenes at 256 px; a third of
+            shapes' edges and corners), then 1000 on whole scenes at 256 px; a third of
             each batch at t < 300 (the low-noise steps that draw edges); 10% empty
             captions (classifier-free
             guidance), cross-attention outputs zero-initialised, each timestep's loss
@@ -36,9 +40,9 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; about 2 hours on 2 cores: the seventh run's UNet stage took
-82 minutes on an AMD VM without AMX, the other stages 42 in the fifth run on an Intel VM with
-AMX, so about 2 h 15 min where bfloat16 has no AMX):
+Usage (from the repository root; under 2 hours on 2 cores: the ninth run's stages took
+17 (vae), 4 (latents), 10 (decoder) and 70 minutes (unet, with its probes) on an AMD VM
+without AMX, the text and features stages about 3 each):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage,
                                                         # and the UNet stage's minutes here
@@ -60,6 +64,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_world  # noqa: E402
@@ -134,7 +139,7 @@ STAGES = {
     "decoder": dict(steps=1200, batch=8, lr=5e-4, every=200),
     "text": dict(steps=600, batch=256, lr=1e-3, every=200),
     # window_steps of window_batch object windows first (train_unet), then batch at 256 px
-    "unet": dict(steps=2700, batch=32, lr=6e-4, every=200, window_steps=1400, window_batch=64),
+    "unet": dict(steps=2400, batch=32, lr=6e-4, every=200, window_steps=1400, window_batch=64),
     "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
@@ -145,6 +150,7 @@ LOW_NOISE_SHARE = 1 / 3  # of each batch drawn at t < LOW_NOISE_T (train_unet)
 LOW_NOISE_T = 300
 OFFSET_NOISE = 0.1  # std of the per-image, per-channel constant added to the training noise
 EMA_MAX = 0.998
+DECODER_NOISE = 0.15  # largest std of the noise on the decoder stage's latents (train_decoder)
 
 
 def log(msg: str) -> None:
@@ -333,6 +339,20 @@ def train_vae(images, bench=False):
             rec = vae.decode(z).sample.float()
         kl = posterior.kl().mean() / x[0].numel()
         loss = object_weighted_loss(rec, x, weight) + 1e-4 * kl
+        # Latent channel 3 carries each object's shape at 1/8 size (SHAPE_TAGS), as
+        # channels 0-2 carry its colour. Left free, it held the shape only in the sub-cell
+        # coverage of an object's edge cells, which the UNet drew as wobbly blobs: squares
+        # 0 of 25 in the seventh run's probe, though colours (a value over the whole
+        # object) were right in 74 of 75.
+        shapes = shape_maps(idx)
+        if step < cfg["steps"] - VAE_FULL_STEPS:
+            shapes = shapes[:, :, y0 : y0 + 128, x0 : x0 + 128]
+        # Weighted as the pixels are (objects 10x): objects cover a few percent of the
+        # cells, and under plain MSE a channel 3 of zeros was cheaper than learning the
+        # shapes (its std was 0.015 after 1600 steps).
+        cell_weight = F.avg_pool2d(weight, 8)
+        tag_error = (posterior.mean[:, 3:4].float() - F.avg_pool2d(shapes, 8)) ** 2
+        loss = loss + (cell_weight * tag_error).sum() / cell_weight.sum()
         # Latent channels 0-2 carry the scene's colours at 1/8 size (as SD's own latents
         # are close to a linear map of the image's colours). Without this, 1200 steps
         # left blue and green objects on gray both teal (round trip: colour right in 64%
@@ -352,6 +372,28 @@ def train_vae(images, bench=False):
             log(f"vae {step + 1}: " + vae_round_trip(vae))
             save_checkpoint("vae", step + 1, {"model": vae.state_dict(), "opt": opt.state_dict()})
     return vae
+
+
+SHAPE_TAGS = {"circle": 1.0, "square": -1.0, "triangle": 0.0}  # background 0: colours tell it apart
+
+
+def shape_maps(indices) -> torch.Tensor:
+    """[n, 1, 256, 256] maps of the training scenes' objects' SHAPE_TAGS, drawn with the
+    world's geometry and order (a later object covers an earlier one)."""
+    out = np.zeros((len(indices), 1, demo_world.SIZE, demo_world.SIZE), np.float32)
+    for k, i in enumerate(indices):
+        img = Image.new("F", (demo_world.SIZE, demo_world.SIZE), 0.0)
+        draw = ImageDraw.Draw(img)
+        for o in demo_world.scene(TRAIN_SEED, int(i)).objects:
+            x, y, h, tag = o.x, o.y, o.half, SHAPE_TAGS[o.shape]
+            if o.shape == "circle":
+                draw.ellipse([x - h, y - h, x + h, y + h], fill=tag)
+            elif o.shape == "square":
+                draw.rectangle([x - h, y - h, x + h, y + h], fill=tag)
+            else:
+                draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=tag)
+        out[k, 0] = np.asarray(img)
+    return torch.from_numpy(out)
 
 
 def object_weights(x: torch.Tensor) -> torch.Tensor:
@@ -409,6 +451,12 @@ def train_decoder(images, threads: int):
         idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values
         x = to_tensor(images[idx.numpy()])
         z = latents[idx].float()
+        # Half the batch with a little noise on its latents: the UNet's latents are never
+        # exact, and a decoder that saw only the encoder's draws their errors as wobbly
+        # edges; with noise it learns to lean on the shape and colour channels.
+        noisy = torch.rand(len(z), 1, 1, 1, generator=g) < 0.5
+        sigma = DECODER_NOISE * torch.rand(len(z), 1, 1, 1, generator=g)
+        z = z + noisy * sigma * torch.randn(z.shape, generator=g)
         if step < cfg["steps"] - VAE_FULL_STEPS:
             # 16x16-latent crops (128 px): 4x cheaper; the last steps see whole images.
             y0, x0 = (int(v) for v in torch.randint(0, 17, (2,), generator=g))
@@ -436,6 +484,12 @@ def encode_latents(images):
     if path.exists():
         return torch.load(path)
     latents = encode_all(images)
+    # Channel 3 as the VAE stage's target, not as the encoder gives it: the encoder only
+    # learns it slowly (telling a square from a circle needs the whole object; its
+    # channel 3 was within +-0.25 of zero at step 800 where the tags are +-1), and the
+    # UNet and decoder should learn a clean tag. Text-to-image never runs the encoder.
+    for i in range(0, len(latents), 512):
+        latents[i : i + 512, 3:4] = F.avg_pool2d(shape_maps(range(i, min(i + 512, len(latents)))), 8)
     scaling = float(1.0 / latents.std())
     log(f"latents {tuple(latents.shape)} mean {latents.mean():.4f} std {latents.std():.4f} -> scaling_factor {scaling:.5f}")
     torch.save({"latents": latents.half(), "scaling_factor": scaling}, WORK / "latents.tmp.pt")
@@ -844,8 +898,14 @@ def save_pipeline():
     shutil.copytree(TOKENIZER_DIR, tok_dir)
     log(f"wrote {PIPELINE_DIR}")
 
+    ck = load_checkpoint("features")
+    if ck is None:
+        # `--only ... save` without the features stage: a UNet retrain leaves the FID
+        # network, and so every demo FID's scale, as it is.
+        log(f"no features checkpoint: {FEATURES_ONNX} left as it is")
+        return
     net = FeatureNet()
-    net.load_state_dict(load_checkpoint("features")["model"])
+    net.load_state_dict(ck["model"])
     net.eval()
     held_out_feature_accuracy(net)
     FEATURES_ONNX.parent.mkdir(parents=True, exist_ok=True)
