@@ -16,6 +16,7 @@ An image with no region of at least 64 pixels is wrong on both counts.
                       how far the judge can be trusted (expected: all right)
   --manifest CSV      judge the images a tomex store lists (results/manifest.csv)
     --spec NAME       only this spec's rows
+                      (of the model version that made its newest image: tools/store_rows.py)
     --out FILE.md     also write the table
 
 Usage:
@@ -26,7 +27,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from collections import defaultdict
@@ -38,6 +38,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_world  # noqa: E402
+import store_rows  # noqa: E402
 
 CAPTION = re.compile(r"^a (\w+) (\w+)$")
 OBJECT_DISTANCE = 50.0
@@ -102,23 +103,20 @@ def judge_manifest(path: Path, spec: str | None, out: Path | None) -> None:
     root = path.parent
     cells = defaultdict(lambda: [0, 0, 0])  # (config, r) -> images, colour right, shape right
     seen = set()
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if spec and row["spec"] != spec:
-                continue
-            want = expected(row["prompt"])
-            if want is None:
-                continue
-            cell = (row["config"], float(row["r"]))
-            if (cell, row["key"]) in seen:
-                continue
-            seen.add((cell, row["key"]))
-            image = np.asarray(Image.open(root / row["image"]).convert("RGB"))
-            colour, shape = judge(image)
-            stats = cells[cell]
-            stats[0] += 1
-            stats[1] += colour == want[0]
-            stats[2] += shape == want[1]
+    for row in store_rows.latest_model_rows(path, spec):
+        want = expected(row["prompt"])
+        if want is None:
+            continue
+        cell = (row["config"], float(row["r"]))
+        if (cell, row["key"]) in seen:
+            continue
+        seen.add((cell, row["key"]))
+        image = np.asarray(Image.open(root / row["image"]).convert("RGB"))
+        colour, shape = judge(image)
+        stats = cells[cell]
+        stats[0] += 1
+        stats[1] += colour == want[0]
+        stats[2] += shape == want[1]
     if not cells:
         sys.exit(f"{path}: no rows of spec {spec!r} with a caption `a <colour> <shape>`")
     lines = ["| config | r | images | colour right | shape right |", "|---|---|---|---|---|"]

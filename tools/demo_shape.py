@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import store_rows  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +33,8 @@ def main() -> None:
         for row in csv.DictReader(f):
             fid[row["config"]][float(row["r"])] = float(row["fid"])
     times: dict[tuple[str, float], list[float]] = defaultdict(list)
-    with open(a.store / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["spec"] == a.spec:
-                times[(row["config"], float(row["r"]))].append(float(row["wall_s"]))
+    for row in store_rows.latest_model_rows(a.store / "manifest.csv", a.spec):
+        times[(row["config"], float(row["r"]))].append(float(row["wall_s"]))
     print("| config | FID at r = 0.1 ... highest r | highest / 0.1 |")
     print("|---|---|---|")
     for config, values in fid.items():

@@ -161,19 +161,26 @@ def scene(seed: int, index: int) -> Scene:
     return Scene(background, _jitter(rng, BACKGROUNDS[background]), objects, text)
 
 
-def render(s: Scene) -> np.ndarray:
-    """The scene as uint8 RGB [256, 256, 3]."""
+def draw_object(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, half: float, fill) -> None:
+    """One object on `draw`: `shape` filling its box [x - half, x + half] x [y - half, y + half]
+    (the triangle apex up). The one place the world's geometry is drawn: render, and
+    tools/train_demo.py's shape maps, use it."""
+    if shape == "circle":
+        draw.ellipse([x - half, y - half, x + half, y + half], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x - half, y - half, x + half, y + half], fill=fill)
+    else:  # triangle, apex up, same bounding box as the square
+        draw.polygon([(x, y - half), (x + half, y + half), (x - half, y + half)], fill=fill)
+
+
+def render(s: Scene, shapes: list[str] | None = None) -> np.ndarray:
+    """The scene as uint8 RGB [256, 256, 3]; `shapes`, one per object, draws each object
+    as that shape instead of its own (tools/train_demo.py's decoder stage)."""
     k = SUPERSAMPLE
     img = Image.new("RGB", (SIZE * k, SIZE * k), s.background_rgb)
     draw = ImageDraw.Draw(img)
-    for o in s.objects:
-        x, y, h = o.x * k, o.y * k, o.half * k
-        if o.shape == "circle":
-            draw.ellipse([x - h, y - h, x + h, y + h], fill=o.rgb)
-        elif o.shape == "square":
-            draw.rectangle([x - h, y - h, x + h, y + h], fill=o.rgb)
-        else:  # triangle, apex up, same bounding box as the square
-            draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=o.rgb)
+    for i, o in enumerate(s.objects):
+        draw_object(draw, shapes[i] if shapes else o.shape, o.x * k, o.y * k, o.half * k, o.rgb)
     img = img.resize((SIZE, SIZE), Image.BOX)
     return np.asarray(img, dtype=np.uint8)
 

@@ -385,13 +385,7 @@ def shape_maps(indices) -> torch.Tensor:
         img = Image.new("F", (demo_world.SIZE, demo_world.SIZE), 0.0)
         draw = ImageDraw.Draw(img)
         for o in demo_world.scene(TRAIN_SEED, int(i)).objects:
-            x, y, h, tag = o.x, o.y, o.half, SHAPE_TAGS[o.shape]
-            if o.shape == "circle":
-                draw.ellipse([x - h, y - h, x + h, y + h], fill=tag)
-            elif o.shape == "square":
-                draw.rectangle([x - h, y - h, x + h, y + h], fill=tag)
-            else:
-                draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=tag)
+            demo_world.draw_object(draw, o.shape, o.x, o.y, o.half, SHAPE_TAGS[o.shape])
         out[k, 0] = np.asarray(img)
     return torch.from_numpy(out)
 
