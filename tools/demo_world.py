@@ -173,14 +173,13 @@ def draw_object(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, half:
         draw.polygon([(x, y - half), (x + half, y + half), (x - half, y + half)], fill=fill)
 
 
-def render(s: Scene, shapes: list[str] | None = None) -> np.ndarray:
-    """The scene as uint8 RGB [256, 256, 3]; `shapes`, one per object, draws each object
-    as that shape instead of its own (tools/train_demo.py's decoder stage)."""
+def render(s: Scene) -> np.ndarray:
+    """The scene as uint8 RGB [256, 256, 3]."""
     k = SUPERSAMPLE
     img = Image.new("RGB", (SIZE * k, SIZE * k), s.background_rgb)
     draw = ImageDraw.Draw(img)
-    for i, o in enumerate(s.objects):
-        draw_object(draw, shapes[i] if shapes else o.shape, o.x * k, o.y * k, o.half * k, o.rgb)
+    for o in s.objects:
+        draw_object(draw, o.shape, o.x * k, o.y * k, o.half * k, o.rgb)
     img = img.resize((SIZE, SIZE), Image.BOX)
     return np.asarray(img, dtype=np.uint8)
 
