@@ -10,12 +10,18 @@
 //!   ([`crate::metrics::cache`]): the r = 0 set, shared by every configuration, is
 //!   featurised once, and a report re-renders without featurising unchanged sets. The
 //!   network is loaded only when a set is not cached.
+//! * A set about to be featurised has its images checked against their records'
+//!   digests first (in `report` too, which otherwise checks only signatures and sizes): a
+//!   pair with a damaged image is left out and named in a note, so FID never reads an
+//!   image that is not what its job made.
 //! * `fid.csv` is rewritten (atomically) after every value, so an interrupted step keeps
 //!   what it computed; a set that fails (e.g. an unreadable image) is noted and the other
 //!   cells go on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 use super::{Prepared, RunnerError};
 use crate::engine::Runtime;
@@ -26,7 +32,7 @@ use crate::plan::Job;
 use crate::report::model::{ratio_key, ratio_pct, CellJobs};
 use crate::report::{FidValues, FID_FILE};
 use crate::spec::Spec;
-use crate::store::Store;
+use crate::store::{ObjectState, Store};
 
 /// Where set statistics are cached, under the store's `reports/` folder (shared by all
 /// specs of the store: the keys are content, so specs with common images share sets).
@@ -163,9 +169,53 @@ struct Sets<'a> {
     dims: usize,
     featurised: usize,
     cached: usize,
+    /// Images whose digest was checked: `Some(why)` when damaged.
+    checked: HashMap<String, Option<String>>,
 }
 
 impl Sets<'_> {
+    /// The set's image keys, sorted (its image order never depends on the plan's), and its
+    /// cache key.
+    fn key_of(&self, jobs: &[&Job]) -> (Vec<String>, String) {
+        let mut keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
+        keys.sort();
+        let key = set_key(&keys, self.dims, &self.source.digest);
+        (keys, key)
+    }
+
+    /// Whether the set's statistics are at hand without reading an image.
+    fn known(&self, jobs: &[&Job]) -> bool {
+        let (_, key) = self.key_of(jobs);
+        self.memo.contains_key(&key) || self.cache.path(&key).is_file()
+    }
+
+    /// The images among `jobs` that do not match their records (digest, or decoding for
+    /// records without one): key and why, each image checked once per step.
+    fn damaged(&mut self, jobs: &[&Job]) -> Vec<(String, String)> {
+        let unchecked: Vec<&str> = jobs
+            .iter()
+            .map(|j| j.key.as_str())
+            .filter(|k| !self.checked.contains_key(*k))
+            .collect();
+        let store = self.store;
+        let states: Vec<Option<String>> = unchecked
+            .par_iter()
+            .map(|key| match store.checked_state(key) {
+                ObjectState::Damaged(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        for (key, state) in unchecked.into_iter().zip(states) {
+            self.checked.insert(key.to_string(), state);
+        }
+        jobs.iter()
+            .filter_map(|j| {
+                let why = self.checked.get(&j.key)?.as_ref()?;
+                Some((j.key.clone(), why.clone()))
+            })
+            .collect()
+    }
+
     fn network(&mut self) -> Result<&mut Inception, RunnerError> {
         if self.net.is_none() {
             let loaded = Inception::load(self.runtime, &self.source.path);
@@ -189,10 +239,7 @@ impl Sets<'_> {
         jobs: &[&Job],
         observer: &mut dyn FidObserver,
     ) -> Result<Statistics, RunnerError> {
-        let mut keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
-        // Sorted: the set's image order never depends on the plan's.
-        keys.sort();
-        let key = set_key(&keys, self.dims, &self.source.digest);
+        let (keys, key) = self.key_of(jobs);
         if let Some(s) = self.memo.get(&key) {
             return Ok(s.clone());
         }
@@ -248,6 +295,7 @@ pub fn measure_fid(
         dims,
         featurised: 0,
         cached: 0,
+        checked: HashMap::new(),
     };
     let mut out = FidOutcome {
         file: report_dir.join(FID_FILE),
@@ -276,11 +324,14 @@ pub fn measure_fid(
             out.cells += 1;
             let at = format!("`{label}` at r = {}%", ratio_pct(r));
             let jobs = by_cell.cell(label, r);
-            let pairs: Vec<(&Job, &Job)> = jobs
+            let mut pairs: Vec<(&Job, &Job)> = jobs
                 .iter()
                 .filter(|(_, j)| store.is_done(&j.key))
                 .filter_map(|(p, j)| baseline.get(p).map(|twin| (*twin, *j)))
                 .collect();
+            if let Some(note) = leave_out_damaged(&mut sets, &mut pairs) {
+                out.notes.push(format!("{at}: {note}"));
+            }
             if pairs.len() < 2 {
                 out.notes.push(format!(
                     "{at}: n/a, {} of {} prompts have both the r > 0 image and its r = 0 twin stored; FID needs at least 2",
@@ -332,6 +383,41 @@ pub fn measure_fid(
     out.featurised = sets.featurised;
     out.cached = sets.cached;
     Ok(out)
+}
+
+/// Before a set is featurised, its images are checked against their records (`is_done`
+/// checks only the PNG signature and size): a pair with a damaged image counts as not
+/// stored and leaves the set, so FID never reads an image that is not what its job made.
+/// Sets already cached were featurised from checked images and are not read again.
+/// Returns the note that says which images were left out.
+fn leave_out_damaged(sets: &mut Sets<'_>, pairs: &mut Vec<(&Job, &Job)>) -> Option<String> {
+    let reference: Vec<&Job> = pairs.iter().map(|(b, _)| *b).collect();
+    let test: Vec<&Job> = pairs.iter().map(|(_, t)| *t).collect();
+    if pairs.len() < 2 || (sets.known(&reference) && sets.known(&test)) {
+        return None;
+    }
+    let all: Vec<&Job> = reference.iter().chain(&test).copied().collect();
+    let damaged = sets.damaged(&all);
+    if damaged.is_empty() {
+        return None;
+    }
+    pairs.retain(|(b, t)| !damaged.iter().any(|(k, _)| *k == b.key || *k == t.key));
+    let shown: Vec<String> = damaged
+        .iter()
+        .take(3)
+        .map(|(key, why)| format!("objects/{key}: {why}"))
+        .collect();
+    let more = if damaged.len() > shown.len() {
+        format!("; and {} more", damaged.len() - shown.len())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} stored image(s) do not match their records and are left out with their twins \
+         ({}{more}); `tomex run` regenerates them",
+        damaged.len(),
+        shown.join("; ")
+    ))
 }
 
 /// Removes the store's cached set statistics (`<store>/reports/fid-stats/*.npz`), so the
