@@ -263,6 +263,34 @@ fn report_of_a_small_store_partial_then_complete() {
         long
     );
 
+    // An r > 0 image changed at the same size that still decodes (only its digest tells):
+    // its pair is left out with a warning, and never cached.
+    let manifest = std::fs::read_to_string(dir.path().join("results/manifest.csv")).unwrap();
+    let (_, row) = tomex::csv_text::records(&manifest)
+        .unwrap()
+        .into_iter()
+        .skip(1)
+        .find(|(_, f)| f[2] == "0.5")
+        .unwrap();
+    let image = dir.path().join("results").join(&row[5]);
+    let original = std::fs::read(&image).unwrap();
+    common::damage_keeping_size(&image);
+    std::fs::remove_file(out_dir.join("paired.csv")).unwrap();
+    let run = tomex().arg("report").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("1 image pair(s) hold a damaged image"),
+        "{err}"
+    );
+    let cache = std::fs::read_to_string(out_dir.join("paired.csv")).unwrap();
+    assert_eq!(cache.lines().count(), 3 * 3, "{cache}");
+    std::fs::write(&image, &original).unwrap();
+    report(&spec, &[]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("results.csv")).unwrap(),
+        long
+    );
+
     // The thesis's Table 12 beside ours.
     let theirs = std::fs::read_to_string(out_dir.join("thesis/table.md")).unwrap();
     assert!(

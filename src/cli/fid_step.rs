@@ -52,9 +52,9 @@ pub fn finish_and_say(
         FidResult::Stopped(e) => eprintln!("error: the FID step stopped: {e:#}"),
     }
     match &finished.paired {
-        Ok(u) if u.undecodable > 0 => eprintln!(
-            "warning: {} image pair(s) do not decode and have no PSNR/SSIM (tomex store verify --repair)",
-            u.undecodable
+        Ok(u) if u.damaged > 0 => eprintln!(
+            "warning: {} image pair(s) hold a damaged image (not what its record says) and have no PSNR/SSIM; `tomex run` regenerates it",
+            u.damaged
         ),
         Ok(_) => {}
         Err(e) => eprintln!("error: paired metrics: {e:#}"),

@@ -1,9 +1,10 @@
 //! The paired-metric step: PSNR and SSIM (`crate::metrics::paired`) of every stored
 //! r > 0 image against its stored r = 0 twin, into the report folder's `paired.csv`.
 //! Store keys name image content, so a pair's values never change: only pairs the file
-//! does not hold yet are computed, in parallel. A pair whose image does not decode (damaged
-//! at the same size, which only `tomex store verify` tells) is left out; the report
-//! lists it as missing.
+//! does not hold yet are computed, in parallel. A pair with a damaged image (one whose
+//! digest is not its record's, or that does not decode: damage at the same size, which the
+//! cheap `is_done` check does not see) is left out and never cached; the report lists it
+//! as missing.
 
 use std::path::Path;
 
@@ -16,15 +17,15 @@ use crate::plan::{Job, Plan};
 use crate::report::model::{ratio_key, CellJobs, PairedCache};
 use crate::report::PAIRED_FILE;
 use crate::spec::Spec;
-use crate::store::Store;
+use crate::store::{ObjectState, Store};
 
 /// What [`update_paired`] did.
 #[derive(Debug, Default, PartialEq)]
 pub struct PairedUpdate {
     /// Pairs computed now.
     pub computed: usize,
-    /// Pairs left out because an image does not decode.
-    pub undecodable: usize,
+    /// Pairs left out because an image is damaged (not what its record says).
+    pub damaged: usize,
 }
 
 /// Computes the paired metrics of `spec`'s stored pairs that `<dir>/paired.csv` lacks and
@@ -41,6 +42,10 @@ pub fn update_paired(
     let computed: Vec<Option<(&Job, &Job, Paired)>> = todo
         .par_iter()
         .map(|&(job, twin)| -> Result<_, RunnerError> {
+            let intact = |key: &str| matches!(store.checked_state(key), ObjectState::Done(_));
+            if !intact(&twin.key) || !intact(&job.key) {
+                return Ok(None);
+            }
             let (Some(a), Some(b)) = (
                 open_rgb(&store.image_path(&twin.key)),
                 open_rgb(&store.image_path(&job.key)),
@@ -61,7 +66,7 @@ pub fn update_paired(
                 cache.insert(&twin.key, &job.key, m);
                 update.computed += 1;
             }
-            None => update.undecodable += 1,
+            None => update.damaged += 1,
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| RunnerError::io("creating", dir, e))?;

@@ -203,3 +203,26 @@ pub fn rel_l2(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
+
+/// Changes the PNG at `path` at its size, so that it still decodes: the first pixel
+/// inverted, re-encoded at the best compression and padded after its end with zeros to
+/// the old length (decoders stop at `IEND`). Damage that only a digest check finds.
+pub fn damage_keeping_size(path: &Path) {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let old = std::fs::read(path).unwrap();
+    let mut img = image::load_from_memory(&old).unwrap().to_rgb8();
+    let p = img.get_pixel_mut(0, 0);
+    p.0 = p.0.map(|c| 255 - c);
+    let mut new = Vec::new();
+    let encoder =
+        PngEncoder::new_with_quality(&mut new, CompressionType::Best, FilterType::Adaptive);
+    img.write_with_encoder(encoder).unwrap();
+    assert!(
+        new.len() <= old.len(),
+        "{}: re-encoded PNG is larger",
+        path.display()
+    );
+    new.resize(old.len(), 0);
+    image::load_from_memory(&new).expect("the damaged PNG still decodes");
+    std::fs::write(path, new).unwrap();
+}
