@@ -3,8 +3,8 @@
 //! Store keys name image content, so a pair's values never change: only pairs the file
 //! does not hold yet are computed, in parallel. A pair with a damaged image (one whose
 //! digest is not its record's, or that does not decode: damage at the same size, which the
-//! cheap `is_done` check does not see) is left out and never cached; the report lists it
-//! as missing.
+//! cheap `is_done` check does not see) is left out, counted for a warning, and never
+//! cached.
 
 use std::path::Path;
 
