@@ -284,6 +284,11 @@ fn report_of_a_small_store_partial_then_complete() {
     );
     let cache = std::fs::read_to_string(out_dir.join("paired.csv")).unwrap();
     assert_eq!(cache.lines().count(), 3 * 3, "{cache}");
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("stored, but an image of the pair is damaged"),
+        "{summary}"
+    );
     std::fs::write(&image, &original).unwrap();
     report(&spec, &[]);
     assert_eq!(

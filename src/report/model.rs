@@ -367,7 +367,7 @@ impl ReportModel {
     /// The report of `spec` (whose jobs are `plan`) from what `store` holds: FID from
     /// `fid` (absent values render `n/a`), PSNR and SSIM from `paired`, which the runner's
     /// paired step has filled for every stored pair (`crate::runner::paired`); a stored
-    /// pair it holds no values for has an image that does not decode.
+    /// pair it holds no values for has a damaged image (not what its record says).
     pub fn from_spec_plan(
         spec: &Spec,
         plan: &Plan,
@@ -450,13 +450,13 @@ impl ReportModel {
                 let mut scores = Vec::with_capacity(pairs.len());
                 for (p, job, twin) in &pairs {
                     let Some(m) = paired.get(&twin.key, &job.key) else {
-                        // Damaged at the same size, which only `tomex store verify` tells.
+                        // Damaged at the same size (the paired step checks digests).
                         missing.push(MissingImage {
                             config: config.name.clone(),
                             ratio: r,
                             prompt_index: *p,
                             key: job.key.clone(),
-                            status: "stored, but an image of the pair does not decode (tomex store verify --repair)".into(),
+                            status: "stored, but an image of the pair is damaged (not what its record says; `tomex run` regenerates it)".into(),
                         });
                         continue;
                     };
