@@ -17,7 +17,7 @@ use crate::plan::{Job, Plan};
 use crate::report::model::{ratio_key, CellJobs, PairedCache};
 use crate::report::PAIRED_FILE;
 use crate::spec::Spec;
-use crate::store::{ObjectState, Store};
+use crate::store::Store;
 
 /// What [`update_paired`] did.
 #[derive(Debug, Default, PartialEq)]
@@ -42,14 +42,9 @@ pub fn update_paired(
     let computed: Vec<Option<(&Job, &Job, Paired)>> = todo
         .par_iter()
         .map(|&(job, twin)| -> Result<_, RunnerError> {
-            let intact = |key: &str| matches!(store.checked_state(key), ObjectState::Done(_));
-            if !intact(&twin.key) || !intact(&job.key) {
-                return Ok(None);
-            }
-            let (Some(a), Some(b)) = (
-                open_rgb(&store.image_path(&twin.key)),
-                open_rgb(&store.image_path(&job.key)),
-            ) else {
+            // Each image read once: checked against its record, then decoded.
+            let open = |key: &str| store.checked_image(key).ok().and_then(|b| decode_rgb(&b));
+            let (Some(a), Some(b)) = (open(&twin.key), open(&job.key)) else {
                 return Ok(None);
             };
             let m = paired(&a, &b).map_err(|error| RunnerError::Paired {
@@ -110,7 +105,7 @@ fn new_pairs<'p>(
     out
 }
 
-/// The image at `path`, or `None` where it does not decode.
-fn open_rgb(path: &Path) -> Option<image::RgbImage> {
-    image::open(path).ok().map(|i| i.to_rgb8())
+/// The PNG `bytes` as RGB, or `None` where they do not decode.
+fn decode_rgb(bytes: &[u8]) -> Option<image::RgbImage> {
+    image::load_from_memory(bytes).ok().map(|i| i.to_rgb8())
 }

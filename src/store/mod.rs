@@ -627,24 +627,41 @@ impl Store {
         Ok(report)
     }
 
+    /// A done job's image, read once and checked as [`Store::checked_state`] checks it;
+    /// `Err(why)` when the job is not stored or its image is damaged. For readers that
+    /// must never see a damaged image (the paired metrics).
+    pub fn checked_image(&self, key: &str) -> Result<Vec<u8>, String> {
+        match self.state(key) {
+            ObjectState::Done(record) => self.read_checked_image(key, &record),
+            ObjectState::Damaged(why) => Err(why),
+            ObjectState::Absent => Err("not stored".into()),
+        }
+    }
+
     /// What is wrong with a done job's image beyond the cheap checks: its digest
     /// differs from the record's, or (records without one) it does not decode.
     fn image_problem(&self, key: &str, record: &Record) -> Option<String> {
+        self.read_checked_image(key, record).err()
+    }
+
+    fn read_checked_image(&self, key: &str, record: &Record) -> Result<Vec<u8>, String> {
         let path = self.image_path(key);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => return Some(format!("image.png cannot be read: {e}")),
-        };
+        let bytes = fs::read(&path).map_err(|e| format!("image.png cannot be read: {e}"))?;
         match &record.image_sha256 {
             Some(want) => {
                 let got = crate::model::sha256_bytes(&bytes);
-                (&got != want)
-                    .then(|| format!("image.png's digest {got} is not its record's {want}"))
+                if &got != want {
+                    return Err(format!(
+                        "image.png's digest {got} is not its record's {want}"
+                    ));
+                }
             }
-            None => image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-                .err()
-                .map(|e| format!("image.png does not decode: {e}")),
+            None => {
+                image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+                    .map_err(|e| format!("image.png does not decode: {e}"))?;
+            }
         }
+        Ok(bytes)
     }
 
     /// Removes the claim logs of done jobs; returns how many. Run it when no
