@@ -235,15 +235,20 @@ fn report_of_a_small_store_partial_then_complete() {
     assert!(summary.contains("SSIM"), "{summary}");
     // Paired metrics for every r > 0 cell that is possible.
     let long = std::fs::read_to_string(out_dir.join("results.csv")).unwrap();
-    let rows = tomex::csv_text::records(&long).unwrap();
-    assert_eq!(rows.len(), 1 + 6, "{long}");
-    for (line, f) in &rows[1..] {
-        let (r, possible, ssim_mean) = (&f[2], &f[3], &f[13]);
-        if possible == "true" && r != "0" {
-            let s: f64 = ssim_mean.parse().unwrap_or_else(|_| panic!("{line}"));
+    #[derive(serde::Deserialize)]
+    struct LongRow {
+        r_pct: String,
+        possible: String,
+        ssim_mean: String,
+    }
+    let rows = tomex::csv_text::rows::<LongRow>(&long).unwrap();
+    assert_eq!(rows.len(), 6, "{long}");
+    for (line, row) in &rows {
+        if row.possible == "true" && row.r_pct != "0" {
+            let s: f64 = row.ssim_mean.parse().unwrap_or_else(|_| panic!("{line}"));
             assert!((-1.0..=1.0).contains(&s), "{line}");
         } else {
-            assert_eq!(ssim_mean, "", "{line}");
+            assert_eq!(row.ssim_mean, "", "{line}");
         }
     }
     // Grid: 2 prompts x 3 r for self (64x64 tiles, 4-pixel gutters, a header band).
@@ -266,13 +271,17 @@ fn report_of_a_small_store_partial_then_complete() {
     // An r > 0 image changed at the same size that still decodes (only its digest tells):
     // its pair is left out with a warning, and never cached.
     let manifest = std::fs::read_to_string(dir.path().join("results/manifest.csv")).unwrap();
-    let (_, row) = tomex::csv_text::records(&manifest)
+    #[derive(serde::Deserialize)]
+    struct ManifestRow {
+        r: String,
+        image: String,
+    }
+    let (_, row) = tomex::csv_text::rows::<ManifestRow>(&manifest)
         .unwrap()
         .into_iter()
-        .skip(1)
-        .find(|(_, f)| f[2] == "0.5")
+        .find(|(_, row)| row.r == "0.5")
         .unwrap();
-    let image = dir.path().join("results").join(&row[5]);
+    let image = dir.path().join("results").join(&row.image);
     let original = std::fs::read(&image).unwrap();
     common::damage_keeping_size(&image);
     std::fs::remove_file(out_dir.join("paired.csv")).unwrap();

@@ -10,16 +10,19 @@ CPU has AMX), fixed seeds, a fixed number of steps per stage.
 
 Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   data      render the training scenes (seed 1) into tools/.work/demo/images.npy
-  vae       AutoencoderKL, MSE + L1 (10x on object pixels) + tiny KL, with latent
-            channels 0-2 tied to the scene's colours at 1/8 size and channel 3 to its
-            objects' shapes (circle +1, square -1, triangle 0); logs how many held-out
-            probe scenes keep their colour and shape through a round trip
-  latents   encode every scene once (posterior mean), write channel 3 from the scenes'
-            shape tags (the encoder learns them only roughly) and set the VAE's
-            scaling_factor
-  decoder   the decoder alone, on those latents, half of each batch with a little noise
-            added (the encoder, and so what the UNet learns to make, stays fixed): the
-            joint stage leaves colours wrong
+  latents   each scene's layout latent, drawn from its geometry (layout_latent): channels
+            0-2 its colours at 1/8 size with every object drawn as the disc inscribed in
+            its box, channel 3 its shape tag over that disc (circle +1, square -1,
+            triangle 0); sets the VAE's scaling_factor. What the UNet learns to make
+  vae       AutoencoderKL: the encoder learns to give the layout latents, the decoder to
+            draw the scenes from them, degraded as the UNet's are (noise, blur, a weak or
+            strong tag), with L1 + MSE weighted 10x on object pixels; logs how many held-out
+            probe scenes keep their colour and shape when drawn from their layout latents
+            and through encode + decode
+  decoder   the decoder alone, on degraded layout latents of 16x16-latent windows that
+            hold a whole object (it reads the shape from the tag over the whole disc) and
+            of random crops, the last 100 steps whole images (the encoder, and so what the
+            UNet learns to make, stays fixed)
   text      the CLIP text encoder alone, taught to name what a caption says (objects in
             order with colour, shape and size, background, place, relation, count) from
             its pooled state; frozen from here on, as SD's CLIP is. Trained jointly with
@@ -27,8 +30,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
             learnt to ignore the text (tools/demo/train.log, first run)
   unet      the UNet on the frozen encoder's states: 1400 steps on 16x16-latent windows
             (128 px) around the objects of one-object scenes, at their 256 px size and
-            with their captions less the place (a fifth of the cost per scene: the
-            shapes' edges and corners), then 1000 on whole scenes at 256 px; a third of
+            with their captions less the place (a fifth of the cost per scene), then 600
+            on whole scenes at 256 px; a third of
             each batch at t < 300 (the low-noise steps that draw edges); 10% empty
             captions (classifier-free
             guidance), cross-attention outputs zero-initialised, each timestep's loss
@@ -40,9 +43,12 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   save      the diffusers pipeline -> tools/demo/diffusers/, the feature network ->
             models/demo_fid/features.onnx
 
-Usage (from the repository root; under 2 hours on 2 cores: the ninth run's stages took
-17 (vae), 4 (latents), 10 (decoder) and 70 minutes (unet, with its probes) on an AMD VM
-without AMX, the text and features stages about 3 each):
+Usage (from the repository root; under 2 hours on 2 cores: on an AMD VM without AMX the
+twelfth run's vae stage took 19 minutes, latents 10 s, the unet stage about 50 (1400
+window steps at 1.0 s, 600 whole-scene steps at 2.5 s, with its probes), the decoder
+stage 43 on 1 thread beside the unet stage (tools/demo/train.log; alone on 2 threads
+it is the vae stage's kind of step, estimated at 15), the text and features stages about 3
+each):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage,
                                                         # and the UNet stage's minutes here
@@ -136,13 +142,17 @@ SCHEDULER_CONFIG = dict(
 STAGES = {
     # name: steps, batch, learning rate, checkpoint every
     "vae": dict(steps=1600, batch=8, lr=1e-3, every=200),
-    "decoder": dict(steps=1200, batch=8, lr=5e-4, every=200),
+    # batch object windows and crop_batch random crops per step; two cosine cycles, the
+    # second a warm restart at half the rate (train_decoder)
+    "decoder": dict(steps=3000, batch=8, crop_batch=4, lr=1e-3, every=200, cycles=((2000, 1.0), (1000, 0.5))),
     "text": dict(steps=600, batch=256, lr=1e-3, every=200),
     # window_steps of window_batch object windows first (train_unet), then batch at 256 px
-    "unet": dict(steps=2400, batch=32, lr=6e-4, every=200, window_steps=1400, window_batch=64),
+    "unet": dict(steps=2000, batch=32, lr=6e-4, every=200, window_steps=1400, window_batch=64),
     "features": dict(steps=800, batch=32, lr=1e-3, every=200),
 }
 VAE_FULL_STEPS = 200
+DECODER_FULL_STEPS = 100
+ROUND_TRIP_EVERY = 400  # steps between the VAE stages' probe logs (about 40 s each)
 BENCH_STEPS = 3  # window steps, then whole-scene steps, that --bench times of the UNet stage
 CAPTION_DROP = 0.1
 MAX_LOSS_WEIGHT = 10.0  # of a timestep's loss, 1/SNR clamped to [1, this] (train_unet)
@@ -150,7 +160,7 @@ LOW_NOISE_SHARE = 1 / 3  # of each batch drawn at t < LOW_NOISE_T (train_unet)
 LOW_NOISE_T = 300
 OFFSET_NOISE = 0.1  # std of the per-image, per-channel constant added to the training noise
 EMA_MAX = 0.998
-DECODER_NOISE = 0.15  # largest std of the noise on the decoder stage's latents (train_decoder)
+DECODER_NOISE = 0.3  # largest std of the noise on the decoder's training latents (degrade)
 
 
 def log(msg: str) -> None:
@@ -309,6 +319,9 @@ def fid_preprocess(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(images, bench=False):
+    """The encoder learns to give each scene's layout latent (LAYOUT, its posterior mean;
+    its variance small), and the decoder to draw the scene from that layout latent, as
+    degraded as the UNet's (degrade): two losses on one VAE, neither feeding the other."""
     cfg = STAGES["vae"]
     vae = new_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
@@ -318,46 +331,28 @@ def train_vae(images, bench=False):
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
+    latents = stored_latents(images) if not bench else None
     steps = 4 if bench else cfg["steps"]
     t0 = time.time()
     for step in range(start, steps):
         g = step_generator("vae", step)
         idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values.numpy()
         x = to_tensor(images[idx])
-        weight = object_weights(x)
+        z = latents[idx].float() if latents is not None else layout_latents([demo_world.scene(TRAIN_SEED, int(i)) for i in idx])
         if step < cfg["steps"] - VAE_FULL_STEPS:
-            # Random 128x128 crops (4x cheaper); the last steps see whole images so the
-            # mid-block attention settles at the 32x32 latents it decodes in use.
-            y0, x0 = (int(v) for v in torch.randint(0, 129, (2,), generator=g))
-            x = x[:, :, y0 : y0 + 128, x0 : x0 + 128]
-            weight = weight[:, :, y0 : y0 + 128, x0 : x0 + 128]
+            # Random 16x16-latent crops (128 px, 4x cheaper); the last steps see whole
+            # images so the mid-block attention settles at the 32x32 latents it decodes in use.
+            y0, x0 = (int(v) for v in torch.randint(0, 17, (2,), generator=g))
+            x = x[:, :, 8 * y0 : 8 * y0 + 128, 8 * x0 : 8 * x0 + 128]
+            z = z[:, :, y0 : y0 + 16, x0 : x0 + 16]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast():
             posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
-            rec = vae.decode(z).sample.float()
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = object_weighted_loss(rec, x, weight) + 1e-4 * kl
-        # Latent channel 3 carries each object's shape at 1/8 size (SHAPE_TAGS), as
-        # channels 0-2 carry its colour. Left free, it held the shape only in the sub-cell
-        # coverage of an object's edge cells, which the UNet drew as wobbly blobs: squares
-        # 0 of 25 in the seventh run's probe, though colours (a value over the whole
-        # object) were right in 74 of 75.
-        shapes = shape_maps(idx)
-        if step < cfg["steps"] - VAE_FULL_STEPS:
-            shapes = shapes[:, :, y0 : y0 + 128, x0 : x0 + 128]
-        # Weighted as the pixels are (objects 10x): objects cover a few percent of the
-        # cells, and under plain MSE a channel 3 of zeros was cheaper than learning the
-        # shapes (its std was 0.015 after 1600 steps).
-        cell_weight = F.avg_pool2d(weight, 8)
-        tag_error = (posterior.mean[:, 3:4].float() - F.avg_pool2d(shapes, 8)) ** 2
-        loss = loss + (cell_weight * tag_error).sum() / cell_weight.sum()
-        # Latent channels 0-2 carry the scene's colours at 1/8 size (as SD's own latents
-        # are close to a linear map of the image's colours). Without this, 1200 steps
-        # left blue and green objects on gray both teal (round trip: colour right in 64%
-        # of held-out probes; tools/demo/train.log, fifth run).
-        loss = loss + F.mse_loss(posterior.mean[:, :3].float(), F.avg_pool2d(x, 8))
+            rec = vae.decode(degrade(z, g)).sample.float()
+        encoder_loss = F.mse_loss(posterior.mean.float(), z) + 0.01 * F.mse_loss(posterior.logvar.float(), torch.full_like(z, LOGVAR))
+        decoder_loss = object_weighted_loss(rec, x, object_weights(x))
+        loss = decoder_loss + encoder_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -367,27 +362,80 @@ def train_vae(images, bench=False):
             t0 = time.time()
             continue
         if step % 50 == 0 or step + 1 == steps:
-            log(f"vae {step + 1}/{steps} loss {loss.item():.5f} kl {kl.item():.4f} lr {lr_at(step, cfg):.2e}")
+            log(f"vae {step + 1}/{steps} decoder loss {decoder_loss.item():.5f} encoder loss {encoder_loss.item():.5f} lr {lr_at(step, cfg):.2e}")
         if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
-            log(f"vae {step + 1}: " + vae_round_trip(vae))
+            if (step + 1) % ROUND_TRIP_EVERY == 0 or step + 1 == steps:
+                log(f"vae {step + 1}: " + vae_round_trip(vae))
             save_checkpoint("vae", step + 1, {"model": vae.state_dict(), "opt": opt.state_dict()})
     return vae
 
 
 SHAPE_TAGS = {"circle": 1.0, "square": -1.0, "triangle": 0.0}  # background 0: colours tell it apart
+LOGVAR = math.log(0.01**2)  # the encoder's posterior: std 0.01 around the layout latent
+LAYOUT_SUPERSAMPLE = 2  # layout latents are drawn at 2x 256 px and box-filtered to 1/16 of that
 
 
-def shape_maps(indices) -> torch.Tensor:
-    """[n, 1, 256, 256] maps of the training scenes' objects' SHAPE_TAGS, drawn with the
-    world's geometry and order (a later object covers an earlier one)."""
-    out = np.zeros((len(indices), 1, demo_world.SIZE, demo_world.SIZE), np.float32)
-    for k, i in enumerate(indices):
-        img = Image.new("F", (demo_world.SIZE, demo_world.SIZE), 0.0)
-        draw = ImageDraw.Draw(img)
-        for o in demo_world.scene(TRAIN_SEED, int(i)).objects:
-            demo_world.draw_object(draw, o.shape, o.x, o.y, o.half, SHAPE_TAGS[o.shape])
-        out[k, 0] = np.asarray(img)
-    return torch.from_numpy(out)
+def layout_latent(scene) -> np.ndarray:
+    """The latent a scene is stored as (float32 [4, 32, 32]): channels 0-2 its colours at
+    1/8 size (in [-1, 1]) with every object drawn as the disc inscribed in its box, channel
+    3 the object's SHAPE_TAGS value over the same disc (0 on the background).
+
+    The shape is a value over the whole object and the outline is a disc for every shape:
+    what the UNet has to draw is position, size, colour and a tag, and the decoder draws
+    the shape's edges and corners. Latents that were the scene at 1/8 size (the ninth run)
+    left the squares' corners to the UNet, which rounded them from t = 300 on: 7 of 25
+    probe squares drawn square although the tag under 25 of 25 said square."""
+    k = LAYOUT_SUPERSAMPLE
+    side = demo_world.SIZE * k
+    colour = Image.new("RGB", (side, side), scene.background_rgb)
+    tag = Image.new("F", (side, side), 0.0)
+    draw_colour, draw_tag = ImageDraw.Draw(colour), ImageDraw.Draw(tag)
+    for o in scene.objects:  # in the world's order: a later object covers an earlier one
+        box = [(o.x - o.half) * k, (o.y - o.half) * k, (o.x + o.half) * k, (o.y + o.half) * k]
+        draw_colour.ellipse(box, fill=o.rgb)
+        draw_tag.ellipse(box, fill=SHAPE_TAGS[o.shape])
+    cells = demo_world.SIZE // 8
+    rgb = np.asarray(colour.resize((cells, cells), Image.BOX), dtype=np.float32) / 127.5 - 1.0
+    shape = np.asarray(tag.resize((cells, cells), Image.BOX), dtype=np.float32)
+    return np.concatenate([rgb.transpose(2, 0, 1), shape[None]])
+
+
+def layout_latents(scenes) -> torch.Tensor:
+    return torch.from_numpy(np.stack([layout_latent(s) for s in scenes]))
+
+
+def degrade(z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Layout latents as the UNet gives them, for the decoder to learn from: each with noise
+    of std up to DECODER_NOISE on half the batch (the ninth run's UNet left a cell-to-cell
+    residual of 0.12 per channel where stored latents had 0.05), a Gaussian blur of 0.3-1
+    cells on a third (soft outlines), channel 3 scaled by 0.7-1.15 on a third (a weak or
+    strong tag; each stays nearest its own SHAPE_TAGS value)."""
+    n = len(z)
+    noisy = (torch.rand(n, 1, 1, 1, generator=g) < 0.5).float()
+    sigma = DECODER_NOISE * torch.rand(n, 1, 1, 1, generator=g)
+    blur = torch.rand(n, generator=g) < 1 / 3
+    widths = 0.3 + 0.7 * torch.rand(n, generator=g)
+    scaled = torch.rand(n, generator=g) < 1 / 3
+    scales = 0.7 + 0.45 * torch.rand(n, generator=g)
+    noise = torch.randn(z.shape, generator=g)
+    out = z.clone()
+    for k in range(n):
+        if blur[k]:
+            out[k] = gaussian_blur(out[k], float(widths[k]))
+        if scaled[k]:
+            out[k, 3] = out[k, 3] * scales[k]
+    return out + noisy * sigma * noise
+
+
+def gaussian_blur(z: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[c, h, w] blurred by a separable Gaussian of `sigma` cells (5 taps, edges replicated)."""
+    taps = torch.exp(-0.5 * (torch.arange(-2, 3, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    c = z.shape[0]
+    x = F.pad(z[None], (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, taps.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    x = F.conv2d(x, taps.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+    return x[0]
 
 
 def object_weights(x: torch.Tensor) -> torch.Tensor:
@@ -406,27 +454,31 @@ def object_weighted_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 def vae_round_trip(vae) -> str:
     """How many of 100 held-out probe scenes (`a <colour> <shape>`, world seed 2) keep
-    their colour and shape through encode + decode, judged as tools/demo_judge.py judges
-    generated images: the ceiling of the demo model's prompt following."""
+    their colour and shape when the decoder draws their layout latents (the ceiling of
+    the demo model's prompt following) and through encode + decode, judged as
+    tools/demo_judge.py judges generated images."""
     import demo_judge
 
     scenes = [demo_world.single_caption_scene(2, i) for i in range(100)]
     vae.eval()
     with torch.no_grad():
-        y = vae.decode(vae.encode(to_tensor(np.stack([demo_world.render(s) for s in scenes]))).latent_dist.mean).sample
-    out = ((y.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    colour = shape = 0
-    for image, s in zip(out, scenes):
-        c, h = demo_judge.judge(image)
-        colour += c == s.objects[0].colour
-        shape += h == s.objects[0].shape
+        drawn = vae.decode(layout_latents(scenes)).sample
+        round_trip = vae.decode(vae.encode(to_tensor(np.stack([demo_world.render(s) for s in scenes]))).latent_dist.mean).sample
     vae.train()
-    return f"VAE round trip of 100 held-out probe scenes: colour right {colour}, shape right {shape}"
+    out = []
+    for y in (drawn, round_trip):
+        colour = shape = 0
+        for image, s in zip(((y.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().byte().numpy(), scenes):
+            c, h = demo_judge.judge(image)
+            colour += c == s.objects[0].colour
+            shape += h == s.objects[0].shape
+        out.append(f"colour right {colour}, shape right {shape}")
+    return f"100 held-out probe scenes: from their layout latents {out[0]}; encoded and decoded {out[1]}"
 
 
 def train_decoder(images, threads: int):
-    """Fine-tunes the VAE's decoder (and post_quant_conv) on the stored latents, the
-    encoder's posterior means, which are also what the UNet is trained to produce."""
+    """The decoder alone (and post_quant_conv) from the VAE stage's, on whole degraded
+    layout latents as well as crops: what the UNet makes is drawn by this decoder."""
     torch.set_num_threads(threads)
     cfg = STAGES["decoder"]
     vae = new_vae()
@@ -439,71 +491,70 @@ def train_decoder(images, threads: int):
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
-    latents = torch.load(WORK / "latents.pt")["latents"]
+    latents = stored_latents(images)
+    windows = object_windows()
     for step in range(start, cfg["steps"]):
         g = step_generator("decoder", step)
-        idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values
-        x = to_tensor(images[idx.numpy()])
-        z = latents[idx].float()
-        # Half the batch with a little noise on its latents: the UNet's latents are never
-        # exact, and a decoder that saw only the encoder's draws their errors as wobbly
-        # edges; with noise it learns to lean on the shape and colour channels.
-        noisy = torch.rand(len(z), 1, 1, 1, generator=g) < 0.5
-        sigma = DECODER_NOISE * torch.rand(len(z), 1, 1, 1, generator=g)
-        z = z + noisy * sigma * torch.randn(z.shape, generator=g)
-        if step < cfg["steps"] - VAE_FULL_STEPS:
-            # 16x16-latent crops (128 px): 4x cheaper; the last steps see whole images.
+        cycle_step, cycle = decoder_cycle(step, cfg)
+        if cycle_step < cycle["steps"] - DECODER_FULL_STEPS:
+            # 16x16-latent windows (128 px) holding a whole object of a one-object scene,
+            # and random crops: the shape is drawn from the tag over the whole disc, which
+            # a crop through the object hides (from random crops alone it learnt too
+            # slowly: after 1200 steps it drew one blob for every tag).
+            z, x = object_window_pairs(latents, images, windows, cfg["batch"], g)
+            idx = torch.randint(0, len(images), (cfg["crop_batch"],), generator=g).sort().values
             y0, x0 = (int(v) for v in torch.randint(0, 17, (2,), generator=g))
-            z = z[:, :, y0 : y0 + 16, x0 : x0 + 16]
-            x = x[:, :, 8 * y0 : 8 * y0 + 128, 8 * x0 : 8 * x0 + 128]
+            z = torch.cat([z, latents[idx, :, y0 : y0 + 16, x0 : x0 + 16].float()])
+            x = torch.cat([x, to_tensor(images[idx.numpy()])[:, :, 8 * y0 : 8 * y0 + 128, 8 * x0 : 8 * x0 + 128]])
+        else:
+            # The last steps see whole images, as the decoder decodes them in use.
+            idx = torch.randint(0, len(images), (cfg["batch"],), generator=g).sort().values
+            z, x = latents[idx].float(), to_tensor(images[idx.numpy()])
+        z = degrade(z, g)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(cycle_step, cycle)
         with autocast():
             rec = vae.decode(z).sample.float()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss = object_weighted_loss(rec, x, object_weights(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0 or step + 1 == cfg["steps"]:
-            log(f"decoder {step + 1}/{cfg['steps']} loss {loss.item():.5f} lr {lr_at(step, cfg):.2e}")
+            log(f"decoder {step + 1}/{cfg['steps']} loss {loss.item():.5f} lr {lr_at(cycle_step, cycle):.2e}")
         if (step + 1) % cfg["every"] == 0 or step + 1 == cfg["steps"]:
-            log(f"decoder {step + 1}: " + vae_round_trip(vae))
+            if (step + 1) % ROUND_TRIP_EVERY == 0 or step + 1 == cfg["steps"]:
+                log(f"decoder {step + 1}: " + vae_round_trip(vae))
             save_checkpoint("decoder", step + 1, {"model": vae.state_dict(), "opt": opt.state_dict()})
     torch.set_num_threads(THREADS)
 
 
-def encode_latents(images):
+def decoder_cycle(step: int, cfg: dict) -> tuple[int, dict]:
+    """(step within its cycle, that cycle's steps and peak rate) of a decoder step. After
+    the first cycle (2000 steps) the decoder drew all 100 probe shapes right from clean
+    layout latents, but it had learnt triangles (tag 0, the background's value) last, in
+    its final 200 steps, and drew 4 of 25 from the UNet's latents: a warm restart gives it
+    more steps at a useful rate (tools/demo/train.log, twelfth run)."""
+    first = 0
+    for steps, scale in cfg["cycles"]:
+        if step < first + steps:
+            return step - first, {"steps": steps, "lr": cfg["lr"] * scale}
+        first += steps
+    raise ValueError(f"decoder step {step} is past the stage's cycles")
+
+
+def stored_latents(images) -> torch.Tensor:
+    """Every training scene's layout latent (unscaled), written once to latents.pt with the
+    VAE's scaling_factor (1 / their std, as SD's VAEs are scaled)."""
     path = WORK / "latents.pt"
-    if path.exists():
-        return torch.load(path)
-    latents = encode_all(images)
-    # Channel 3 as the VAE stage's target, not as the encoder gives it: the encoder only
-    # learns it slowly (telling a square from a circle needs the whole object; its
-    # channel 3 was within +-0.25 of zero at step 800 where the tags are +-1), and the
-    # UNet and decoder should learn a clean tag. Text-to-image never runs the encoder.
-    for i in range(0, len(latents), 512):
-        latents[i : i + 512, 3:4] = F.avg_pool2d(shape_maps(range(i, min(i + 512, len(latents)))), 8)
-    scaling = float(1.0 / latents.std())
-    log(f"latents {tuple(latents.shape)} mean {latents.mean():.4f} std {latents.std():.4f} -> scaling_factor {scaling:.5f}")
-    torch.save({"latents": latents.half(), "scaling_factor": scaling}, WORK / "latents.tmp.pt")
-    os.replace(WORK / "latents.tmp.pt", path)
-    return torch.load(path)
-
-
-def encode_all(images) -> torch.Tensor:
-    """Posterior means of every image (uint8 [n, h, w, 3]) under the VAE stage's encoder."""
-    vae = new_vae()
-    vae.load_state_dict(load_checkpoint("vae")["model"])
-    vae.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), 64):
-            with autocast():
-                out.append(vae.encode(to_tensor(images[i : i + 64])).latent_dist.mean.float())
-            if i % 2048 == 0:
-                log(f"encoded {i}/{len(images)}")
-    return torch.cat(out)
+    if not path.exists():
+        scenes = (demo_world.scene(TRAIN_SEED, i) for i in range(len(images)))
+        latents = layout_latents(list(scenes))
+        scaling = float(1.0 / latents.std())
+        log(f"layout latents {tuple(latents.shape)} mean {latents.mean():.4f} std {latents.std():.4f} -> scaling_factor {scaling:.5f}")
+        torch.save({"latents": latents.half(), "scaling_factor": scaling}, WORK / "latents.tmp.pt")
+        os.replace(WORK / "latents.tmp.pt", path)
+    return torch.load(path)["latents"]
 
 
 PLACE_PHRASE = re.compile(" (" + "|".join(demo_world.PLACES) + ")")
@@ -542,6 +593,21 @@ def window_batch(latents, windows, states, batch, g):
         x = xlo + int(u[k, 1] * (xhi - xlo + 1))
         x0[k] = latents[index, :, y : y + WINDOW, x : x + WINDOW]
     return x0, states[pick]
+
+
+def object_window_pairs(latents, images, windows, batch, g):
+    """A batch of object windows: layout latents [n, 4, 16, 16] and their images' 128 px."""
+    pick = torch.randint(0, len(windows), (batch,), generator=g)
+    u = torch.rand(batch, 2, generator=g)
+    z = torch.empty(batch, latents.shape[1], WINDOW, WINDOW)
+    x = torch.empty(batch, 3, 8 * WINDOW, 8 * WINDOW)
+    for k, w in enumerate(pick.tolist()):
+        index, _, ((ylo, yhi), (xlo, xhi)) = windows[w]
+        y = ylo + int(u[k, 0] * (yhi - ylo + 1))
+        c = xlo + int(u[k, 1] * (xhi - xlo + 1))
+        z[k] = latents[index, :, y : y + WINDOW, c : c + WINDOW].float()
+        x[k] = to_tensor(images[index : index + 1, 8 * y : 8 * (y + WINDOW), 8 * c : 8 * (c + WINDOW)])[0]
+    return z, x
 
 
 class Ema:
@@ -662,8 +728,12 @@ def train_unet(bench=False):
     from diffusers import DDPMScheduler
 
     cfg = STAGES["unet"]
-    data = encode_latents(load_images()) if not bench else {"latents": torch.randn(256, 4, 32, 32).half(), "scaling_factor": 1.0}
-    latents = data["latents"].float() * data["scaling_factor"]
+    if bench:
+        latents = torch.randn(256, 4, 32, 32)
+    else:
+        stored_latents(load_images())
+        data = torch.load(WORK / "latents.pt")
+        latents = data["latents"].float() * data["scaling_factor"]
     captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
     windows = object_windows() if not bench else [(i, "a red circle", ((0, 16), (0, 16))) for i in range(256)]
     # The encoder is frozen: every caption's states once, float32 as the UNet sees them.
@@ -945,12 +1015,12 @@ def main():
         train_unet(bench=True)
         train_features(images, bench=True)
         return
-    stages = args.only or ["data", "vae", "latents", "decoder", "text", "unet", "features", "save"]
+    stages = args.only or ["data", "latents", "vae", "decoder", "text", "unet", "features", "save"]
     images = load_images()
+    if "latents" in stages:
+        stored_latents(images)
     if "vae" in stages and not done("vae"):
         train_vae(images)
-    if "latents" in stages:
-        encode_latents(images)
     if "decoder" in stages and not done("decoder"):
         train_decoder(images, args.decoder_threads)
     if "text" in stages and not done("text"):
