@@ -12,8 +12,8 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
   data      render the training scenes (seed 1) into tools/.work/demo/images.npy
   latents   each scene's layout latent, drawn from its geometry (layout_latent): channels
             0-2 its colours at 1/8 size with every object drawn as the disc inscribed in
-            its box, channel 3 its shape tag over that disc (circle +1, square -1,
-            triangle 0); sets the VAE's scaling_factor. What the UNet learns to make
+            its box, channel 3 its shape tag over that disc (circle 0, square -1,
+            triangle +1); sets the VAE's scaling_factor. What the UNet learns to make
   vae       AutoencoderKL: the encoder learns to give the layout latents, the decoder to
             draw the scenes from them, degraded as the UNet's are (noise, blur, a weak or
             strong tag), with L1 + MSE weighted 10x on object pixels; logs how many held-out
@@ -44,11 +44,11 @@ Stages (each resumes from its last checkpoint in tools/.work/demo/ when killed):
             models/demo_fid/features.onnx
 
 Usage (from the repository root; under 2 hours on 2 cores: on an AMD VM without AMX the
-twelfth run's vae stage took 19 minutes, latents 10 s, the unet stage about 50 (1400
-window steps at 1.0 s, 600 whole-scene steps at 2.5 s, with its probes), the decoder
-stage 43 on 1 thread beside the unet stage (tools/demo/train.log; alone on 2 threads
-it is the vae stage's kind of step, estimated at 15), the text and features stages about 3
-each):
+thirteenth run's vae stage took 17 minutes, latents 10 s, the decoder stage 27, the unet
+stage 47 (1400 window steps at 0.95 s, 600 whole-scene steps at 2.45 s, with its probes),
+features 3, the whole run 95 minutes with the data and text stages' checkpoints kept
+from earlier runs (data takes about 1 minute, text about 3: about 100 minutes from
+nothing; tools/demo/train.log)):
   nice tools/.venv/bin/python tools/train_demo.py 2>&1 | tee -a tools/demo/train.log
   tools/.venv/bin/python tools/train_demo.py --bench    # seconds per step of each stage,
                                                         # and the UNet stage's minutes here
@@ -370,7 +370,9 @@ def train_vae(images, bench=False):
     return vae
 
 
-SHAPE_TAGS = {"circle": 1.0, "square": -1.0, "triangle": 0.0}  # background 0: colours tell it apart
+# A disc with no tag is a circle: the twelfth run tagged triangles 0 (circle +1), and the
+# decoder drew the UNet's untagged, irregular triangle blobs round (4 of 25 probe triangles).
+SHAPE_TAGS = {"circle": 0.0, "square": -1.0, "triangle": 1.0}  # background 0: colours tell it apart
 LOGVAR = math.log(0.01**2)  # the encoder's posterior: std 0.01 around the layout latent
 LAYOUT_SUPERSAMPLE = 2  # layout latents are drawn at 2x 256 px and box-filtered to 1/16 of that
 
@@ -532,9 +534,9 @@ def train_decoder(images, threads: int):
 def decoder_cycle(step: int, cfg: dict) -> tuple[int, dict]:
     """(step within its cycle, that cycle's steps and peak rate) of a decoder step. After
     the first cycle (2000 steps) the decoder drew all 100 probe shapes right from clean
-    layout latents, but it had learnt triangles (tag 0, the background's value) last, in
-    its final 200 steps, and drew 4 of 25 from the UNet's latents: a warm restart gives it
-    more steps at a useful rate (tools/demo/train.log, twelfth run)."""
+    layout latents, but it had learnt triangles (then tagged 0, the background's value)
+    last, in its final 200 steps: a warm restart gives it more steps at a useful rate
+    (tools/demo/train.log, twelfth run)."""
     first = 0
     for steps, scale in cfg["cycles"]:
         if step < first + steps:
