@@ -331,7 +331,7 @@ def train_vae(images, bench=False):
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
-    latents = stored_latents(images) if not bench else None
+    latents = stored_latents()["latents"] if not bench else None
     steps = 4 if bench else cfg["steps"]
     t0 = time.time()
     for step in range(start, steps):
@@ -493,7 +493,7 @@ def train_decoder(images, threads: int):
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
-    latents = stored_latents(images)
+    latents = stored_latents()["latents"]
     windows = object_windows()
     for step in range(start, cfg["steps"]):
         g = step_generator("decoder", step)
@@ -545,18 +545,18 @@ def decoder_cycle(step: int, cfg: dict) -> tuple[int, dict]:
     raise ValueError(f"decoder step {step} is past the stage's cycles")
 
 
-def stored_latents(images) -> torch.Tensor:
-    """Every training scene's layout latent (unscaled), written once to latents.pt with the
-    VAE's scaling_factor (1 / their std, as SD's VAEs are scaled)."""
+def stored_latents() -> dict:
+    """{"latents": every training scene's layout latent (unscaled, float16), "scaling_factor":
+    the VAE's (1 / their std, as SD's VAEs are scaled)}, written once to latents.pt."""
     path = WORK / "latents.pt"
     if not path.exists():
-        scenes = (demo_world.scene(TRAIN_SEED, i) for i in range(len(images)))
+        scenes = (demo_world.scene(TRAIN_SEED, i) for i in range(SCENES))
         latents = layout_latents(list(scenes))
         scaling = float(1.0 / latents.std())
         log(f"layout latents {tuple(latents.shape)} mean {latents.mean():.4f} std {latents.std():.4f} -> scaling_factor {scaling:.5f}")
         torch.save({"latents": latents.half(), "scaling_factor": scaling}, WORK / "latents.tmp.pt")
         os.replace(WORK / "latents.tmp.pt", path)
-    return torch.load(path)["latents"]
+    return torch.load(path)
 
 
 PLACE_PHRASE = re.compile(" (" + "|".join(demo_world.PLACES) + ")")
@@ -584,31 +584,31 @@ def object_windows():
     return out
 
 
-def window_batch(latents, windows, states, batch, g):
-    """A batch of object windows of the scenes' latents and their captions' states."""
+def window_corners(windows, batch, g):
+    """`batch` windows drawn from object_windows(): the picks (tensor) and each one's
+    (scene index, corner y, corner x) in latent cells, uniform over the corners that keep
+    the object inside."""
     pick = torch.randint(0, len(windows), (batch,), generator=g)
     u = torch.rand(batch, 2, generator=g)
-    x0 = torch.empty(batch, latents.shape[1], WINDOW, WINDOW)
+    corners = []
     for k, w in enumerate(pick.tolist()):
         index, _, ((ylo, yhi), (xlo, xhi)) = windows[w]
-        y = ylo + int(u[k, 0] * (yhi - ylo + 1))
-        x = xlo + int(u[k, 1] * (xhi - xlo + 1))
-        x0[k] = latents[index, :, y : y + WINDOW, x : x + WINDOW]
+        corners.append((index, ylo + int(u[k, 0] * (yhi - ylo + 1)), xlo + int(u[k, 1] * (xhi - xlo + 1))))
+    return pick, corners
+
+
+def window_batch(latents, windows, states, batch, g):
+    """A batch of object windows of the scenes' latents and their captions' states."""
+    pick, corners = window_corners(windows, batch, g)
+    x0 = torch.stack([latents[i, :, y : y + WINDOW, x : x + WINDOW] for i, y, x in corners])
     return x0, states[pick]
 
 
 def object_window_pairs(latents, images, windows, batch, g):
     """A batch of object windows: layout latents [n, 4, 16, 16] and their images' 128 px."""
-    pick = torch.randint(0, len(windows), (batch,), generator=g)
-    u = torch.rand(batch, 2, generator=g)
-    z = torch.empty(batch, latents.shape[1], WINDOW, WINDOW)
-    x = torch.empty(batch, 3, 8 * WINDOW, 8 * WINDOW)
-    for k, w in enumerate(pick.tolist()):
-        index, _, ((ylo, yhi), (xlo, xhi)) = windows[w]
-        y = ylo + int(u[k, 0] * (yhi - ylo + 1))
-        c = xlo + int(u[k, 1] * (xhi - xlo + 1))
-        z[k] = latents[index, :, y : y + WINDOW, c : c + WINDOW].float()
-        x[k] = to_tensor(images[index : index + 1, 8 * y : 8 * (y + WINDOW), 8 * c : 8 * (c + WINDOW)])[0]
+    _, corners = window_corners(windows, batch, g)
+    z = torch.stack([latents[i, :, y : y + WINDOW, x : x + WINDOW].float() for i, y, x in corners])
+    x = to_tensor(np.stack([images[i, 8 * y : 8 * (y + WINDOW), 8 * x : 8 * (x + WINDOW)] for i, y, x in corners]))
     return z, x
 
 
@@ -733,8 +733,7 @@ def train_unet(bench=False):
     if bench:
         latents = torch.randn(256, 4, 32, 32)
     else:
-        stored_latents(load_images())
-        data = torch.load(WORK / "latents.pt")
+        data = stored_latents()
         latents = data["latents"].float() * data["scaling_factor"]
     captions = json.loads((WORK / "captions.json").read_text()) if not bench else ["a red circle"] * 256
     windows = object_windows() if not bench else [(i, "a red circle", ((0, 16), (0, 16))) for i in range(256)]
@@ -928,7 +927,7 @@ def held_out_feature_accuracy(net) -> None:
 def save_pipeline():
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    lat = torch.load(WORK / "latents.pt")
+    lat = stored_latents()
     vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=round(lat["scaling_factor"], 5))
     vae.load_state_dict(load_checkpoint("decoder")["model"])
     unet, _ = new_unet_and_text()
@@ -1020,7 +1019,7 @@ def main():
     stages = args.only or ["data", "latents", "vae", "decoder", "text", "unet", "features", "save"]
     images = load_images()
     if "latents" in stages:
-        stored_latents(images)
+        stored_latents()
     if "vae" in stages and not done("vae"):
         train_vae(images)
     if "decoder" in stages and not done("decoder"):
