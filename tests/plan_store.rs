@@ -102,6 +102,7 @@ fn spec(name: &str, configs: Vec<ConfigSpec>, sample: usize, size: usize) -> Spe
         },
         seeds: SeedSource::Drawn { seed: 42 },
         ratios,
+        rounds: 1,
         configs,
         store: PathBuf::from("results"),
         metrics: Metrics {
@@ -1329,6 +1330,73 @@ fn drawn_prompts_expand_in_r_config_prompt_order() {
             (0.1, "b", 9)
         ]
     );
+}
+
+#[test]
+fn rounds_run_every_cell_on_each_share_of_the_prompts_in_turn() {
+    let mut s = spec(
+        "o",
+        vec![config("a", SELF, 2, 2), config("b", SELF_CROSS, 2, 2)],
+        4,
+        64,
+    );
+    s.ratios = vec![0.0, 0.5];
+    let drawn: Vec<DrawnPrompt> = (0..4)
+        .map(|i| DrawnPrompt {
+            row: 10 + i,
+            text: format!("p{i}"),
+            prompt: format!("p{i}"),
+            seed: i as u64,
+        })
+        .collect();
+    let model = ModelIdentity::from_files(&model_files());
+    let one_round = plan::expand_drawn(&s, &model, &drawn);
+    s.rounds = 2;
+    let two_rounds = plan::expand_drawn(&s, &model, &drawn);
+    let order: Vec<(usize, f64, &str)> = two_rounds
+        .jobs()
+        .iter()
+        .map(|j| {
+            let c = &j.cells[0];
+            (c.row, c.ratio, c.config.as_str())
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (10, 0.0, "a"),
+            (11, 0.0, "a"),
+            (10, 0.5, "a"),
+            (11, 0.5, "a"),
+            (10, 0.5, "b"),
+            (11, 0.5, "b"),
+            (12, 0.0, "a"),
+            (13, 0.0, "a"),
+            (12, 0.5, "a"),
+            (13, 0.5, "a"),
+            (12, 0.5, "b"),
+            (13, 0.5, "b"),
+        ]
+    );
+    // the same jobs with the same cells: only the order moved
+    let cells = |p: &plan::Plan| {
+        let mut v: Vec<(String, usize)> = p
+            .jobs()
+            .iter()
+            .map(|j| (j.key.clone(), j.cells.len()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(cells(&one_round), cells(&two_rounds));
+    // more rounds than prompts: one prompt per round
+    s.rounds = 99;
+    let rows: Vec<usize> = plan::expand_drawn(&s, &model, &drawn)
+        .jobs()
+        .iter()
+        .map(|j| j.cells[0].row)
+        .collect();
+    assert_eq!(rows, [10, 10, 10, 11, 11, 11, 12, 12, 12, 13, 13, 13]);
 }
 
 #[test]

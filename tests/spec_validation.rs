@@ -254,6 +254,18 @@ fn ratios_in_range_sorted_unique_with_zero() {
 }
 
 #[test]
+fn rounds_is_a_whole_number_of_at_least_one() {
+    assert_errors(
+        &format!("[sweep]\nrounds = 0\n\n{MINIMAL}"),
+        &["{f}:2:10: sweep.rounds: must be at least 1, got 0"],
+    );
+    assert_errors(
+        &format!("[sweep]\nrounds = 2.5\n\n{MINIMAL}"),
+        &["{f}:2:10: sweep.rounds: expected an integer, found a float"],
+    );
+}
+
+#[test]
 fn model_needs_exactly_one_of_name_and_dir() {
     assert_errors(
         "[model]\nname = \"sd15\"\ndir = \"models/sd15\"\n[prompts]\nfile = \"p.csv\"\n[[configs]]\nname = \"a\"\n",

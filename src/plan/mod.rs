@@ -18,7 +18,9 @@
 //!
 //! The job's key is the SHA-256 of the material's canonical JSON ([`key`]); the
 //! plan holds each key once, with every cell that uses it, in the order the
-//! cells were expanded (r, then configuration, then prompt). So the thesis's
+//! cells were expanded: r, then configuration, then prompt, within each of the
+//! spec's `sweep.rounds` consecutive shares of the prompts ([`round_shares`]; one
+//! share unless the spec asks for more). So the thesis's
 //! experiment 4 (three configurations × r = 0…0.6 × 1000 prompts, the 1×2
 //! configuration stopping at its maximum 0.5) is 1000 × 18 jobs: one shared
 //! `r = 0` image and 6 + 6 + 5 merged ones per prompt, not 1000 × 21.
@@ -208,41 +210,69 @@ pub fn expand_drawn(spec: &Spec, model: &ModelIdentity, prompts: &[DrawnPrompt])
         .iter()
         .map(|s| (spec.name.clone(), s.clone()))
         .collect();
-    for &ratio in &spec.ratios {
-        for config in &spec.configs {
-            if spec.is_skipped(&config.name, ratio) || ratio > config.tome.max_ratio() {
-                continue;
-            }
-            let tome = NormalTome::of(&config.tome, ratio);
-            for (prompt_index, p) in prompts.iter().enumerate() {
-                let material = JobMaterial {
-                    format: KEY_FORMAT,
-                    model: model.clone(),
-                    prompt: p.prompt.clone(),
-                    negative_prompt: g.negative_prompt.clone(),
-                    seed: p.seed,
-                    width: g.width,
-                    height: g.height,
-                    steps: g.steps,
-                    scheduler: g.scheduler.name().to_string(),
-                    guidance: key::f32_to_canonical_f64(g.guidance),
-                    batch_size: g.batch_size,
-                    precision: (g.precision != Precision::Fp32)
-                        .then(|| g.precision.name().to_string()),
-                    tome: tome.clone(),
-                };
-                plan.add(
-                    material,
-                    Cell {
-                        spec: spec.name.clone(),
-                        config: config.name.clone(),
-                        ratio,
-                        prompt_index,
-                        row: p.row,
-                    },
-                );
+    for share in round_shares(prompts.len(), spec.rounds) {
+        for &ratio in &spec.ratios {
+            for config in &spec.configs {
+                if spec.is_skipped(&config.name, ratio) || ratio > config.tome.max_ratio() {
+                    continue;
+                }
+                let tome = NormalTome::of(&config.tome, ratio);
+                for prompt_index in share.clone() {
+                    let p = &prompts[prompt_index];
+                    let material = JobMaterial {
+                        format: KEY_FORMAT,
+                        model: model.clone(),
+                        prompt: p.prompt.clone(),
+                        negative_prompt: g.negative_prompt.clone(),
+                        seed: p.seed,
+                        width: g.width,
+                        height: g.height,
+                        steps: g.steps,
+                        scheduler: g.scheduler.name().to_string(),
+                        guidance: key::f32_to_canonical_f64(g.guidance),
+                        batch_size: g.batch_size,
+                        precision: (g.precision != Precision::Fp32)
+                            .then(|| g.precision.name().to_string()),
+                        tome: tome.clone(),
+                    };
+                    plan.add(
+                        material,
+                        Cell {
+                            spec: spec.name.clone(),
+                            config: config.name.clone(),
+                            ratio,
+                            prompt_index,
+                            row: p.row,
+                        },
+                    );
+                }
             }
         }
     }
     plan
+}
+
+/// The prompt indices of each round: `rounds` consecutive shares of `0..prompts`
+/// whose sizes differ by at most one, none empty; one share of all prompts when
+/// `rounds` is 1, one prompt each when `rounds` exceeds them.
+pub fn round_shares(prompts: usize, rounds: usize) -> Vec<std::ops::Range<usize>> {
+    let rounds = rounds.clamp(1, prompts.max(1));
+    (0..rounds)
+        .map(|k| k * prompts / rounds..(k + 1) * prompts / rounds)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_shares;
+    use std::ops::Range;
+
+    #[test]
+    fn round_shares_cover_every_prompt_once_in_order() {
+        assert_eq!(round_shares(64, 1), vec![Range { start: 0, end: 64 }]);
+        assert_eq!(round_shares(64, 4), [0..16, 16..32, 32..48, 48..64]);
+        assert_eq!(round_shares(10, 4), [0..2, 2..5, 5..7, 7..10]);
+        assert_eq!(round_shares(3, 8), [0..1, 1..2, 2..3]);
+        assert_eq!(round_shares(0, 4), vec![Range { start: 0, end: 0 }]);
+    }
 }

@@ -48,7 +48,7 @@ pub(crate) mod keys {
         "cut_long_prompts",
     ];
     pub const SEEDS: &[&str] = &["draw_seed", "list"];
-    pub const SWEEP: &[&str] = &["ratios"];
+    pub const SWEEP: &[&str] = &["ratios", "rounds"];
     pub const CONFIG: &[&str] = &[
         "name",
         "label",

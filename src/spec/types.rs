@@ -27,6 +27,12 @@ pub struct Spec {
     /// The r values to sweep, ascending, each in [0, 1); 0 is the baseline every
     /// configuration shares.
     pub ratios: Vec<f64>,
+    /// `sweep.rounds`: the drawn prompts are made in this many consecutive shares,
+    /// each share running every (r, configuration) cell before the next begins, so
+    /// that a slow spell of the machine falls on every cell's timings alike rather
+    /// than on one cell's. 1 (the default) is the thesis's order: r, configuration,
+    /// prompt. Images and keys do not depend on it.
+    pub rounds: usize,
     pub configs: Vec<ConfigSpec>,
     /// Where results go (default `results/`, against the spec's folder).
     pub store: PathBuf,

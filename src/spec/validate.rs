@@ -67,7 +67,7 @@ pub(crate) fn build(ctx: &mut Ctx, path: &Path, tree: &Table) -> Option<Spec> {
     let generation = generation(ctx, &root);
     let prompts = prompts(ctx, &root);
     let seeds = seeds(ctx, &root);
-    let ratios = ratios(ctx, &root);
+    let (ratios, rounds) = sweep(ctx, &root);
     let configs = configs(ctx, &root);
     let metrics = metrics(ctx, &root);
     let report = report(ctx, &root, prompts.as_ref().and_then(|p| p.sample));
@@ -124,6 +124,7 @@ pub(crate) fn build(ctx: &mut Ctx, path: &Path, tree: &Table) -> Option<Spec> {
         prompts,
         seeds,
         ratios,
+        rounds,
         configs,
         store,
         metrics,
@@ -443,8 +444,14 @@ fn seeds(ctx: &mut Ctx, root: &Section) -> Option<SeedSource> {
     }
 }
 
-fn ratios(ctx: &mut Ctx, root: &Section) -> Vec<f64> {
+/// `sweep.ratios` and `sweep.rounds`.
+fn sweep(ctx: &mut Ctx, root: &Section) -> (Vec<f64>, usize) {
     let s = root.table(ctx, "sweep", keys::SWEEP);
+    let rounds = usize_at_least(ctx, &s, "rounds", 1, 1);
+    (ratios(ctx, &s), rounds)
+}
+
+fn ratios(ctx: &mut Ctx, s: &Section) -> Vec<f64> {
     let Some(list) = s.array(ctx, "ratios") else {
         return if s.has("ratios") {
             Vec::new()
