@@ -1291,7 +1291,7 @@ fn one_specs_manifest_keeps_the_other_specs_rows() {
 }
 
 #[test]
-fn drawn_prompts_expand_in_r_config_prompt_order() {
+fn drawn_prompts_expand_in_config_r_prompt_order() {
     let s = spec(
         "o",
         vec![config("a", SELF, 2, 2), config("b", SELF_CROSS, 2, 2)],
@@ -1317,19 +1317,16 @@ fn drawn_prompts_expand_in_r_config_prompt_order() {
         .jobs()
         .iter()
         .map(|j| (j.cells[0].ratio, j.cells[0].config.as_str(), j.cells[0].row))
-        .take(6)
         .collect();
-    assert_eq!(
-        order,
-        [
-            (0.0, "a", 4),
-            (0.0, "a", 9),
-            (0.1, "a", 4),
-            (0.1, "a", 9),
-            (0.1, "b", 4),
-            (0.1, "b", 9)
-        ]
-    );
+    // the shared r = 0 jobs, then each configuration's merged cells, r ascending: one
+    // UNet switch per configuration
+    let mut expected = Vec::new();
+    for (config, ratios) in [("a", &THESIS_RATIOS[..]), ("b", &THESIS_RATIOS[1..])] {
+        for &r in ratios {
+            expected.extend([(r, config, 4), (r, config, 9)]);
+        }
+    }
+    assert_eq!(order, expected);
 }
 
 #[test]

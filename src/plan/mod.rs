@@ -18,9 +18,12 @@
 //!
 //! The job's key is the SHA-256 of the material's canonical JSON ([`key`]); the
 //! plan holds each key once, with every cell that uses it, in the order the
-//! cells were expanded: r, then configuration, then prompt, within each of the
+//! cells were expanded: configuration, then r, then prompt, within each of the
 //! spec's `sweep.rounds` consecutive shares of the prompts ([`round_shares`]; one
-//! share unless the spec asks for more). So the thesis's
+//! share unless the spec asks for more). The shared `r = 0` jobs come first (the
+//! first configuration's), then each configuration's merged cells: one UNet
+//! switch per configuration and round where r does not change the ToMe cut (it
+//! changes it only where a level merges nothing at one r and something at another). So the thesis's
 //! experiment 4 (three configurations × r = 0…0.6 × 1000 prompts, the 1×2
 //! configuration stopping at its maximum 0.5) is 1000 × 18 jobs: one shared
 //! `r = 0` image and 6 + 6 + 5 merged ones per prompt, not 1000 × 21.
@@ -211,8 +214,8 @@ pub fn expand_drawn(spec: &Spec, model: &ModelIdentity, prompts: &[DrawnPrompt])
         .map(|s| (spec.name.clone(), s.clone()))
         .collect();
     for share in round_shares(prompts.len(), spec.rounds) {
-        for &ratio in &spec.ratios {
-            for config in &spec.configs {
+        for config in &spec.configs {
+            for &ratio in &spec.ratios {
                 if spec.is_skipped(&config.name, ratio) || ratio > config.tome.max_ratio() {
                     continue;
                 }
