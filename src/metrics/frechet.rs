@@ -79,12 +79,12 @@ pub fn trace_sqrt_product(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>) -> Result<f6
 /// above it. For a covariance of `n` samples, `k = n − 1` after `k` steps of `O(d·k)`.
 fn low_rank_factor(s: MatRef<'_, f64>, max_rank: usize) -> Option<Mat<f64>> {
     let d = s.nrows();
-    let max_diag = (0..d).map(|i| s[(i, i)]).fold(0.0, f64::max);
-    if !max_diag.is_finite() {
-        return None;
-    }
-    let cutoff = max_diag * d as f64 * f64::EPSILON;
     let mut residual: Vec<f64> = (0..d).map(|i| s[(i, i)]).collect();
+    if !residual.iter().all(|v| v.is_finite()) {
+        return None; // the eigenvector route says what is wrong
+    }
+    let max_diag = residual.iter().copied().fold(0.0, f64::max);
+    let cutoff = max_diag * d as f64 * f64::EPSILON;
     // Row i of L in rows[i * max_rank..][..k]: the dot products below read contiguously.
     let mut rows = vec![0.0; d * max_rank];
     let mut k = 0;
