@@ -22,8 +22,8 @@
 //! spec's `sweep.rounds` consecutive shares of the prompts ([`round_shares`]; one
 //! share unless the spec asks for more). The shared `r = 0` jobs come first (the
 //! first configuration's), then each configuration's merged cells: one UNet
-//! switch per configuration and round where r does not change the ToMe cut (it
-//! changes it only where a level merges nothing at one r and something at another). So the thesis's
+//! switch per configuration and round, as r changes the ToMe cut only where a
+//! level merges nothing at one r and something at another. So the thesis's
 //! experiment 4 (three configurations × r = 0…0.6 × 1000 prompts, the 1×2
 //! configuration stopping at its maximum 0.5) is 1000 × 18 jobs: one shared
 //! `r = 0` image and 6 + 6 + 5 merged ones per prompt, not 1000 × 21.

@@ -28,10 +28,10 @@ pub struct Spec {
     /// configuration shares.
     pub ratios: Vec<f64>,
     /// `sweep.rounds`: the drawn prompts are made in this many consecutive shares,
-    /// each share running every (r, configuration) cell before the next begins, so
+    /// each share running every (configuration, r) cell before the next begins, so
     /// that a slow spell of the machine falls on every cell's timings alike rather
-    /// than on one cell's. 1 (the default) is the thesis's order: r, configuration,
-    /// prompt. Images and keys do not depend on it.
+    /// than on a few cells'. 1 (the default): one share of all prompts. Images and
+    /// keys do not depend on it (`plan::round_shares`).
     pub rounds: usize,
     pub configs: Vec<ConfigSpec>,
     /// Where results go (default `results/`, against the spec's folder).
