@@ -246,6 +246,20 @@ fn shards_cover_every_job_once() {
 }
 
 #[test]
+fn plan_says_how_many_rounds_a_spec_runs() {
+    let out = stdout(
+        &tomex()
+            .args(["plan", "specs/demo.toml", "--store", "/nonexistent-store"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        out.contains("jobs: 1152 unique for 1280 cells (3 configurations x 7 ratios x 64 prompts, r = 0 shared), in 16 rounds (sweep.rounds)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn plan_counts_every_thesis_spec_without_the_model() {
     let specs = common::repo().join("specs");
     let mut seen = 0;

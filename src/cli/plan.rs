@@ -49,7 +49,7 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
     }
     let jobs = plan.shard(shard);
     say!(
-        "jobs: {} unique for {} cells ({} configurations x {} ratios x {} prompts, r = 0 shared){}",
+        "jobs: {} unique for {} cells ({} configurations x {} ratios x {} prompts, r = 0 shared){}{}",
         plan.len(),
         plan.cell_count(),
         spec.configs.len(),
@@ -57,6 +57,11 @@ pub fn run(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
         spec.prompts
             .sample
             .map_or("all".to_string(), |n| n.to_string()),
+        if spec.rounds > 1 {
+            format!(", in {} rounds (sweep.rounds)", spec.rounds)
+        } else {
+            String::new()
+        },
         if shard.count > 1 {
             format!("; shard {shard}: {}", jobs.len())
         } else {
