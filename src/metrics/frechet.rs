@@ -57,18 +57,27 @@ pub fn frechet_distance(a: &Statistics, b: &Statistics) -> Result<f64, FidError>
 /// route.
 pub fn trace_sqrt_product(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>) -> Result<f64, FidError> {
     // tr √(Σ₁Σ₂) = tr √(Σ₂Σ₁): either covariance may be the factored one.
-    if let Some(l) = safe_cholesky(s1) {
-        return trace_sqrt_product_cholesky(l.as_ref(), s2);
-    }
-    if let Some(l) = safe_cholesky(s2) {
-        return trace_sqrt_product_cholesky(l.as_ref(), s1);
-    }
+    let safe_block1 = match safe_cholesky(s1) {
+        Ok(l) => return trace_sqrt_product_cholesky(l.as_ref(), s2),
+        Err(block) => block,
+    };
+    let safe_block2 = match safe_cholesky(s2) {
+        Ok(l) => return trace_sqrt_product_cholesky(l.as_ref(), s1),
+        Err(block) => block,
+    };
+    // A safely positive definite leading block of size m means rank ≥ m: a covariance
+    // with one of `max_rank` or more is not tried (the eigenvector route gives the
+    // same value), so a few hundred images at 2048-d pay no failed pivoting.
     let max_rank = s1.nrows() / 8;
-    if let Some(l) = low_rank_factor(s1, max_rank) {
-        return trace_sqrt_of_factor(l.as_ref(), s2);
+    if safe_block1 < max_rank {
+        if let Some(l) = low_rank_factor(s1, max_rank) {
+            return trace_sqrt_of_factor(l.as_ref(), s2);
+        }
     }
-    if let Some(l) = low_rank_factor(s2, max_rank) {
-        return trace_sqrt_of_factor(l.as_ref(), s1);
+    if safe_block2 < max_rank {
+        if let Some(l) = low_rank_factor(s2, max_rank) {
+            return trace_sqrt_of_factor(l.as_ref(), s1);
+        }
     }
     trace_sqrt_product_eigen(s1, s2)
 }
@@ -123,11 +132,13 @@ fn low_rank_factor(s: MatRef<'_, f64>, max_rank: usize) -> Option<Mat<f64>> {
 /// The leading `d/8`, `d/4`, `d/2` blocks are factored first: their pivots are the first
 /// pivots of the whole, so a covariance of rank r < d/2 (FID of a few hundred images at
 /// 2048-d) is found not positive definite at a small fraction of a full factorisation.
-fn safe_cholesky(s: MatRef<'_, f64>) -> Option<Mat<f64>> {
+/// `Err` holds the size of the largest leading block found safely positive definite (0
+/// when none was), a lower bound on the rank.
+fn safe_cholesky(s: MatRef<'_, f64>) -> Result<Mat<f64>, usize> {
     let d = s.nrows();
     let max_diag = (0..d).map(|i| s[(i, i)]).fold(0.0, f64::max);
     if max_diag <= 0.0 || !max_diag.is_finite() {
-        return None;
+        return Err(0);
     }
     let floor = f64::EPSILON.sqrt() * max_diag;
     let factor = |k: usize| -> Option<Mat<f64>> {
@@ -138,12 +149,14 @@ fn safe_cholesky(s: MatRef<'_, f64>) -> Option<Mat<f64>> {
             .all(|i| l[(i, i)] * l[(i, i)] > floor)
             .then(|| l.to_owned())
     };
+    let mut safe_block = 0;
     for k in [d / 8, d / 4, d / 2] {
         if k >= 64 {
-            factor(k)?;
+            factor(k).ok_or(safe_block)?;
+            safe_block = k;
         }
     }
-    factor(d)
+    factor(d).ok_or(safe_block)
 }
 
 /// `tr √(Σ₁Σ₂)` with `Σ₁ = L Lᵀ`: `Σ √μᵢ` over the eigenvalues `μᵢ` of `Lᵀ Σ₂ L`
@@ -298,7 +311,7 @@ mod tests {
     #[test]
     fn cholesky_and_eigenvector_routes_agree() {
         let (s1, s2) = (mat(&covariance(80, 24, 1)), mat(&covariance(60, 24, 2)));
-        assert!(safe_cholesky(s1.as_ref()).is_some());
+        assert!(safe_cholesky(s1.as_ref()).is_ok());
         let chol = trace_sqrt_product(s1.as_ref(), s2.as_ref()).unwrap();
         let eig = trace_sqrt_product_eigen(s1.as_ref(), s2.as_ref()).unwrap();
         assert!((chol - eig).abs() <= 1e-12 * eig, "{chol} vs {eig}");
@@ -309,7 +322,7 @@ mod tests {
         // 10 samples in 24 dimensions: rank 9, not safely positive definite.
         let low = mat(&covariance(10, 24, 3));
         let full = mat(&covariance(80, 24, 4));
-        assert!(safe_cholesky(low.as_ref()).is_none());
+        assert!(safe_cholesky(low.as_ref()).is_err());
         // Σ₂ full rank: it is factored instead, and the value is the eigenvector route's.
         let got = trace_sqrt_product(low.as_ref(), full.as_ref()).unwrap();
         let eig = trace_sqrt_product_eigen(low.as_ref(), full.as_ref()).unwrap();
@@ -325,10 +338,10 @@ mod tests {
     fn rank_below_half_is_found_in_a_leading_block() {
         // 200 samples in 512 dimensions: rank 199 < 256, found by the d/2 block.
         let low = mat(&covariance(200, 512, 6));
-        assert!(safe_cholesky(low.as_ref()).is_none());
+        assert!(safe_cholesky(low.as_ref()).is_err());
         // Rank 399 > 256: found by the whole factorisation.
         let mid = mat(&covariance(400, 512, 7));
-        assert!(safe_cholesky(mid.as_ref()).is_none());
+        assert!(safe_cholesky(mid.as_ref()).is_err());
         let full = mat(&covariance(700, 512, 8));
         let l = safe_cholesky(full.as_ref()).unwrap();
         let mut back = Mat::<f64>::zeros(512, 512);
