@@ -243,15 +243,20 @@ fn out_paths(out: &Path, images: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `flash attention (14 of 14)`, `exported attention`: what the UNet ran.
+/// `flash attention (14 of 14)`, `flash attention (2 of 14, 12 fused)`, `exported
+/// attention`: what the UNet ran.
 pub(crate) fn attention_summary(attention: Attention, fusion: &Fusion) -> String {
+    let total = fusion.fused.len() + fusion.skipped.len();
     match attention {
         Attention::Exported => "exported attention".into(),
-        Attention::Fused | Attention::Flash => format!(
-            "{} attention ({} of {})",
-            attention,
-            fusion.fused.len(),
-            fusion.fused.len() + fusion.skipped.len()
+        Attention::Fused => format!("fused attention ({} of {total})", fusion.fused.len()),
+        Attention::Flash if fusion.flash == fusion.fused.len() => {
+            format!("flash attention ({} of {total})", fusion.flash)
+        }
+        Attention::Flash => format!(
+            "flash attention ({} of {total}, {} fused: heads too large for this CPU's kernel)",
+            fusion.flash,
+            fusion.fused.len() - fusion.flash
         ),
     }
 }

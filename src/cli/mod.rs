@@ -45,9 +45,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     lock: Option<PathBuf>,
     /// How the UNet computes attention: `flash` (tomex's CPU kernel, float32 on
-    /// AVX-512), `fused` (ONNX Runtime's MultiHeadAttention) or `exported` (the graph
-    /// as exported, with the N x N scores). Default: `flash` where it can run (CPU,
-    /// fp32, AVX-512F), else `fused`.
+    /// AVX-512; on AVX2 for heads of at most 8, ONNX Runtime's for larger ones), `fused`
+    /// (ONNX Runtime's MultiHeadAttention) or `exported` (the graph as exported, with the
+    /// N x N scores). Default: `flash` where it can run (CPU, fp32, AVX-512F or AVX2 and
+    /// FMA), else `fused`.
     #[arg(long, global = true, value_name = "flash|fused|exported")]
     attention: Option<Attention>,
     /// Where ToMe's token ops run: `host` (Rust, exactly tomesd's), `graph` (ONNX
@@ -169,8 +170,11 @@ impl Global {
             flash_attention::available(),
         )
         .map_err(anyhow::Error::msg)?;
+        // The AVX2 body takes only the head sizes it wins at (Body::max_head_size).
+        let flash_max_head_size = flash_attention::Body::fastest().and_then(|b| b.max_head_size());
         Ok(SplitOptions {
             attention,
+            flash_max_head_size,
             precision,
             ..SplitOptions::default()
         })
@@ -178,7 +182,8 @@ impl Global {
 }
 
 /// `--attention` as asked, else the fastest that runs here: tomex's kernel on a CPU
-/// with AVX-512F in float32, ONNX Runtime's `MultiHeadAttention` otherwise.
+/// with AVX-512F, or AVX2 and FMA (there for small heads only), in float32; ONNX
+/// Runtime's `MultiHeadAttention` otherwise.
 pub(crate) fn resolve_attention(
     asked: Option<Attention>,
     device: Device,
@@ -196,7 +201,7 @@ pub(crate) fn resolve_attention(
             "--attention flash computes in float32, not {precision}; use --attention fused"
         )),
         Some(Attention::Flash) if !kernel_available => Err(
-            "--attention flash needs a CPU with AVX-512F, which this one lacks; use --attention fused"
+            "--attention flash needs a CPU with AVX-512F, or AVX2 and FMA, which this one lacks; use --attention fused"
                 .into(),
         ),
         Some(attention) => Ok(attention),

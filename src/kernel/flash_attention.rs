@@ -89,10 +89,9 @@ impl Body {
     }
 
     /// The body [`BODY_ENV`] names, if this CPU runs it; else the AVX-512 body where
-    /// the CPU has it. The AVX2 body is chosen only by name until `tomex
-    /// bench-attention` shows it faster than ONNX Runtime's `MultiHeadAttention` on a
-    /// CPU without AVX-512 (on an AVX-512 CPU ONNX Runtime keeps its AVX-512 kernels and
-    /// wins); the portable one is slower than ONNX Runtime's attention.
+    /// the CPU has it, else the AVX2 body where it has AVX2 and FMA (which takes only
+    /// small heads, [`Body::max_head_size`]). The portable one is slower than ONNX
+    /// Runtime's attention and runs only when named.
     pub fn fastest() -> Option<Body> {
         // Decided once per process: `attend` asks on every attention call.
         static CHOSEN: std::sync::OnceLock<Option<Body>> = std::sync::OnceLock::new();
@@ -108,15 +107,33 @@ impl Body {
         });
         match named {
             Some(body) => body.runs_here().then_some(body),
-            None => Body::Avx512.runs_here().then_some(Body::Avx512),
+            None => [Body::Avx512, Body::Avx2]
+                .into_iter()
+                .find(|body| body.runs_here()),
+        }
+    }
+
+    /// The largest head size this body beats ONNX Runtime's `MultiHeadAttention` at
+    /// (`None`: every size). Measured with `tomex bench-attention` on a 2-core AMD EPYC
+    /// without AVX-512, where ONNX Runtime runs its AVX2 kernels (BENCHMARKS.md, "Flash
+    /// kernel bodies alone"): the AVX2 body is 1.6–3× faster at heads of 4, even at 8,
+    /// and 1.3–1.6× slower from 16 up (SD 1.5's 40, SD 2's 64), where ONNX Runtime's
+    /// sgemm does most of the work and the softmax little.
+    pub fn max_head_size(self) -> Option<usize> {
+        match self {
+            Body::Avx2 => Some(AVX2_MAX_HEAD_SIZE),
+            Body::Avx512 | Body::Portable => None,
         }
     }
 }
 
+/// See [`Body::max_head_size`].
+pub const AVX2_MAX_HEAD_SIZE: usize = 8;
+
 /// Why [`attend`] computed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AttendError {
-    #[error("tomex's flash attention needs a CPU with AVX-512F (or {BODY_ENV}=avx2 with AVX2 and FMA)", BODY_ENV = BODY_ENV)]
+    #[error("tomex's flash attention needs a CPU with AVX-512F, or AVX2 and FMA")]
     NoSimdBody,
     #[error("this CPU cannot run the {0:?} body of tomex's flash attention")]
     Unsupported(Body),

@@ -89,31 +89,57 @@ pub use super::pattern::MS_DOMAIN;
 pub const FLASH_DOMAIN: &str = "tomex";
 pub const FLASH_OP: &str = "FlashAttention";
 
-/// Hands every fused attention (a `MultiHeadAttention` with just `q`, `k`, `v`) to
-/// tomex's kernel: same inputs, attributes and output, domain [`FLASH_DOMAIN`]. Returns
-/// how many nodes changed.
-pub fn use_flash_kernel(model: &mut ModelProto) -> usize {
+/// Hands the fused attentions (a `MultiHeadAttention` with just `q`, `k`, `v`) to
+/// tomex's kernel: same inputs, attributes and output, domain [`FLASH_DOMAIN`]. With
+/// `max_head_size`, only those whose head size is known ([`head_size`]) and at most
+/// that; the others stay ONNX Runtime's. Returns how many nodes changed.
+pub fn use_flash_kernel(model: &mut ModelProto, max_head_size: Option<usize>) -> usize {
     let graph = model.graph.mut_or_insert_default();
-    let mut changed = 0;
-    for node in &mut graph.node {
-        if node.op_type == "MultiHeadAttention"
-            && node.domain == MS_DOMAIN
-            && node.input.len() == 3
-            && node.output.len() == 1
-        {
-            node.op_type = FLASH_OP.into();
-            node.domain = FLASH_DOMAIN.into();
-            changed += 1;
-        }
+    let handed: Vec<usize> = {
+        let outputs = HashSet::new();
+        let view = View::new(&graph.node, &graph.initializer, &outputs);
+        let small_enough = |node: &NodeProto| match max_head_size {
+            None => true,
+            Some(max) => head_size(&view, node).is_some_and(|d| d <= max),
+        };
+        graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| {
+                node.op_type == "MultiHeadAttention"
+                    && node.domain == MS_DOMAIN
+                    && node.input.len() == 3
+                    && node.output.len() == 1
+                    && small_enough(node)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    for &i in &handed {
+        graph.node[i].op_type = FLASH_OP.into();
+        graph.node[i].domain = FLASH_DOMAIN.into();
     }
-    if changed > 0 && !model.opset_import.iter().any(|o| o.domain == FLASH_DOMAIN) {
+    if !handed.is_empty() && !model.opset_import.iter().any(|o| o.domain == FLASH_DOMAIN) {
         model.opset_import.push(OperatorSetIdProto {
             domain: FLASH_DOMAIN.into(),
             version: 1,
             ..Default::default()
         });
     }
-    changed
+    handed.len()
+}
+
+/// The head size of a `MultiHeadAttention` whose `q` is a projection (`MatMul` by a
+/// constant `[C, heads·D]` weight, as diffusers' bias-free `to_q` exports): `D`.
+fn head_size(view: &View, mha: &NodeProto) -> Option<usize> {
+    let heads = attr(mha, "num_heads")?.i;
+    let projection = view.made_by(&mha.input[0], "MatMul").ok()?;
+    let weight = view.constant_tensor(projection.input.get(1)?)?;
+    match weight.dims.as_slice() {
+        &[_, width] if heads > 0 && width % heads == 0 => usize::try_from(width / heads).ok(),
+        _ => None,
+    }
 }
 
 /// A graph of one attention node, `out = attention(q, k, v)` with `q [B, S, H·D]` and
@@ -166,7 +192,7 @@ pub fn lone_attention_model(heads: i64, flash: bool) -> ModelProto {
         ..Default::default()
     };
     if flash {
-        use_flash_kernel(&mut model);
+        use_flash_kernel(&mut model, None);
     }
     model
 }
@@ -176,6 +202,8 @@ pub fn lone_attention_model(heads: i64, flash: bool) -> ModelProto {
 pub struct Fusion {
     /// Names of the `MultiHeadAttention` nodes written, in graph order.
     pub fused: Vec<String>,
+    /// How many of them [`use_flash_kernel`] then handed to tomex's kernel.
+    pub flash: usize,
     /// Each `Softmax` left as exported, with why.
     pub skipped: Vec<(String, String)>,
 }
@@ -403,6 +431,7 @@ impl<'g> View<'g> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::proto::TensorProto;
     use super::*;
 
     #[test]
@@ -433,7 +462,7 @@ mod tests {
             op_type: "Softmax".into(),
             ..Default::default()
         });
-        assert_eq!(use_flash_kernel(&mut model), 1);
+        assert_eq!(use_flash_kernel(&mut model, None), 1);
         let nodes = &model.graph.node;
         assert_eq!(
             (nodes[0].domain.as_str(), nodes[0].op_type.as_str()),
@@ -447,7 +476,7 @@ mod tests {
             .iter()
             .any(|o| o.domain == FLASH_DOMAIN && o.version == 1));
         // A second pass changes nothing and imports the domain once.
-        assert_eq!(use_flash_kernel(&mut model), 0);
+        assert_eq!(use_flash_kernel(&mut model, None), 0);
         assert_eq!(
             model
                 .opset_import
@@ -456,5 +485,66 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_head_size_bound_hands_over_only_the_heads_it_allows() {
+        // q = MatMul(x, W [C, heads·D]) for D = 4, 8 and 40, and one whose q has no
+        // projection to read D from.
+        let mut model = ModelProto::default();
+        let graph = model.graph.mut_or_insert_default();
+        for (name, width, heads) in [("d4", 32, 8), ("d8", 64, 8), ("d40", 320, 8)] {
+            graph.initializer.push(TensorProto {
+                name: format!("{name}_w"),
+                dims: vec![16, width],
+                ..Default::default()
+            });
+            graph.node.push(NodeProto {
+                op_type: "MatMul".into(),
+                input: vec!["x".into(), format!("{name}_w")],
+                output: vec![format!("{name}_q")],
+                ..Default::default()
+            });
+            graph
+                .node
+                .push(mha_with_heads(name, &format!("{name}_q"), heads));
+        }
+        graph.node.push(mha_with_heads("unknown", "x", 8));
+        let mut all = model.clone();
+        assert_eq!(use_flash_kernel(&mut model, Some(8)), 2);
+        let kinds: Vec<(&str, &str)> = model
+            .graph
+            .node
+            .iter()
+            .filter(|n| n.op_type != "MatMul")
+            .map(|n| (n.name.as_str(), n.op_type.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("d4", FLASH_OP),
+                ("d8", FLASH_OP),
+                ("d40", "MultiHeadAttention"),
+                ("unknown", "MultiHeadAttention")
+            ]
+        );
+        assert_eq!(use_flash_kernel(&mut all, None), 4);
+    }
+
+    fn mha_with_heads(name: &str, q: &str, heads: i64) -> NodeProto {
+        NodeProto {
+            name: name.into(),
+            op_type: "MultiHeadAttention".into(),
+            domain: MS_DOMAIN.into(),
+            input: vec![q.into(), "k".into(), "v".into()],
+            output: vec![format!("{name}_out")],
+            attribute: vec![AttributeProto {
+                name: "num_heads".into(),
+                type_: AttributeType::INT.into(),
+                i: heads,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     }
 }

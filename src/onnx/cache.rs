@@ -62,6 +62,9 @@ pub struct SplitOptions {
     pub model_digest: Option<String>,
     /// Whether the graphs compute attention fused (the default) or as exported.
     pub attention: Attention,
+    /// With `Flash`: the largest head size handed to tomex's kernel (`None`: all); the
+    /// other attentions stay ONNX Runtime's (see `Body::max_head_size`).
+    pub flash_max_head_size: Option<usize>,
     /// The precision the graphs compute in.
     pub precision: Precision,
 }
@@ -72,6 +75,7 @@ impl Default for SplitOptions {
             cache_root: default_cache_root(),
             model_digest: None,
             attention: Attention::default(),
+            flash_max_head_size: None,
             precision: Precision::default(),
         }
     }
@@ -96,15 +100,22 @@ pub enum CacheStatus {
 
 /// The cut key: a digest of the cut format, the model digest, the attention, the
 /// precision and the sorted cut set.
+/// The part of a cache key that says how attention is rewritten.
+fn attention_key(options: &SplitOptions) -> String {
+    match (options.attention, options.flash_max_head_size) {
+        (Attention::Exported, _) => String::new(),
+        (Attention::Flash, Some(max)) => format!("attention flash, heads of at most {max}\n"),
+        (attention, _) => format!("attention {attention}\n"),
+    }
+}
+
 fn cut_key(model_digest: &str, options: &SplitOptions, components: &[ComponentId]) -> String {
     let mut names: Vec<String> = components.iter().map(|c| c.to_string()).collect();
     names.sort();
     names.dedup();
     let mut h = Sha256::new();
     h.update(format!("tomex split format {FORMAT}\n{model_digest}\n").as_bytes());
-    if options.attention != Attention::Exported {
-        h.update(format!("attention {}\n", options.attention).as_bytes());
-    }
+    h.update(attention_key(options).as_bytes());
     if options.precision != Precision::Fp32 {
         h.update(format!("precision {}\n", options.precision).as_bytes());
     }
@@ -138,7 +149,7 @@ pub fn prepare_split(
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let mut model = read_model(model_path)?;
     let data_files = externalize(&mut model, model_path, &dir)?;
-    rewrite(&mut model, options.attention);
+    rewrite(&mut model, options);
     let planned = plan(&model, model_path, components)?;
     let mut probed: HashMap<String, TensorInfo> = HashMap::new();
     if let Some(probe) = probe {
@@ -178,18 +189,18 @@ struct Rewritten {
 /// multiple of 8 runs, see [`super::upsample`]) and those `attention` asks for: the
 /// attention fused and the GEGLU projections split (not for `Exported`), the fused
 /// attention handed to tomex's kernel (`Flash`).
-fn rewrite(model: &mut ModelProto, attention: Attention) -> Rewritten {
+fn rewrite(model: &mut ModelProto, options: &SplitOptions) -> Rewritten {
     let upsamplers = upsample_to_skips(model);
-    if !attention.is_fused() {
+    if !options.attention.is_fused() {
         return Rewritten {
             fusion: Fusion::default(),
             geglu_splits: 0,
             upsamplers,
         };
     }
-    let (fusion, geglu_splits) = (fuse_attention(model), split_geglu(model));
-    if attention == Attention::Flash {
-        use_flash_kernel(model);
+    let (mut fusion, geglu_splits) = (fuse_attention(model), split_geglu(model));
+    if options.attention == Attention::Flash {
+        fusion.flash = use_flash_kernel(model, options.flash_max_head_size);
     }
     Rewritten {
         fusion,
@@ -244,9 +255,7 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
     let key = {
         let mut h = Sha256::new();
         h.update(format!("tomex whole format {FORMAT}\n{digest}\n").as_bytes());
-        if options.attention != Attention::Exported {
-            h.update(format!("attention {}\n", options.attention).as_bytes());
-        }
+        h.update(attention_key(options).as_bytes());
         if options.precision != Precision::Fp32 {
             h.update(format!("precision {}\n", options.precision).as_bytes());
         }
@@ -277,7 +286,7 @@ pub fn prepare_whole(model_path: &Path, options: &SplitOptions) -> Result<Whole,
         fusion,
         geglu_splits,
         upsamplers,
-    } = rewrite(&mut model, options.attention);
+    } = rewrite(&mut model, options);
     if options.precision == Precision::Fp16 {
         to_half(model.graph.mut_or_insert_default());
     }
@@ -587,12 +596,21 @@ mod tests {
             precision: Precision::Fp16,
             ..SplitOptions::default()
         };
+        let flash = |max| SplitOptions {
+            attention: Attention::Flash,
+            flash_max_head_size: max,
+            ..SplitOptions::default()
+        };
         let keys = [
             key("sha256:ab", &a),
             cut_key("sha256:ab", &exported, &a),
             cut_key("sha256:ab", &half, &a),
+            cut_key("sha256:ab", &flash(None), &a),
+            cut_key("sha256:ab", &flash(Some(8)), &a),
+            cut_key("sha256:ab", &flash(Some(16)), &a),
         ];
-        assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2]);
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub use manifest::{
     BlockPart, DataFile, Part, PartKind, ProbeError, ShapeProbe, SplitManifest, TensorInfo,
 };
 
-/// Bumped whenever the cut or the cache layout changes, so old caches are not reused.
-pub const FORMAT: u32 = 3;
+/// Bumped whenever the cut or the cache layout changes, so old caches are not reused
+/// (4: whole-graph records count the attentions handed to tomex's kernel).
+pub const FORMAT: u32 = 4;
 
 /// What the cut knows about one component while it works.
 struct Comp {
