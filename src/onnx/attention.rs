@@ -166,20 +166,7 @@ pub fn lone_attention_model(heads: i64, flash: bool) -> ModelProto {
         ],
         graph: Some(super::proto::GraphProto {
             name: "attention".into(),
-            node: vec![NodeProto {
-                name: "attention".into(),
-                op_type: "MultiHeadAttention".into(),
-                domain: MS_DOMAIN.into(),
-                input: vec!["q".into(), "k".into(), "v".into()],
-                output: vec!["out".into()],
-                attribute: vec![AttributeProto {
-                    name: "num_heads".into(),
-                    type_: AttributeType::INT.into(),
-                    i: heads,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+            node: vec![plain_mha("attention", ["q", "k", "v"], "out", heads)],
             input: vec![
                 value("q", "queries"),
                 value("k", "keys"),
@@ -274,27 +261,32 @@ fn fused_name(softmax: &str) -> String {
 }
 
 fn mha_node(name: &str, m: &Match, out: &str) -> NodeProto {
-    let mut attribute = vec![AttributeProto {
-        name: "num_heads".into(),
-        type_: AttributeType::INT.into(),
-        i: m.heads,
-        ..Default::default()
-    }];
+    let mut node = plain_mha(name, [&m.q, &m.k, &m.v], out, m.heads);
     if let Some(scale) = m.scale {
-        attribute.push(AttributeProto {
+        node.attribute.push(AttributeProto {
             name: "scale".into(),
             type_: AttributeType::FLOAT.into(),
             f: scale,
             ..Default::default()
         });
     }
+    node
+}
+
+/// `out = MultiHeadAttention(q, k, v)` with `heads` heads and the default scale.
+fn plain_mha(name: &str, [q, k, v]: [&str; 3], out: &str, heads: i64) -> NodeProto {
     NodeProto {
         name: name.into(),
         op_type: "MultiHeadAttention".into(),
         domain: MS_DOMAIN.into(),
-        input: vec![m.q.clone(), m.k.clone(), m.v.clone()],
+        input: vec![q.into(), k.into(), v.into()],
         output: vec![out.into()],
-        attribute,
+        attribute: vec![AttributeProto {
+            name: "num_heads".into(),
+            type_: AttributeType::INT.into(),
+            i: heads,
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -532,19 +524,6 @@ mod tests {
     }
 
     fn mha_with_heads(name: &str, q: &str, heads: i64) -> NodeProto {
-        NodeProto {
-            name: name.into(),
-            op_type: "MultiHeadAttention".into(),
-            domain: MS_DOMAIN.into(),
-            input: vec![q.into(), "k".into(), "v".into()],
-            output: vec![format!("{name}_out")],
-            attribute: vec![AttributeProto {
-                name: "num_heads".into(),
-                type_: AttributeType::INT.into(),
-                i: heads,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
+        plain_mha(name, [q, "k", "v"], &format!("{name}_out"), heads)
     }
 }
