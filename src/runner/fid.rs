@@ -258,9 +258,10 @@ impl Sets<'_> {
             observer.images_done(done)
         });
         observer.set_finished();
-        let stats = Statistics::from_features(features?.view(), label)?;
+        let features = features?;
+        let stats = Statistics::from_features(features.view(), label)?;
         self.cache
-            .put(&key, &stats)
+            .put(&key, features.view(), &stats)
             .map_err(|error| RunnerError::FidCache {
                 label: label.to_string(),
                 error,
