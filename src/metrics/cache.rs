@@ -14,9 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayView2};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzReader;
 use sha2::{Digest, Sha256};
 
+use super::stats::write_npz;
 use super::{FidError, Statistics};
 
 /// Bumped when anything that changes statistics for the same images changes (the
@@ -88,15 +89,7 @@ impl StatsCache {
         if n >= d {
             return stats.save_npz(&path);
         }
-        let io = |e: &dyn std::fmt::Display| FidError::Io {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        let mut npz = NpzWriter::new_compressed(&mut bytes);
-        npz.add_array(FEATURES, &features).map_err(|e| io(&e))?;
-        npz.finish().map_err(|e| io(&e))?;
-        crate::fsx::write_atomic(&path, bytes.get_ref()).map_err(|e| io(&e))
+        write_npz(&path, |npz| npz.add_array(FEATURES, &features))
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use ndarray::{Array1, Array2, ArrayView2};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::{NpzReader, NpzWriter, WriteNpzError};
 
 use super::FidError;
 
@@ -91,17 +91,27 @@ impl Statistics {
     /// Writes pytorch-fid's `.npz` (compressed, f64 `mu` and `sigma`), through a temporary
     /// file renamed into place.
     pub fn save_npz(&self, path: &Path) -> Result<(), FidError> {
-        let io = |e: &dyn std::fmt::Display| FidError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        let mut npz = NpzWriter::new_compressed(&mut bytes);
-        npz.add_array("mu", &self.mu).map_err(|e| io(&e))?;
-        npz.add_array("sigma", &self.sigma).map_err(|e| io(&e))?;
-        npz.finish().map_err(|e| io(&e))?;
-        crate::fsx::write_atomic(path, bytes.get_ref()).map_err(|e| io(&e))
+        write_npz(path, |npz| {
+            npz.add_array("mu", &self.mu)?;
+            npz.add_array("sigma", &self.sigma)
+        })
     }
+}
+
+/// A compressed `.npz` at `path` holding the arrays `add` puts in, written atomically.
+pub(super) fn write_npz(
+    path: &Path,
+    add: impl FnOnce(&mut NpzWriter<&mut std::io::Cursor<Vec<u8>>>) -> Result<(), WriteNpzError>,
+) -> Result<(), FidError> {
+    let io = |e: &dyn std::fmt::Display| FidError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut npz = NpzWriter::new_compressed(&mut bytes);
+    add(&mut npz).map_err(|e| io(&e))?;
+    npz.finish().map_err(|e| io(&e))?;
+    crate::fsx::write_atomic(path, bytes.get_ref()).map_err(|e| io(&e))
 }
 
 #[cfg(test)]

@@ -98,8 +98,6 @@ pub enum CacheStatus {
     Built,
 }
 
-/// The cut key: a digest of the cut format, the model digest, the attention, the
-/// precision and the sorted cut set.
 /// The part of a cache key that says how attention is rewritten.
 fn attention_key(options: &SplitOptions) -> String {
     match (options.attention, options.flash_max_head_size) {
@@ -109,6 +107,8 @@ fn attention_key(options: &SplitOptions) -> String {
     }
 }
 
+/// The cut key: a digest of the cut format, the model digest, the attention, the
+/// precision and the sorted cut set.
 fn cut_key(model_digest: &str, options: &SplitOptions, components: &[ComponentId]) -> String {
     let mut names: Vec<String> = components.iter().map(|c| c.to_string()).collect();
     names.sort();
